@@ -1,0 +1,8 @@
+//! The `notifications` binary: configuration from `NATS_URL`, `NATS_USER`, `NATS_PASSWORD`.
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    switchboard::telemetry::init();
+    notifications::run(switchboard::shutdown::signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! `switchboard up`: flags, the prefixed log, the ready table.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use switchboard::discovery::ServiceSummary;
+use switchboard::nats_context::CONTEXT_NAME;
+use switchboard::shutdown;
+use switchboard::up::{ServerChoice, System, UpConfig};
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Use this NATS server or cluster (comma-separated URLs) and start none.
+    #[arg(long, env = "NATS_URL")]
+    nats_url: Option<String>,
+    /// nats-server configuration [default: ./nats.conf, else the built-in copy]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data folder: JetStream store of the embedded server.
+    #[arg(long, env = "SWITCHBOARD_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// Client port of the embedded server (loopback).
+    #[arg(long, default_value_t = 4222)]
+    port: u16,
+    /// Monitoring port of the embedded server (loopback).
+    #[arg(long, default_value_t = 8222)]
+    http_port: u16,
+    /// Folder with the service binaries [default: next to this executable]
+    #[arg(long, env = "SWITCHBOARD_BIN_DIR")]
+    bin_dir: Option<PathBuf>,
+    /// Services to run [default: all]
+    #[arg(long, value_delimiter = ',')]
+    services: Option<Vec<String>>,
+    /// Seconds to wait for every service to answer $SRV.PING.
+    #[arg(long, default_value_t = 30)]
+    ready_timeout: u64,
+    /// Do not write the `nats` CLI context.
+    #[arg(long)]
+    no_context: bool,
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    // Handlers first: a Ctrl-C during start-up must stop what was started.
+    let shutdown = shutdown::signal();
+    tokio::pin!(shutdown);
+
+    let mut config = UpConfig {
+        data_dir: args.data_dir,
+        ..UpConfig::default()
+    };
+    config.server = match args.nats_url {
+        Some(url) => ServerChoice::External { url },
+        None => ServerChoice::Embedded {
+            config_file: args.config,
+            port: args.port,
+            monitor_port: args.http_port,
+        },
+    };
+    if let Some(dir) = args.bin_dir {
+        config.bin_dir = dir;
+    }
+    if let Some(services) = args.services {
+        config.services = services;
+    }
+    if args.no_context {
+        config.context_dir = None;
+    }
+    let width = config.services.iter().map(String::len).max().unwrap_or(0);
+    let sink = Arc::new(move |name: &str, line: &str| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{name:>width$} | {line}");
+    });
+
+    let system = tokio::select! {
+        system = System::start(config, sink) => system?,
+        () = &mut shutdown => return Ok(()),
+    };
+    if let Some(pid) = system.server_pid() {
+        println!(
+            "switchboard: nats-server pid {pid} listening on {}",
+            system.url()
+        );
+    } else {
+        println!(
+            "switchboard: using NATS at {} (no server started)",
+            system.url()
+        );
+    }
+
+    let timeout = Duration::from_secs(args.ready_timeout);
+    let summaries = tokio::select! {
+        ready = system.wait_ready(timeout) => ready,
+        () = &mut shutdown => {
+            system.stop().await;
+            return Ok(());
+        }
+    };
+    let summaries = match summaries {
+        Ok(s) => s,
+        Err(e) => {
+            system.stop().await;
+            return Err(e).context("switchboard up failed");
+        }
+    };
+    print_ready(&summaries, system.context_file());
+
+    system.run_until(shutdown).await;
+    println!("switchboard: stopped");
+    Ok(())
+}
+
+fn print_ready(summaries: &[ServiceSummary], context_file: Option<&std::path::Path>) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<15} {:<10} {:>9}  ENDPOINTS",
+        "SERVICE", "VERSION", "INSTANCES"
+    );
+    for s in summaries {
+        let endpoints = if s.endpoints.is_empty() {
+            "-".to_owned()
+        } else {
+            s.endpoints.join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "{:<15} {:<10} {:>9}  {}",
+            s.name,
+            s.versions.join(","),
+            s.instances,
+            endpoints
+        );
+    }
+    let _ = writeln!(out);
+    if let Some(path) = context_file {
+        let _ = writeln!(out, "nats CLI context written to {}", path.display());
+        let _ = writeln!(out, "  try: nats --context {CONTEXT_NAME} micro ls");
+    }
+    let _ = writeln!(out, "switchboard: ready (Ctrl-C stops everything)");
+    let _ = out.flush();
+}

@@ -1,0 +1,151 @@
+//! A three-node (or larger) JetStream cluster on loopback, for tests of
+//! replication and fail-over.
+
+use tempfile::TempDir;
+
+use super::{TestServerError, free_port};
+use crate::server::{NatsServer, ServerError, ServerOptions};
+
+/// Nodes of a cluster with routes between all of them and JetStream on each,
+/// so R3 streams work. Killed on drop like [`super::TestServer`].
+#[derive(Debug)]
+pub struct TestCluster {
+    nodes: Vec<NatsServer>,
+    dir: TempDir,
+}
+
+impl TestCluster {
+    /// Starts `size` nodes and returns when every node reports healthy
+    /// JetStream (which in a cluster needs an elected meta leader).
+    ///
+    /// # Errors
+    ///
+    /// When a node fails to start.
+    pub async fn start(size: usize) -> Result<TestCluster, TestServerError> {
+        let dir = tempfile::Builder::new()
+            .prefix("switchboard-cluster-")
+            .tempdir()?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match start_nodes(&dir, size).await {
+                Err(ServerError::PortInUse { .. }) if attempt < 5 => continue,
+                Err(e) => return Err(e.into()),
+                Ok(nodes) => return Ok(TestCluster { nodes, dir }),
+            }
+        }
+    }
+
+    /// Client URLs of all nodes, comma separated (what `NATS_URL` takes).
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::client_url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Client URL of node `i`.
+    pub fn node_url(&self, i: usize) -> Option<String> {
+        self.nodes.get(i).map(NatsServer::client_url)
+    }
+
+    /// A client that knows every node.
+    ///
+    /// # Errors
+    ///
+    /// When no node can be reached.
+    pub async fn client(&self) -> Result<async_nats::Client, TestServerError> {
+        let urls: Vec<String> = self.nodes.iter().map(NatsServer::client_url).collect();
+        Ok(async_nats::connect(urls.as_slice()).await?)
+    }
+
+    /// SIGKILLs node `i`.
+    ///
+    /// # Errors
+    ///
+    /// When the OS cannot kill it.
+    pub async fn kill(&mut self, i: usize) -> Result<(), TestServerError> {
+        if let Some(node) = self.nodes.get_mut(i) {
+            node.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// Restarts node `i` with its ports and store.
+    ///
+    /// # Errors
+    ///
+    /// When it fails to come back.
+    pub async fn restart(&mut self, i: usize) -> Result<(), TestServerError> {
+        if let Some(node) = self.nodes.get_mut(i) {
+            node.restart().await?;
+        }
+        Ok(())
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the cluster has no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The folder holding the nodes' configs and stores.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+async fn start_nodes(dir: &TempDir, size: usize) -> Result<Vec<NatsServer>, ServerError> {
+    let mut cluster_ports = Vec::with_capacity(size);
+    for _ in 0..size {
+        cluster_ports.push(free_port()?);
+    }
+    let mut starts = Vec::with_capacity(size);
+    for (i, cluster_port) in cluster_ports.iter().enumerate() {
+        let routes = cluster_ports
+            .iter()
+            .filter(|p| *p != cluster_port)
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let config = format!(
+            "server_name: n{i}\ncluster {{\n  name: switchboard-test\n  listen: 127.0.0.1:{cluster_port}\n  routes: [{routes}]\n}}\n"
+        );
+        let node_dir = dir.path().join(format!("n{i}"));
+        std::fs::create_dir_all(&node_dir)
+            .map_err(ServerError::io("cannot create a node folder"))?;
+        let config_file = node_dir.join("nats.conf");
+        std::fs::write(&config_file, config)
+            .map_err(ServerError::io("cannot write a node config"))?;
+        let options = ServerOptions::default()
+            .name(format!("test-cluster-n{i}"))
+            .config_file(config_file)
+            .store_dir(node_dir.join("jetstream"))
+            .port(free_port()?)
+            .monitor_port(free_port()?);
+        // All nodes start together: each waits for a meta leader, which
+        // needs a quorum of the others.
+        starts.push(NatsServer::start(options));
+    }
+    let results = futures::future::join_all(starts).await;
+    let mut nodes = Vec::with_capacity(size);
+    let mut first_error = None;
+    for result in results {
+        match result {
+            Ok(node) => nodes.push(node),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        // Dropping the nodes that did start kills them before a retry.
+        Some(e) => Err(e),
+        None => Ok(nodes),
+    }
+}

@@ -1,0 +1,375 @@
+//! `switchboard up`: the whole system on one machine, in one command.
+//!
+//! Order matters and is kept in both directions. Start: passwords, the
+//! embedded nats-server (unless `NATS_URL` names one), the `nats` CLI
+//! context, then each service as its own supervised process. Stop: services
+//! in reverse order (each drains), then the server. A crashed service or
+//! server is restarted with backoff; the caller's shutdown future ends it.
+//!
+//! The CLI composes [`System::start`], [`System::wait_ready`] and
+//! [`System::run_until`]; tests do the same with their own ports and folders.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::connect::{ConnectConfig, ConnectError, NATS_PASSWORD_ENV, NATS_URL_ENV, NATS_USER_ENV};
+use crate::credentials::{Credentials, RandomSourceError};
+use crate::discovery::{self, DiscoveryError, ServiceSummary};
+use crate::nats_context::{self, CONTEXT_NAME, NatsContext};
+use crate::server::{NatsServer, ServerError, ServerOptions};
+use crate::supervisor::{LineSink, ProcessSpec, RestartPolicy, Supervised};
+
+/// The reference system's services, in start order.
+pub const SERVICES: [&str; 5] = ["users", "inventory", "orders", "notifications", "gateway"];
+/// The operators' NATS user.
+pub const ADMIN_USER: &str = "admin";
+/// The configuration compiled in, used when no `nats.conf` is at hand.
+pub const BUILTIN_CONFIG: &str = include_str!("../nats.conf");
+
+/// Where the server comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerChoice {
+    /// Start and supervise a nats-server (the default).
+    Embedded {
+        /// Config file; `None` uses `./nats.conf` or the built-in copy.
+        config_file: Option<PathBuf>,
+        /// Client port.
+        port: u16,
+        /// Monitoring port.
+        monitor_port: u16,
+    },
+    /// Use this server or cluster (`NATS_URL`); start none.
+    External {
+        /// Server URL(s), comma separated.
+        url: String,
+    },
+}
+
+/// Everything `up` needs to know; `Default` is `switchboard up` with no flags.
+#[derive(Debug, Clone)]
+pub struct UpConfig {
+    /// Embedded or external server.
+    pub server: ServerChoice,
+    /// Project-local data folder (JetStream store, built-in config copy).
+    pub data_dir: PathBuf,
+    /// Folder holding the service binaries; default: next to this executable.
+    pub bin_dir: PathBuf,
+    /// Services to run, in start order.
+    pub services: Vec<String>,
+    /// Where to write the `nats` CLI context; `None` writes none.
+    pub context_dir: Option<PathBuf>,
+    /// Restart and stop behaviour of services.
+    pub restart: RestartPolicy,
+}
+
+impl Default for UpConfig {
+    fn default() -> Self {
+        let bin_dir = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("."));
+        UpConfig {
+            server: ServerChoice::Embedded {
+                config_file: None,
+                port: 4222,
+                monitor_port: 8222,
+            },
+            data_dir: PathBuf::from("data"),
+            bin_dir,
+            services: SERVICES.iter().map(|s| s.to_string()).collect(),
+            context_dir: nats_context::context_dir(),
+            restart: RestartPolicy::default(),
+        }
+    }
+}
+
+/// Why `up` could not start or become ready.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpError {
+    /// The embedded server could not start.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// Passwords could not be generated.
+    #[error(transparent)]
+    Credentials(#[from] RandomSourceError),
+    /// The supervisor's own connection failed.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// Discovery requests could not be sent.
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    /// A service binary is missing.
+    #[error(
+        "service binary {} not found; build the services first (`cargo build --workspace`, \
+         or `make run`), or point --bin-dir at them",
+        path.display()
+    )]
+    MissingServiceBinary {
+        /// Service name.
+        name: String,
+        /// Where it was expected.
+        path: PathBuf,
+    },
+    /// Some services never answered `$SRV.PING`.
+    #[error("not ready after {timeout:?}: no answer from {}", missing.join(", "))]
+    NotReady {
+        /// Services without an instance.
+        missing: Vec<String>,
+        /// How long we waited.
+        timeout: Duration,
+    },
+    /// Preparing the data folder or the context file failed.
+    #[error("{action}: {source}")]
+    Io {
+        /// What was being done.
+        action: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> UpError {
+    let action = action.into();
+    move |source| UpError::Io { action, source }
+}
+
+/// The running system.
+#[derive(Debug)]
+pub struct System {
+    server: Option<NatsServer>,
+    services: Vec<Supervised>,
+    admin: async_nats::Client,
+    url: String,
+    context_file: Option<PathBuf>,
+    expected: Vec<String>,
+}
+
+impl System {
+    /// Starts the server (if embedded) and every service; returns once all
+    /// processes are launched. Service output goes to `sink`.
+    ///
+    /// # Errors
+    ///
+    /// A server that cannot start, a missing service binary, or a failing
+    /// admin connection. Anything already started is stopped again.
+    pub async fn start(config: UpConfig, sink: LineSink) -> Result<System, UpError> {
+        // Check binaries before starting anything: failing later would mean
+        // a half-started system.
+        let mut specs = Vec::new();
+        for name in &config.services {
+            let path = config.bin_dir.join(name);
+            if !path.is_file() {
+                return Err(UpError::MissingServiceBinary {
+                    name: name.clone(),
+                    path,
+                });
+            }
+            specs.push((name.clone(), path));
+        }
+
+        let users = std::iter::once(ADMIN_USER).chain(config.services.iter().map(String::as_str));
+        let (server, url, credentials) = match &config.server {
+            ServerChoice::Embedded {
+                config_file,
+                port,
+                monitor_port,
+            } => {
+                let credentials = Credentials::from_env_or_generate(users)?;
+                let config_file = resolve_config(config_file.as_deref(), &config.data_dir)?;
+                let mut options = ServerOptions::default()
+                    .config_file(config_file)
+                    .port(*port)
+                    .monitor_port(*monitor_port)
+                    // nats-server keeps its files in `<store>/jetstream`.
+                    .store_dir(&config.data_dir);
+                options.env = credentials.server_env();
+                let server = NatsServer::start(options).await?;
+                let url = server.client_url();
+                (Some(server), url, credentials)
+            }
+            ServerChoice::External { url } => {
+                tracing::info!(%url, "using the existing NATS server; starting none");
+                (None, url.clone(), Credentials::from_env(users))
+            }
+        };
+
+        let mut admin_config = ConnectConfig {
+            url: url.clone(),
+            name: "switchboard-up".to_owned(),
+            ..ConnectConfig::default()
+        };
+        if let Some(password) = credentials.password(ADMIN_USER) {
+            admin_config = admin_config.user_and_password(ADMIN_USER, password);
+        }
+        let admin = admin_config.connect().await?;
+
+        let context_file = match &config.context_dir {
+            Some(dir) => Some(write_context(dir, &url, &credentials)?),
+            None => None,
+        };
+
+        let services = specs
+            .into_iter()
+            .map(|(name, program)| {
+                let mut env = vec![(NATS_URL_ENV.to_owned(), url.clone())];
+                if let Some(password) = credentials.password(&name) {
+                    env.push((NATS_USER_ENV.to_owned(), name.clone()));
+                    env.push((NATS_PASSWORD_ENV.to_owned(), password.to_owned()));
+                }
+                let spec = ProcessSpec {
+                    name,
+                    program,
+                    args: Vec::new(),
+                    env,
+                };
+                Supervised::spawn(spec, config.restart, sink.clone())
+            })
+            .collect();
+
+        Ok(System {
+            server,
+            services,
+            admin,
+            url,
+            context_file,
+            expected: config.services,
+        })
+    }
+
+    /// Client URL of the server in use.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The `nats` CLI context file written, if any.
+    pub fn context_file(&self) -> Option<&Path> {
+        self.context_file.as_deref()
+    }
+
+    /// PID of the embedded server, if one runs.
+    pub fn server_pid(&self) -> Option<u32> {
+        self.server.as_ref().and_then(NatsServer::pid)
+    }
+
+    /// `(name, pid)` of each service process currently running.
+    pub fn service_pids(&self) -> Vec<(String, Option<u32>)> {
+        self.services
+            .iter()
+            .map(|s| (s.name().to_owned(), s.pid()))
+            .collect()
+    }
+
+    /// Waits until every service answers discovery; returns what answered.
+    ///
+    /// # Errors
+    ///
+    /// [`UpError::NotReady`] naming the silent services after `timeout`.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<Vec<ServiceSummary>, UpError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let answers = discovery::info(&self.admin, None, Duration::from_millis(250)).await?;
+            let summaries = discovery::summarize(&answers);
+            let missing: Vec<String> = self
+                .expected
+                .iter()
+                .filter(|name| !summaries.iter().any(|s| &s.name == *name))
+                .cloned()
+                .collect();
+            if missing.is_empty() {
+                return Ok(summaries
+                    .into_iter()
+                    .filter(|s| self.expected.contains(&s.name))
+                    .collect());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(UpError::NotReady { missing, timeout });
+            }
+        }
+    }
+
+    /// Runs until `shutdown` resolves, restarting the embedded server if it
+    /// dies; then stops services in reverse order and the server last.
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let restart = RestartPolicy::default();
+        loop {
+            let Some(server) = self.server.as_mut() else {
+                shutdown.as_mut().await;
+                break;
+            };
+            tokio::select! {
+                () = shutdown.as_mut() => break,
+                status = server.exited() => {
+                    let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                    tracing::error!(%status, "nats-server exited unexpectedly; restarting it");
+                    let mut delay = restart.min_delay;
+                    loop {
+                        match server.restart().await {
+                            Ok(()) => break,
+                            Err(error) => tracing::error!(%error, ?delay, "nats-server restart failed; retrying"),
+                        }
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            () = shutdown.as_mut() => { self.stop().await; return; }
+                        }
+                        delay = (delay * 2).min(restart.max_delay);
+                    }
+                }
+            }
+        }
+        self.stop().await;
+    }
+
+    /// Stops services in reverse start order, then the server.
+    pub async fn stop(mut self) {
+        while let Some(service) = self.services.pop() {
+            service.stop().await;
+        }
+        let _ = self.admin.drain().await;
+        if let Some(server) = self.server.as_mut()
+            && let Err(error) = server.stop().await
+        {
+            tracing::error!(%error, "stopping nats-server failed");
+        }
+    }
+}
+
+/// `./nats.conf` when none is named and one exists, else the built-in copy
+/// written into the data folder (so `up` also works outside the repository).
+fn resolve_config(named: Option<&Path>, data_dir: &Path) -> Result<PathBuf, UpError> {
+    if let Some(path) = named {
+        return Ok(path.to_path_buf());
+    }
+    let local = PathBuf::from("nats.conf");
+    if local.is_file() {
+        return Ok(local);
+    }
+    std::fs::create_dir_all(data_dir)
+        .map_err(io_err(format!("cannot create {}", data_dir.display())))?;
+    let copy = data_dir.join("nats.conf");
+    std::fs::write(&copy, BUILTIN_CONFIG)
+        .map_err(io_err(format!("cannot write {}", copy.display())))?;
+    Ok(copy)
+}
+
+fn write_context(dir: &Path, url: &str, credentials: &Credentials) -> Result<PathBuf, UpError> {
+    let context = NatsContext {
+        description: "Switchboard (written by `switchboard up`)".to_owned(),
+        url: url.to_owned(),
+        user: credentials
+            .password(ADMIN_USER)
+            .map(|_| ADMIN_USER.to_owned())
+            .unwrap_or_default(),
+        password: credentials
+            .password(ADMIN_USER)
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    context.write(dir, CONTEXT_NAME).map_err(io_err(format!(
+        "cannot write the nats context in {}",
+        dir.display()
+    )))
+}
