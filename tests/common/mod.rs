@@ -1,0 +1,232 @@
+//! Helpers for system tests that run the real `switchboard` binary.
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use switchboard::credentials::password_env;
+use switchboard::process::{exists, send};
+use switchboard::up::{ADMIN_USER, SERVICES};
+
+pub use nix::sys::signal::Signal;
+
+/// A `switchboard` process under test, its output collected line by line.
+/// Dropping it stops it and every process it started, by PID.
+pub struct Switchboard {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    new_line: mpsc::Receiver<()>,
+    seen: BTreeSet<u32>,
+}
+
+impl Switchboard {
+    /// Starts `switchboard <args>` in the project root with extra environment.
+    pub fn spawn(args: &[&str], env: &[(String, String)]) -> Switchboard {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env_remove("NATS_URL")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run switchboard: {e}"));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, new_line) = mpsc::channel();
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let lines = lines.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Ok(mut all) = lines.lock() {
+                        all.push(line);
+                    }
+                    let _ = tx.send(());
+                }
+            });
+        }
+        Switchboard {
+            child,
+            lines,
+            new_line,
+            seen: BTreeSet::new(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn output(&self) -> String {
+        self.lines.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    /// Waits until a line contains `needle`; panics with the output on timeout.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self
+                .lines
+                .lock()
+                .map(|l| l.iter().any(|line| line.contains(needle)))
+                .unwrap_or(false)
+            {
+                self.remember_descendants();
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                panic!(
+                    "no line with {needle:?} within {timeout:?}; output:\n{}",
+                    self.output()
+                );
+            }
+            let _ = self
+                .new_line
+                .recv_timeout(left.min(Duration::from_millis(200)));
+        }
+    }
+
+    /// Current descendants (children, grandchildren, …), remembered for cleanup.
+    pub fn descendants(&mut self) -> BTreeSet<u32> {
+        let found = descendants_of(self.pid());
+        self.seen.extend(&found);
+        found
+    }
+
+    fn remember_descendants(&mut self) {
+        let _ = self.descendants();
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        send(self.pid(), signal);
+    }
+
+    /// Waits for exit; `None` on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Switchboard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.remember_descendants();
+            self.signal(Signal::SIGINT);
+            if self.wait_exit(Duration::from_secs(15)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+        for pid in &self.seen {
+            if exists(*pid) {
+                send(*pid, Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// PIDs whose parent chain leads to `root`, from `/proc`.
+pub fn descendants_of(root: u32) -> BTreeSet<u32> {
+    let mut parents = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(ppid) = parent_of(pid) {
+                parents.push((pid, ppid));
+            }
+        }
+    }
+    let mut found = BTreeSet::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for (pid, ppid) in &parents {
+            if *ppid == parent && found.insert(*pid) {
+                frontier.push(*pid);
+            }
+        }
+    }
+    found
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid …`; comm may contain spaces and parentheses.
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The executable's file name of a running process.
+pub fn exe_name(pid: u32) -> Option<String> {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()?
+        .file_name()?
+        .to_str()
+        .map(str::to_owned)
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie).
+pub fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z"),
+        Err(_) => false,
+    }
+}
+
+/// Fixed test passwords for every user, as `SB_<USER>_PASSWORD` pairs.
+pub fn test_passwords() -> Vec<(String, String)> {
+    std::iter::once(ADMIN_USER)
+        .chain(SERVICES)
+        .map(|u| (password_env(u), format!("pw{u}{}", std::process::id())))
+        .collect()
+}
+
+/// The project's `nats.conf`.
+pub fn project_config() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/nats.conf"))
+}
+
+/// Waits up to `timeout` for `condition`.
+pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    condition()
+}
