@@ -6,6 +6,8 @@ NATS_SERVER_VERSION := 2.15.1
 TOOLS := $(CURDIR)/.tools
 NATS_SERVER := $(TOOLS)/bin/nats-server
 PYTHON ?= python3
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
 CARGO ?= cargo
 
 .PHONY: run test tools build lint fmt clean-data
@@ -19,7 +21,9 @@ test: tools
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	# System tests run the real service binaries, so build them first.
 	$(CARGO) build --workspace --bins
-	SWITCHBOARD_NATS_SERVER=$(NATS_SERVER) $(CARGO) test --workspace
+	SWITCHBOARD_NATS_SERVER=$(NATS_SERVER) $(CARGO) test --workspace 2>&1 | tee target/test.log
+	@# One closing line for the whole run (cargo prints one per test binary).
+	@awk '/^test result:/ { p += $$4; f += $$6 } END { print "tests: " p " passed, " f " failed" }' target/test.log
 
 # Installs nats-server $(NATS_SERVER_VERSION) into .tools/ unless that exact
 # version is already there. The stamp file records the version installed.
