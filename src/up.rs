@@ -10,6 +10,7 @@
 //! [`System::run_until`]; tests do the same with their own ports and folders.
 
 use std::future::Future;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use crate::discovery::{self, DiscoveryError, ServiceSummary};
 use crate::nats_context::{self, CONTEXT_NAME, NatsContext};
 use crate::server::{NatsServer, ServerError, ServerOptions};
 use crate::supervisor::{LineSink, ProcessSpec, RestartPolicy, Supervised};
+use crate::telemetry::LOG_ANSI_ENV;
 
 /// The reference system's services, in start order.
 pub const SERVICES: [&str; 5] = ["users", "inventory", "orders", "notifications", "gateway"];
@@ -211,10 +213,19 @@ impl System {
             None => None,
         };
 
+        // Service output is re-printed on our stdout: colours if that is a terminal.
+        let ansi = if std::io::stdout().is_terminal() {
+            "1"
+        } else {
+            "0"
+        };
         let services = specs
             .into_iter()
             .map(|(name, program)| {
-                let mut env = vec![(NATS_URL_ENV.to_owned(), url.clone())];
+                let mut env = vec![
+                    (NATS_URL_ENV.to_owned(), url.clone()),
+                    (LOG_ANSI_ENV.to_owned(), ansi.to_owned()),
+                ];
                 if let Some(password) = credentials.password(&name) {
                     env.push((NATS_USER_ENV.to_owned(), name.clone()));
                     env.push((NATS_PASSWORD_ENV.to_owned(), password.to_owned()));

@@ -21,7 +21,7 @@ fn options_on_free_ports() -> Result<ServerOptions, ServerError> {
 }
 
 /// Runs the CLI to completion and returns (success, stderr's last line).
-fn run_cli(args: &[&str], env: &[(String, String)]) -> (bool, String) {
+fn run_cli(args: &[impl AsRef<std::ffi::OsStr>], env: &[(String, String)]) -> (bool, String) {
     let mut cli = Switchboard::spawn(args, env);
     let status = cli.wait_exit(Duration::from_secs(30));
     // Give the reader threads a moment to collect the final line.
@@ -128,15 +128,7 @@ fn cli_busy_port_is_one_line_that_says_what_to_do() {
         dir.path().display().to_string(),
     )];
     let (ok, line) = run_cli(
-        &[
-            "up",
-            "--port",
-            &port.to_string(),
-            "--http-port",
-            &http_port.to_string(),
-            "--data-dir",
-            &dir.path().join("data").display().to_string(),
-        ],
+        &common::up_args(port, http_port, &dir.path().join("data")),
         &env,
     );
     assert!(!ok, "up must fail on a busy port");

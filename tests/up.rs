@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
@@ -27,19 +28,25 @@ fn up_embedded(
     let http_port = free_port()?;
     let mut env = vec![("XDG_CONFIG_HOME".to_owned(), dir.display().to_string())];
     env.extend_from_slice(extra_env);
-    let up = Switchboard::spawn(
-        &[
-            "up",
-            "--port",
-            &port.to_string(),
-            "--http-port",
-            &http_port.to_string(),
-            "--data-dir",
-            &dir.join("data").display().to_string(),
-        ],
-        &env,
-    );
+    let up = Switchboard::spawn(&common::up_args(port, http_port, &dir.join("data")), &env);
     Ok((up, port))
+}
+
+/// Stops `up` with `signal` and checks it exits 0 leaving none of `started`.
+fn stop_cleanly(up: &mut Switchboard, signal: Signal, started: &BTreeSet<u32>) -> TestResult {
+    up.signal(signal);
+    let status = up
+        .wait_exit(Duration::from_secs(30))
+        .ok_or(format!("up did not exit after {signal}"))?;
+    assert!(
+        status.success(),
+        "exit status {status}; output:\n{}",
+        up.output()
+    );
+    for pid in started {
+        assert!(!exists(*pid), "process {pid} survived `up`");
+    }
+    Ok(())
 }
 
 fn service_pids(up: &mut Switchboard) -> Vec<u32> {
@@ -104,18 +111,7 @@ async fn up_reaches_ready_writes_a_working_context_and_ctrl_c_leaves_nothing() -
     assert!(anonymous.is_err(), "anonymous connection was accepted");
 
     // Ctrl-C: exit 0, every process gone.
-    up.signal(Signal::SIGINT);
-    let status = up
-        .wait_exit(Duration::from_secs(30))
-        .ok_or("up did not exit after SIGINT")?;
-    assert!(
-        status.success(),
-        "exit status {status}; output:\n{}",
-        up.output()
-    );
-    for pid in started {
-        assert!(!exists(pid), "process {pid} survived `up`");
-    }
+    stop_cleanly(&mut up, Signal::SIGINT, &started)?;
     assert!(
         dir.path().join("data/jetstream").is_dir(),
         "JetStream data in the data folder"
@@ -154,14 +150,7 @@ async fn up_with_nats_url_uses_that_server_and_starts_none() -> TestResult {
     let context = NatsContext::read(&dir.path().join("nats/context/switchboard.json"))?;
     assert_eq!(context.url, server.url());
 
-    up.signal(Signal::SIGTERM);
-    let status = up
-        .wait_exit(Duration::from_secs(30))
-        .ok_or("up did not exit after SIGTERM")?;
-    assert!(status.success());
-    for pid in started {
-        assert!(!exists(pid), "process {pid} survived `up`");
-    }
+    stop_cleanly(&mut up, Signal::SIGTERM, &started)?;
     assert!(
         server.pid().is_some_and(running),
         "the external server is left running"
@@ -209,4 +198,46 @@ async fn services_stop_by_themselves_when_up_is_killed_outright() -> TestResult 
     });
     assert!(gone, "services outlived a killed supervisor");
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_server_is_restarted_and_services_reconnect() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (mut up, _) = up_embedded(dir.path(), &[])?;
+    up.wait_for(READY, START_TIMEOUT);
+    let server_pid = |up: &mut Switchboard| {
+        up.descendants()
+            .into_iter()
+            .find(|pid| exe_name(*pid).as_deref() == Some("nats-server") && running(*pid))
+    };
+    let first = server_pid(&mut up).ok_or("no nats-server")?;
+    switchboard::process::send(first, Signal::SIGKILL);
+
+    let replaced = common::eventually(Duration::from_secs(20), || {
+        server_pid(&mut up).is_some_and(|pid| pid != first)
+    });
+    assert!(replaced, "nats-server was not restarted:\n{}", up.output());
+
+    // Same port and passwords: the operator's context still works, and every
+    // service found its way back.
+    let context = NatsContext::read(&dir.path().join("nats/context/switchboard.json"))?;
+    let admin = async_nats::ConnectOptions::with_user_and_password(context.user, context.password)
+        .connect(context.url.as_str())
+        .await?;
+    let mut answered = 0;
+    for _ in 0..40 {
+        answered = switchboard::discovery::info(&admin, None, Duration::from_millis(250))
+            .await?
+            .len();
+        if answered == SERVICES.len() {
+            break;
+        }
+    }
+    assert_eq!(
+        answered,
+        SERVICES.len(),
+        "services reconnected after the restart"
+    );
+    let started = up.descendants();
+    stop_cleanly(&mut up, Signal::SIGINT, &started)
 }

@@ -79,15 +79,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         () = &mut shutdown => return Ok(()),
     };
     if let Some(pid) = system.server_pid() {
-        println!(
+        say(format_args!(
             "switchboard: nats-server pid {pid} listening on {}",
             system.url()
-        );
+        ));
     } else {
-        println!(
+        say(format_args!(
             "switchboard: using NATS at {} (no server started)",
             system.url()
-        );
+        ));
     }
 
     let timeout = Duration::from_secs(args.ready_timeout);
@@ -108,7 +108,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     print_ready(&summaries, system.context_file());
 
     system.run_until(shutdown).await;
-    println!("switchboard: stopped");
+    say(format_args!("switchboard: stopped"));
     Ok(())
 }
 
@@ -142,4 +142,10 @@ fn print_ready(summaries: &[ServiceSummary], context_file: Option<&std::path::Pa
     }
     let _ = writeln!(out, "switchboard: ready (Ctrl-C stops everything)");
     let _ = out.flush();
+}
+
+/// Prints a line on stdout. A closed stdout (`switchboard up | head`, a
+/// terminal gone) must not turn an orderly shutdown into a panic.
+fn say(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }

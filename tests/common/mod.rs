@@ -25,7 +25,7 @@ pub struct Switchboard {
 
 impl Switchboard {
     /// Starts `switchboard <args>` in the project root with extra environment.
-    pub fn spawn(args: &[&str], env: &[(String, String)]) -> Switchboard {
+    pub fn spawn(args: &[impl AsRef<std::ffi::OsStr>], env: &[(String, String)]) -> Switchboard {
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -148,6 +148,19 @@ impl Drop for Switchboard {
             }
         }
     }
+}
+
+/// `up` arguments for an embedded server on the given ports and data folder.
+pub fn up_args(port: u16, http_port: u16, data_dir: &Path) -> Vec<String> {
+    vec![
+        "up".to_owned(),
+        "--port".to_owned(),
+        port.to_string(),
+        "--http-port".to_owned(),
+        http_port.to_string(),
+        "--data-dir".to_owned(),
+        data_dir.display().to_string(),
+    ]
 }
 
 /// PIDs whose parent chain leads to `root`, from `/proc`.
