@@ -134,8 +134,7 @@ async fn up_with_nats_url_uses_that_server_and_starts_none() -> TestResult {
         "XDG_CONFIG_HOME".to_owned(),
         dir.path().display().to_string(),
     ));
-    // `Switchboard::spawn` clears NATS_URL; pass it as the flag's value instead.
-    let mut up = Switchboard::spawn(&["up", "--nats-url", &server.url()], &env);
+    let mut up = Switchboard::spawn(&["up"], &env);
     up.wait_for(READY, START_TIMEOUT);
 
     let started = up.descendants();

@@ -28,8 +28,9 @@ impl Switchboard {
     pub fn spawn(args: &[impl AsRef<std::ffi::OsStr>], env: &[(String, String)]) -> Switchboard {
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args(args)
-            .envs(env.iter().map(|(k, v)| (k, v)))
+            // A NATS_URL of the developer's shell must not leak into tests.
             .env_remove("NATS_URL")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
