@@ -1,49 +1,25 @@
 //! Finding services by asking NATS, not a registry.
 //!
-//! A `$SRV.PING|INFO` request is answered by every instance of every service.
-//! A plain request would keep only the first reply, so discovery publishes
-//! with a reply inbox and gathers all answers that arrive within a window.
+//! A `$SRV.PING|INFO|STATS` request is answered by every instance of every
+//! service. A plain request keeps only the first reply, so discovery publishes
+//! with its own reply inbox and gathers every answer that arrives within a
+//! window. Answers that do not parse are skipped with a warning, so one
+//! broken service cannot hide the others.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
-/// One instance's `$SRV.INFO` answer (ADR-32 `io.nats.micro.v1.info_response`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct InstanceInfo {
-    /// Service name.
-    pub name: String,
-    /// Instance id, unique per running instance.
-    pub id: String,
-    /// SemVer version.
-    pub version: String,
-    /// Description.
-    #[serde(default)]
-    pub description: String,
-    /// The endpoints this instance serves.
-    #[serde(default)]
-    pub endpoints: Vec<EndpointInfo>,
-    /// Free-form metadata.
-    #[serde(default)]
-    pub metadata: Option<BTreeMap<String, String>>,
-}
+use crate::micro::{InfoResponse, PingResponse, StatsResponse};
 
-/// One endpoint in an [`InstanceInfo`].
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct EndpointInfo {
-    /// Endpoint name.
-    pub name: String,
-    /// Subject it listens on.
-    pub subject: String,
-    /// Queue group shared by the instances.
-    #[serde(default)]
-    pub queue_group: Option<String>,
-    /// Free-form metadata (schemas, HTTP route, …).
-    #[serde(default)]
-    pub metadata: Option<BTreeMap<String, String>>,
-}
+/// One instance's `$SRV.INFO` answer.
+pub type InstanceInfo = InfoResponse;
+
+/// How long to gather answers by default: long enough for a loaded local
+/// system, short enough for a CLI.
+pub const DEFAULT_WINDOW: Duration = Duration::from_millis(500);
 
 /// All instances of one service, as gathered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,11 +44,65 @@ pub enum DiscoveryError {
     /// Sending the request failed.
     #[error("cannot send the discovery request: {0}")]
     Publish(#[from] async_nats::PublishError),
+    /// A service name or id that cannot be part of a subject.
+    #[error("invalid service name or id {0:?}")]
+    InvalidName(String),
 }
 
-/// Gathers every `$SRV.INFO` answer (for one service when `name` is given)
-/// that arrives within `window`. Answers that do not parse are skipped with
-/// a warning, so one broken service cannot hide the others.
+/// Which instances to ask: all, one service, or one instance of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Target<'a> {
+    /// Service name.
+    pub name: Option<&'a str>,
+    /// Instance id (needs `name`).
+    pub id: Option<&'a str>,
+}
+
+impl<'a> Target<'a> {
+    /// Every service.
+    pub fn all() -> Self {
+        Target::default()
+    }
+    /// Every instance of `name`.
+    pub fn service(name: &'a str) -> Self {
+        Target {
+            name: Some(name),
+            id: None,
+        }
+    }
+
+    fn subject(&self, verb: &str) -> Result<String, DiscoveryError> {
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        let mut subject = format!("$SRV.{verb}");
+        for part in [self.name, self.name.and(self.id)].into_iter().flatten() {
+            if !valid(part) {
+                return Err(DiscoveryError::InvalidName(part.to_owned()));
+            }
+            subject.push('.');
+            subject.push_str(part);
+        }
+        Ok(subject)
+    }
+}
+
+/// Gathers `$SRV.PING` answers.
+///
+/// # Errors
+///
+/// [`DiscoveryError`] when the request cannot be sent.
+pub async fn ping(
+    client: &async_nats::Client,
+    target: Target<'_>,
+    window: Duration,
+) -> Result<Vec<PingResponse>, DiscoveryError> {
+    gather(client, &target.subject("PING")?, window).await
+}
+
+/// Gathers `$SRV.INFO` answers (for one service when `name` is given).
 ///
 /// # Errors
 ///
@@ -81,15 +111,39 @@ pub async fn info(
     client: &async_nats::Client,
     name: Option<&str>,
     window: Duration,
-) -> Result<Vec<InstanceInfo>, DiscoveryError> {
-    let subject = match name {
-        Some(name) => format!("$SRV.INFO.{name}"),
-        None => "$SRV.INFO".to_owned(),
-    };
+) -> Result<Vec<InfoResponse>, DiscoveryError> {
+    let target = Target { name, id: None };
+    gather(client, &target.subject("INFO")?, window).await
+}
+
+/// Gathers `$SRV.STATS` answers.
+///
+/// # Errors
+///
+/// [`DiscoveryError`] when the request cannot be sent.
+pub async fn stats(
+    client: &async_nats::Client,
+    target: Target<'_>,
+    window: Duration,
+) -> Result<Vec<StatsResponse>, DiscoveryError> {
+    gather(client, &target.subject("STATS")?, window).await
+}
+
+/// Publishes an empty request to `subject` and collects every answer that
+/// parses as `T` within `window`.
+///
+/// # Errors
+///
+/// [`DiscoveryError`] when the request cannot be sent.
+pub async fn gather<T: DeserializeOwned>(
+    client: &async_nats::Client,
+    subject: &str,
+    window: Duration,
+) -> Result<Vec<T>, DiscoveryError> {
     let inbox = client.new_inbox();
     let mut replies = client.subscribe(inbox.clone()).await?;
     client
-        .publish_with_reply(subject, inbox, Default::default())
+        .publish_with_reply(subject.to_owned(), inbox, Default::default())
         .await?;
     let mut found = Vec::new();
     let deadline = tokio::time::sleep(window);
@@ -100,9 +154,9 @@ pub async fn info(
             reply = replies.next() => match reply {
                 // A status message (no responders) carries no answer.
                 Some(message) if message.status.is_some() => {}
-                Some(message) => match serde_json::from_slice::<InstanceInfo>(&message.payload) {
-                    Ok(info) => found.push(info),
-                    Err(error) => tracing::warn!(%error, "ignoring a malformed $SRV.INFO reply"),
+                Some(message) => match serde_json::from_slice::<T>(&message.payload) {
+                    Ok(answer) => found.push(answer),
+                    Err(error) => tracing::warn!(%subject, %error, "ignoring a malformed discovery reply"),
                 },
                 None => break,
             },
@@ -113,7 +167,7 @@ pub async fn info(
 }
 
 /// Groups instance answers by service name, sorted by name.
-pub fn summarize(instances: &[InstanceInfo]) -> Vec<ServiceSummary> {
+pub fn summarize(instances: &[InfoResponse]) -> Vec<ServiceSummary> {
     let mut by_name: BTreeMap<&str, ServiceSummary> = BTreeMap::new();
     for instance in instances {
         let summary = by_name

@@ -11,7 +11,11 @@
 //! | [`server`] | find, start, probe and stop the embedded `nats-server` |
 //! | [`up`] | `switchboard up`: server, credentials, services, readiness, ordered stop |
 //! | [`supervisor`] | keep service processes alive with backoff; stop them politely |
-//! | [`service`] | run a service on the NATS Services API until shutdown |
+//! | [`service`] | typed endpoints on the NATS Services API; concurrency, errors, drain |
+//! | [`client`] | typed calls: deadlines, retries with a budget, circuit breakers |
+//! | [`codec`] | the one place that knows bytes, header names and content types |
+//! | [`micro`] | ADR-32 wire types of `$SRV` answers |
+//! | [`trace_context`] | W3C `traceparent` across calls |
 //! | [`discovery`] | gather every instance's `$SRV` answer |
 //! | [`connect`] | connect from `NATS_URL`/`NATS_USER`/`NATS_PASSWORD` |
 //! | [`credentials`] | per-run passwords handed to server and services |
@@ -21,25 +25,49 @@
 //! | [`telemetry`] | logging set-up |
 //! | `testing` | real throw-away servers and clusters for tests (feature `testing`) |
 //!
-//! A service binary is a few lines:
+//! A service and a call, end to end:
 //!
 //! ```no_run
-//! use switchboard::{connect::ConnectConfig, service::{self, ServiceSpec}, shutdown, telemetry};
+//! use switchboard::{ServiceError, client::Client, service::{Context, Endpoint, Service}};
+//!
+//! #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+//! struct Add { a: i64, b: i64 }
+//! #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+//! struct Sum { sum: i64 }
+//!
+//! async fn add(_ctx: Context, req: Add) -> Result<Sum, ServiceError> {
+//!     req.a.checked_add(req.b)
+//!         .map(|sum| Sum { sum })
+//!         .ok_or_else(|| ServiceError::unprocessable("overflow"))
+//! }
 //!
 //! #[tokio::main]
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//!     telemetry::init();
-//!     let client = ConnectConfig::from_env("hello").connect().await?;
-//!     let spec = ServiceSpec::new("hello", "0.1.0", "Says hello");
-//!     service::run_until(client, &spec, shutdown::signal()).await?;
+//!     switchboard::telemetry::init();
+//!     let nats = switchboard::connect::ConnectConfig::from_env("calc").connect().await?;
+//!     let service = Service::builder("calc", "1.0.0")
+//!         .description("Arithmetic")
+//!         .endpoint(Endpoint::new("add", add).description("Adds two numbers").idempotent(true))
+//!         .start(nats.clone())
+//!         .await?;
+//!
+//!     let client = Client::new(nats);
+//!     let reply: Sum = client.call("calc.add", &Add { a: 2, b: 3 }).await?;
+//!     assert_eq!(reply.sum, 5);
+//!
+//!     service.drain().await;
 //!     Ok(())
 //! }
 //! ```
 #![warn(missing_docs)]
 
+pub mod client;
+pub mod codec;
 pub mod connect;
 pub mod credentials;
 pub mod discovery;
+mod error;
+pub mod micro;
 pub mod nats_context;
 pub mod process;
 pub mod server;
@@ -49,4 +77,7 @@ pub mod supervisor;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod trace_context;
 pub mod up;
+
+pub use error::ServiceError;

@@ -1,27 +1,24 @@
 //! The `inventory` service of the reference system: Stock levels: restock, reserve and release items.
 //!
 //! For now it joins discovery (`$SRV.PING|INFO|STATS`) and waits for
-//! shutdown; its endpoints and events arrive with the request-reply kit.
+//! shutdown; its endpoints and events arrive with the reference system.
 
 use std::future::Future;
 
-use switchboard::service::{self, ServiceError, ServiceSpec};
+use switchboard::service::{DrainReport, ServeError, Service, ServiceBuilder};
 
-/// What discovery reports about this service.
-pub fn spec() -> ServiceSpec {
-    ServiceSpec::new(
-        "inventory",
-        env!("CARGO_PKG_VERSION"),
-        "Stock levels: restock, reserve and release items",
-    )
+/// The service as discovery reports it.
+pub fn service() -> ServiceBuilder {
+    Service::builder("inventory", env!("CARGO_PKG_VERSION"))
+        .description("Stock levels: restock, reserve and release items")
 }
 
 /// Runs the service with the connection settings from the environment until
-/// `shutdown` resolves.
+/// `shutdown` resolves, then drains it.
 ///
 /// # Errors
 ///
 /// When NATS cannot be reached or the service cannot register.
-pub async fn run(shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
-    service::serve_from_env(&spec(), shutdown).await
+pub async fn run(shutdown: impl Future<Output = ()>) -> Result<DrainReport, ServeError> {
+    service().serve_from_env(shutdown).await
 }

@@ -1,0 +1,115 @@
+//! Why a call failed, with kinds a caller can match.
+
+use std::time::Duration;
+
+use crate::error::ServiceError;
+
+/// A failed [`call`](super::Client::call).
+///
+/// ```
+/// # use switchboard::client::CallError;
+/// fn http_status(e: &CallError) -> u16 {
+///     match e {
+///         CallError::Rejected(error) => error.code,
+///         CallError::TimedOut { .. } => 504,
+///         CallError::NoResponders { .. } | CallError::CircuitOpen { .. } => 503,
+///         _ => 502,
+///     }
+/// }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// No answer before the deadline.
+    #[error("{subject}: no reply within {waited:?}")]
+    TimedOut {
+        /// The subject called.
+        subject: String,
+        /// How long the call waited in total.
+        waited: Duration,
+    },
+    /// Nobody serves the subject (NATS answered at once).
+    #[error("{subject}: no service is listening")]
+    NoResponders {
+        /// The subject called.
+        subject: String,
+    },
+    /// The circuit breaker for the subject is open: the call was not sent.
+    #[error("{subject}: circuit open after repeated failures; not calling for now")]
+    CircuitOpen {
+        /// The subject called.
+        subject: String,
+    },
+    /// The service answered with an error.
+    #[error("{0}")]
+    Rejected(ServiceError),
+    /// The reply was not the expected type (or the request not serializable).
+    #[error("{subject}: cannot decode: {source}")]
+    Decode {
+        /// The subject called.
+        subject: String,
+        /// serde's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The request cannot be sent as it is (bad subject, too large); no
+    /// retry can help.
+    #[error("{subject}: cannot send: {message}")]
+    Invalid {
+        /// The subject called.
+        subject: String,
+        /// The client's error.
+        message: String,
+    },
+    /// The connection failed.
+    #[error("{subject}: transport error: {message}")]
+    Transport {
+        /// The subject called.
+        subject: String,
+        /// The client's error.
+        message: String,
+    },
+}
+
+impl CallError {
+    /// The service's error, for [`CallError::Rejected`].
+    pub fn rejection(&self) -> Option<&ServiceError> {
+        match self {
+            CallError::Rejected(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// What a handler should answer its own caller when this call failed:
+    /// rejections pass through, the rest become 503/504.
+    pub fn to_service_error(&self) -> ServiceError {
+        match self {
+            CallError::Rejected(e) => e.clone(),
+            CallError::TimedOut { .. } => ServiceError::deadline_exceeded(self.to_string()),
+            CallError::NoResponders { .. }
+            | CallError::CircuitOpen { .. }
+            | CallError::Transport { .. } => ServiceError::unavailable(self.to_string()),
+            CallError::Decode { .. } | CallError::Invalid { .. } => {
+                ServiceError::internal("a call to a dependency failed")
+            }
+        }
+    }
+
+    /// Whether the failure says something about the target's health (for
+    /// the circuit breaker): 4xx rejections do not, they are the caller's.
+    pub(crate) fn is_target_failure(&self) -> bool {
+        match self {
+            CallError::Rejected(e) => e.is_server_error(),
+            CallError::Decode { .. }
+            | CallError::CircuitOpen { .. }
+            | CallError::Invalid { .. } => false,
+            _ => true,
+        }
+    }
+}
+
+impl From<CallError> for ServiceError {
+    fn from(e: CallError) -> Self {
+        e.to_service_error()
+    }
+}

@@ -1,0 +1,226 @@
+//! Typed calls that fail fast and predictably.
+//!
+//! [`Client::call`] sends a typed request to a subject and returns the typed
+//! reply or a [`CallError`] whose kind says what happened. Every call has a
+//! deadline that travels with the request (each hop uses what is left), a
+//! `traceparent`, retries only where they are safe (no responders and
+//! transport failures always; timeouts only for idempotent calls) with
+//! exponential, jittered backoff bounded by a shared [`RetryBudget`], and a
+//! circuit breaker per subject.
+//!
+//! ```no_run
+//! # async fn demo(nats: async_nats::Client) -> Result<(), switchboard::client::CallError> {
+//! use switchboard::client::{Client, CallOptions};
+//! use std::time::Duration;
+//!
+//! #[derive(serde::Serialize)]
+//! struct GetUser { id: String }
+//! #[derive(serde::Deserialize)]
+//! struct User { id: String, name: String }
+//!
+//! let client = Client::new(nats);
+//! let user: User = client.call("users.get", &GetUser { id: "u1".into() }).await?;
+//! let again: User = client
+//!     .call_with("users.get", &GetUser { id: "u1".into() },
+//!                CallOptions::default().timeout(Duration::from_millis(200)).idempotent(true))
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+mod breaker;
+mod budget;
+mod error;
+mod options;
+
+use std::sync::Arc;
+
+use async_nats::RequestErrorKind;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+
+use crate::codec;
+use crate::trace_context::TraceContext;
+
+pub use breaker::{BreakerConfig, BreakerSnapshot, BreakerState, Breakers};
+pub use budget::{RetryBudget, RetryBudgetConfig};
+pub use error::CallError;
+pub use options::CallOptions;
+
+/// A NATS client with deadlines, retries, a retry budget and breakers.
+/// Cheap to clone; clones share breakers and budget.
+#[derive(Debug, Clone)]
+pub struct Client {
+    nats: async_nats::Client,
+    breakers: Arc<Breakers>,
+    budget: Arc<RetryBudget>,
+    defaults: CallOptions,
+}
+
+impl Client {
+    /// Wraps a connection with default settings.
+    pub fn new(nats: async_nats::Client) -> Self {
+        Client::with_config(nats, BreakerConfig::default(), RetryBudgetConfig::default())
+    }
+
+    /// Wraps a connection with the given breaker and budget settings.
+    pub fn with_config(
+        nats: async_nats::Client,
+        breaker: BreakerConfig,
+        budget: RetryBudgetConfig,
+    ) -> Self {
+        Client {
+            nats,
+            breakers: Arc::new(Breakers::new(breaker)),
+            budget: Arc::new(RetryBudget::new(budget)),
+            defaults: CallOptions::default(),
+        }
+    }
+
+    /// Replaces the options [`Client::call`] uses.
+    pub fn with_defaults(mut self, defaults: CallOptions) -> Self {
+        self.defaults = defaults;
+        self
+    }
+
+    /// The underlying connection.
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.nats
+    }
+
+    /// The circuit breakers.
+    pub fn breakers(&self) -> &Breakers {
+        &self.breakers
+    }
+
+    /// The retry budget.
+    pub fn retry_budget(&self) -> &RetryBudget {
+        &self.budget
+    }
+
+    /// Calls `subject` with the default options.
+    ///
+    /// # Errors
+    ///
+    /// A [`CallError`] naming what failed.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        subject: &str,
+        request: &Req,
+    ) -> Result<Resp, CallError> {
+        self.call_with(subject, request, self.defaults.clone())
+            .await
+    }
+
+    /// Calls `subject` with explicit options.
+    ///
+    /// # Errors
+    ///
+    /// A [`CallError`] naming what failed.
+    pub async fn call_with<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        subject: &str,
+        request: &Req,
+        options: CallOptions,
+    ) -> Result<Resp, CallError> {
+        let payload = codec::encode(request).map_err(|source| CallError::Decode {
+            subject: subject.to_owned(),
+            source,
+        })?;
+        let started = Instant::now();
+        let deadline = options.effective_deadline(started);
+        let trace = options.trace.unwrap_or_else(TraceContext::new_root);
+        let mut delays = ExponentialBuilder::new()
+            .with_min_delay(options.retry_min_delay)
+            .with_max_delay(options.retry_max_delay)
+            .with_jitter()
+            .with_max_times(options.max_retries as usize)
+            .build();
+        self.budget.deposit();
+        loop {
+            let outcome = self
+                .attempt(subject, payload.clone(), deadline, &trace)
+                .await;
+            let error = match outcome {
+                Ok(reply) => {
+                    self.breakers.record(subject, true);
+                    return codec::decode_response(&reply).map_err(|source| CallError::Decode {
+                        subject: subject.to_owned(),
+                        source,
+                    });
+                }
+                Err(error) => error,
+            };
+            if !matches!(error, CallError::CircuitOpen { .. }) {
+                self.breakers.record(subject, !error.is_target_failure());
+            }
+            let retryable = match &error {
+                CallError::NoResponders { .. } | CallError::Transport { .. } => true,
+                CallError::TimedOut { .. } => options.idempotent,
+                _ => false,
+            };
+            if !retryable {
+                return Err(error);
+            }
+            let Some(delay) = delays.next() else {
+                return Err(error);
+            };
+            if Instant::now() + delay >= deadline || !self.budget.try_withdraw() {
+                return Err(error);
+            }
+            tracing::debug!(%subject, ?delay, %error, "retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// One request; the reply's payload or the classified failure.
+    async fn attempt(
+        &self,
+        subject: &str,
+        payload: bytes::Bytes,
+        deadline: Instant,
+        trace: &TraceContext,
+    ) -> Result<bytes::Bytes, CallError> {
+        if !self.breakers.allow(subject) {
+            return Err(CallError::CircuitOpen {
+                subject: subject.to_owned(),
+            });
+        }
+        let now = Instant::now();
+        let remaining = deadline.saturating_duration_since(now);
+        let timed_out = || CallError::TimedOut {
+            subject: subject.to_owned(),
+            waited: remaining,
+        };
+        if remaining.is_zero() {
+            return Err(timed_out());
+        }
+        let request = async_nats::Request::new()
+            .payload(payload)
+            .headers(codec::request_headers(remaining, &trace.child()))
+            .timeout(Some(remaining));
+        match self.nats.send_request(subject.to_owned(), request).await {
+            Ok(message) => match codec::read_error(message.headers.as_ref(), &message.payload) {
+                Some(rejection) => Err(CallError::Rejected(rejection)),
+                None => Ok(message.payload),
+            },
+            Err(e) => Err(match e.kind() {
+                RequestErrorKind::NoResponders => CallError::NoResponders {
+                    subject: subject.to_owned(),
+                },
+                RequestErrorKind::TimedOut => timed_out(),
+                RequestErrorKind::InvalidSubject | RequestErrorKind::MaxPayloadExceeded => {
+                    CallError::Invalid {
+                        subject: subject.to_owned(),
+                        message: e.to_string(),
+                    }
+                }
+                RequestErrorKind::Other => CallError::Transport {
+                    subject: subject.to_owned(),
+                    message: e.to_string(),
+                },
+            }),
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The one place that knows bytes, header names and content types.
+//!
+//! Handlers and callers deal in typed values, [`ServiceError`]s, deadlines
+//! and [`TraceContext`]s; this module turns them into NATS payloads and
+//! headers and back. Payloads are JSON. Errors travel as the ADR-32 headers
+//! `Nats-Service-Error` / `Nats-Service-Error-Code` plus a JSON body
+//! `{"error":{"code":…,"message":…,"details":…}}`, so the `nats` CLI shows
+//! them and a plain client can read them.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::ServiceError;
+use crate::trace_context::TraceContext;
+
+/// ADR-32 error description header.
+pub const SERVICE_ERROR: &str = "Nats-Service-Error";
+/// ADR-32 error code header.
+pub const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
+/// The caller's remaining time in milliseconds: each hop uses what is left.
+pub const TIMEOUT_MS: &str = "Switchboard-Timeout-Ms";
+/// W3C trace context.
+pub const TRACEPARENT: &str = "traceparent";
+/// Content type of every payload.
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+
+#[derive(Serialize, serde::Deserialize)]
+struct ErrorBody {
+    error: ServiceError,
+}
+
+/// Serializes a value as JSON.
+///
+/// # Errors
+///
+/// When the value's `Serialize` implementation fails (e.g. a map with
+/// non-string keys) — a bug of the caller's type, not of the input.
+pub fn encode<T: Serialize>(value: &T) -> Result<Bytes, serde_json::Error> {
+    serde_json::to_vec(value).map(Bytes::from)
+}
+
+/// Parses a request; malformed or mistyped JSON becomes a 400 whose message
+/// is serde's (it names the line, column and field).
+///
+/// # Errors
+///
+/// A 400 [`ServiceError`].
+pub fn decode_request<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ServiceError> {
+    // An empty request means "no fields", so `{}`-shaped types accept it.
+    let payload: &[u8] = if payload.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        payload
+    };
+    serde_json::from_slice(payload).map_err(|e| {
+        ServiceError::bad_request(format!("invalid request: {e}"))
+            .with_details(serde_json::json!({ "line": e.line(), "column": e.column() }))
+    })
+}
+
+/// Parses a response.
+///
+/// # Errors
+///
+/// serde's error when the body does not match the expected type.
+pub fn decode_response<T: DeserializeOwned>(payload: &[u8]) -> Result<T, serde_json::Error> {
+    serde_json::from_slice(payload)
+}
+
+/// Headers and body of an error reply.
+pub fn error_reply(error: &ServiceError) -> (HeaderMap, Bytes) {
+    let mut headers = HeaderMap::new();
+    // Header values cannot hold line breaks.
+    let description: String = error
+        .message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    headers.insert(SERVICE_ERROR, description.as_str());
+    headers.insert(SERVICE_ERROR_CODE, error.code.to_string().as_str());
+    let body = encode(&ErrorBody {
+        error: error.clone(),
+    })
+    .unwrap_or_else(|_| {
+        Bytes::from_static(b"{\"error\":{\"code\":500,\"message\":\"unencodable error\"}}")
+    });
+    (headers, body)
+}
+
+/// The error a reply carries, if it is an error reply. The JSON body is
+/// preferred (it has details); the headers alone are enough (other NATS
+/// services send only those).
+pub fn read_error(headers: Option<&HeaderMap>, payload: &[u8]) -> Option<ServiceError> {
+    let headers = headers?;
+    let code = headers
+        .get(SERVICE_ERROR_CODE)?
+        .as_str()
+        .trim()
+        .parse::<u16>()
+        .ok()?;
+    if let Ok(ErrorBody { error }) = serde_json::from_slice::<ErrorBody>(payload) {
+        return Some(ServiceError { code, ..error });
+    }
+    let message = headers
+        .get(SERVICE_ERROR)
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_default();
+    Some(ServiceError::new(code, message))
+}
+
+/// The caller's remaining time, if it sent one. Unparseable values are
+/// ignored rather than failing the request.
+pub fn read_timeout(headers: Option<&HeaderMap>) -> Option<Duration> {
+    let value = headers?.get(TIMEOUT_MS)?;
+    value
+        .as_str()
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_millis)
+}
+
+/// The caller's trace context, if valid.
+pub fn read_trace(headers: Option<&HeaderMap>) -> Option<TraceContext> {
+    TraceContext::parse(headers?.get(TRACEPARENT)?.as_str())
+}
+
+/// Request headers for a call: remaining time and trace context.
+pub fn request_headers(remaining: Duration, trace: &TraceContext) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    // Round up: "1 ms left" must not become "0 ms, already expired".
+    let millis = remaining.as_micros().div_ceil(1000);
+    headers.insert(TIMEOUT_MS, millis.to_string().as_str());
+    headers.insert(TRACEPARENT, trace.to_string().as_str());
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_reply_round_trips_with_details() {
+        let error = ServiceError::conflict("short of stock\non sku-1")
+            .with_details(serde_json::json!({"sku": "sku-1"}));
+        let (headers, body) = error_reply(&error);
+        assert_eq!(
+            headers.get(SERVICE_ERROR_CODE).map(|v| v.as_str()),
+            Some("409")
+        );
+        assert_eq!(
+            headers.get(SERVICE_ERROR).map(|v| v.as_str()),
+            Some("short of stock on sku-1")
+        );
+        assert_eq!(read_error(Some(&headers), &body), Some(error));
+    }
+
+    #[test]
+    fn header_only_errors_are_understood() {
+        let mut headers = HeaderMap::new();
+        headers.insert(SERVICE_ERROR, "nope");
+        headers.insert(SERVICE_ERROR_CODE, "503");
+        assert_eq!(
+            read_error(Some(&headers), b""),
+            Some(ServiceError::unavailable("nope"))
+        );
+        assert_eq!(read_error(None, b"{}"), None);
+    }
+
+    #[test]
+    fn malformed_json_is_a_400_naming_the_position() {
+        #[derive(serde::Deserialize, Debug)]
+        struct Req {
+            #[allow(dead_code)]
+            id: u64,
+        }
+        let err = decode_request::<Req>(b"{\"id\": ").err();
+        let err = err.unwrap_or_else(|| ServiceError::internal("decoded"));
+        assert_eq!(err.code, 400);
+        assert!(err.message.contains("line 1"), "{}", err.message);
+        let err = decode_request::<Req>(b"{\"id\": \"x\"}").err();
+        assert!(err.is_some_and(|e| e.code == 400 && e.message.contains("invalid type")));
+    }
+
+    #[test]
+    fn timeout_rounds_up() {
+        let trace = TraceContext::new_root();
+        let headers = request_headers(Duration::from_micros(1), &trace);
+        assert_eq!(read_timeout(Some(&headers)), Some(Duration::from_millis(1)));
+        assert_eq!(read_trace(Some(&headers)), Some(trace));
+    }
+}

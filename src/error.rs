@@ -1,0 +1,81 @@
+//! The error a handler returns and a caller receives: a reply, never silence.
+//!
+//! Codes follow HTTP so that the gateway, the `nats` CLI and people all read
+//! them the same way: 400 bad input, 404 unknown, 409 conflict, 422 rule
+//! broken, 429 overloaded, 500 bug, 503 unavailable, 504 deadline exceeded.
+//! On the wire it is the `Nats-Service-Error`/`-Code` headers plus the body
+//! `{"error":{"code":…,"message":…,"details":…}}` (see [`crate::codec`]).
+
+use serde::{Deserialize, Serialize};
+
+/// A failed request, as replied by a service.
+///
+/// ```
+/// use switchboard::ServiceError;
+///
+/// let e = ServiceError::not_found("no order 42");
+/// assert_eq!(e.code, 404);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code} {message}")]
+pub struct ServiceError {
+    /// HTTP-style status code.
+    pub code: u16,
+    /// Human-readable explanation.
+    pub message: String,
+    /// Machine-readable extras (e.g. which field failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
+}
+
+impl ServiceError {
+    /// An error with any code.
+    pub fn new(code: u16, message: impl Into<String>) -> Self {
+        ServiceError {
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+    /// 400: the request is malformed or invalid.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, message)
+    }
+    /// 404: the thing asked for does not exist.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(404, message)
+    }
+    /// 409: the request conflicts with the current state.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(409, message)
+    }
+    /// 422: well-formed, but a business rule forbids it.
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(422, message)
+    }
+    /// 429: too many requests in flight; try again later.
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        Self::new(429, message)
+    }
+    /// 500: a bug; details belong in the log, not the reply.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, message)
+    }
+    /// 503: a dependency is unavailable.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, message)
+    }
+    /// 504: the caller's deadline passed.
+    pub fn deadline_exceeded(message: impl Into<String>) -> Self {
+        Self::new(504, message)
+    }
+    /// Adds machine-readable details.
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+    /// Whether the failure is the server's (5xx) rather than the request's.
+    pub fn is_server_error(&self) -> bool {
+        self.code >= 500
+    }
+}

@@ -1,0 +1,218 @@
+//! Taking requests off an endpoint's subscription and answering each.
+//!
+//! Requests run concurrently, up to the endpoint's `max_in_flight`; up to
+//! `max_queued` more wait for a slot; beyond that the answer is 429 at once,
+//! so memory stays bounded under overload and a slow endpoint never holds up
+//! a sibling (each endpoint has its own loop and limits). Every accepted
+//! request gets exactly one reply: its result, a 400 for bad input, a 504
+//! when its deadline passed, or a 500 when the handler panicked.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use async_nats::Message;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::Context;
+use super::endpoint::Endpoint;
+use super::stats::EndpointCounters;
+use crate::client::Client;
+use crate::codec;
+use crate::error::ServiceError;
+use crate::trace_context::TraceContext;
+
+/// An endpoint while it serves.
+#[derive(Debug)]
+pub(crate) struct LiveEndpoint {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) name: Arc<str>,
+    pub(crate) service: Arc<str>,
+    pub(crate) subject: String,
+    pub(crate) queue_group: String,
+    pub(crate) counters: EndpointCounters,
+    pub(crate) slots: Arc<Semaphore>,
+}
+
+impl LiveEndpoint {
+    pub(crate) fn in_flight(&self) -> usize {
+        self.endpoint
+            .max_in_flight
+            .saturating_sub(self.slots.available_permits())
+    }
+}
+
+/// Serves `subscription` until `stop` is cancelled; then drains it (stops
+/// taking new requests, still answers those already delivered) and returns.
+/// Request tasks are spawned on `tracker`, which the caller waits on.
+pub(crate) async fn serve(
+    live: Arc<LiveEndpoint>,
+    mut subscription: async_nats::Subscriber,
+    nats: async_nats::Client,
+    client: Client,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            message = subscription.next() => match message {
+                Some(message) => accept(&live, message, &nats, &client, &tracker).await,
+                None => return,
+            },
+        }
+    }
+    // Unsubscribe, but answer what the server already sent us: the stream
+    // ends once the server confirmed the unsubscribe.
+    if let Err(error) = subscription.drain().await {
+        tracing::warn!(endpoint = %live.name, %error, "cannot drain the subscription");
+        return;
+    }
+    while let Some(message) = subscription.next().await {
+        accept(&live, message, &nats, &client, &tracker).await;
+    }
+}
+
+async fn accept(
+    live: &Arc<LiveEndpoint>,
+    message: Message,
+    nats: &async_nats::Client,
+    client: &Client,
+    tracker: &TaskTracker,
+) {
+    let received = Instant::now();
+    let Some(reply) = message.reply.clone() else {
+        // Nobody waits for an answer: nothing to reply to, but count it.
+        let error = ServiceError::bad_request("request without a reply subject");
+        tracing::warn!(endpoint = %live.name, "dropping a request without a reply subject");
+        live.counters.record(received.elapsed(), Some(&error));
+        return;
+    };
+    let deadline = codec::read_timeout(message.headers.as_ref()).map(|t| received + t);
+    let request = Request {
+        live: live.clone(),
+        message,
+        reply: reply.to_string(),
+        deadline,
+        received,
+        nats: nats.clone(),
+        client: client.clone(),
+    };
+    match live.slots.clone().try_acquire_owned() {
+        Ok(permit) => {
+            tracker.spawn(request.run(permit));
+        }
+        Err(_) if live.counters.queued() < live.endpoint.max_queued => {
+            live.counters.queued.fetch_add(1, Ordering::Relaxed);
+            let slots = live.slots.clone();
+            tracker.spawn(async move {
+                let permit = slots.acquire_owned().await;
+                request.live.counters.queued.fetch_sub(1, Ordering::Relaxed);
+                match permit {
+                    Ok(permit) => request.run(permit).await,
+                    Err(_) => {
+                        request
+                            .answer(Err(ServiceError::unavailable("shutting down")))
+                            .await
+                    }
+                }
+            });
+        }
+        Err(_) => {
+            live.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            let error = ServiceError::overloaded(format!(
+                "{} has {} requests in flight and {} queued; retry later",
+                live.subject, live.endpoint.max_in_flight, live.endpoint.max_queued
+            ));
+            request.answer(Err(error)).await;
+        }
+    }
+}
+
+struct Request {
+    live: Arc<LiveEndpoint>,
+    message: Message,
+    reply: String,
+    deadline: Option<Instant>,
+    received: Instant,
+    nats: async_nats::Client,
+    client: Client,
+}
+
+impl Request {
+    async fn run(self, _slot: OwnedSemaphorePermit) {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            let error = ServiceError::deadline_exceeded(
+                "the caller's deadline passed before the request was worked on",
+            );
+            return self.answer(Err(error)).await;
+        }
+        let trace = codec::read_trace(self.message.headers.as_ref())
+            .map(|t| t.child())
+            .unwrap_or_else(TraceContext::new_root);
+        let ctx = Context {
+            endpoint: self.live.name.clone(),
+            subject: self.message.subject.to_string(),
+            deadline: self.deadline,
+            trace,
+            headers: self.message.headers.clone(),
+            client: self.client.clone(),
+        };
+        let span = tracing::info_span!(
+            "request",
+            service = %self.live.service,
+            endpoint = %self.live.name,
+            trace_id = %trace.trace_id(),
+            span_id = %trace.span_id(),
+        );
+        let work = (self.live.endpoint.handler)(ctx, self.message.payload.clone());
+        let work = AssertUnwindSafe(work)
+            .catch_unwind()
+            .instrument(span.clone());
+        let outcome = match self.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, work).await.ok(),
+            None => Some(work.await),
+        };
+        let result = match outcome {
+            None => Err(ServiceError::deadline_exceeded(
+                "the caller's deadline passed while the request was worked on",
+            )),
+            Some(Ok(result)) => result,
+            Some(Err(panic)) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                span.in_scope(|| tracing::error!(panic = %what, "handler panicked"));
+                // The panic's text stays in the log: it may hold internals.
+                Err(ServiceError::internal("internal error"))
+            }
+        };
+        self.answer(result).await;
+    }
+
+    async fn answer(self, result: Result<bytes::Bytes, ServiceError>) {
+        let published = match &result {
+            Ok(body) => self.nats.publish(self.reply, body.clone()).await,
+            Err(error) => {
+                let (headers, body) = codec::error_reply(error);
+                self.nats
+                    .publish_with_headers(self.reply, headers, body)
+                    .await
+            }
+        };
+        if let Err(error) = published {
+            tracing::error!(endpoint = %self.live.name, %error, "cannot send the reply");
+        }
+        self.live
+            .counters
+            .record(self.received.elapsed(), result.as_ref().err());
+    }
+}

@@ -1,0 +1,147 @@
+//! Declaring an endpoint: a name, a typed handler, limits and metadata.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::Context;
+use crate::codec;
+use crate::error::ServiceError;
+use crate::micro::Metadata;
+
+pub(crate) type ErasedHandler =
+    Arc<dyn Fn(Context, Bytes) -> BoxFuture<'static, Result<Bytes, ServiceError>> + Send + Sync>;
+
+/// Default concurrent requests per endpoint.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+/// Default requests waiting for a slot before 429s are answered.
+pub const DEFAULT_MAX_QUEUED: usize = 1024;
+
+/// One endpoint of a service.
+///
+/// ```
+/// use switchboard::{ServiceError, service::{Context, Endpoint}};
+///
+/// #[derive(serde::Deserialize, schemars::JsonSchema)]
+/// struct Get { id: String }
+/// #[derive(serde::Serialize, schemars::JsonSchema)]
+/// struct User { id: String }
+///
+/// async fn get(_ctx: Context, req: Get) -> Result<User, ServiceError> {
+///     Ok(User { id: req.id })
+/// }
+///
+/// let endpoint = Endpoint::new("get", get).description("Look up a user").idempotent(true);
+/// ```
+#[derive(Clone)]
+pub struct Endpoint {
+    pub(crate) name: String,
+    pub(crate) description: String,
+    pub(crate) idempotent: bool,
+    pub(crate) max_in_flight: usize,
+    pub(crate) max_queued: usize,
+    pub(crate) metadata: Metadata,
+    pub(crate) request_schema: serde_json::Value,
+    pub(crate) response_schema: serde_json::Value,
+    pub(crate) handler: ErasedHandler,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("name", &self.name)
+            .field("idempotent", &self.idempotent)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("max_queued", &self.max_queued)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// An endpoint named `name` (the subject becomes `<service>.<name>`)
+    /// served by `handler`. Request and response JSON Schemas come from the
+    /// handler's types.
+    pub fn new<Req, Resp, F, Fut>(name: impl Into<String>, handler: F) -> Self
+    where
+        Req: DeserializeOwned + JsonSchema + Send + 'static,
+        Resp: Serialize + JsonSchema + 'static,
+        F: Fn(Context, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, ServiceError>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let erased: ErasedHandler = Arc::new(move |ctx, payload: Bytes| {
+            let handler = handler.clone();
+            Box::pin(async move {
+                let request: Req = codec::decode_request(&payload)?;
+                let response = handler(ctx, request).await?;
+                codec::encode(&response).map_err(|e| {
+                    tracing::error!(error = %e, "response does not serialize");
+                    ServiceError::internal("internal error")
+                })
+            })
+        });
+        Endpoint {
+            name: name.into(),
+            description: String::new(),
+            idempotent: false,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_queued: DEFAULT_MAX_QUEUED,
+            metadata: Metadata::new(),
+            request_schema: schemars::schema_for!(Req).to_value(),
+            response_schema: schemars::schema_for!(Resp).to_value(),
+            handler: erased,
+        }
+    }
+
+    /// One line for discovery and generated API docs.
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = description.into();
+        self
+    }
+
+    /// Safe to repeat (clients may then retry it on timeout).
+    pub fn idempotent(mut self, idempotent: bool) -> Self {
+        self.idempotent = idempotent;
+        self
+    }
+
+    /// Requests handled at once (at least 1).
+    pub fn max_in_flight(mut self, limit: usize) -> Self {
+        self.max_in_flight = limit.max(1);
+        self
+    }
+
+    /// Requests that may wait for a slot; beyond that, 429.
+    pub fn max_queued(mut self, limit: usize) -> Self {
+        self.max_queued = limit;
+        self
+    }
+
+    /// Extra metadata (e.g. the HTTP route the gateway should expose).
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Metadata as published in `$SRV.INFO`: the extras plus description,
+    /// schemas, idempotency and limits.
+    pub(crate) fn published_metadata(&self) -> Metadata {
+        let mut metadata = self.metadata.clone();
+        metadata.insert("description".into(), self.description.clone());
+        metadata.insert("request_schema".into(), self.request_schema.to_string());
+        metadata.insert("response_schema".into(), self.response_schema.to_string());
+        metadata.insert("idempotent".into(), self.idempotent.to_string());
+        metadata.insert("max_in_flight".into(), self.max_in_flight.to_string());
+        metadata
+    }
+}

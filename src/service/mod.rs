@@ -1,0 +1,406 @@
+//! Services on the NATS Services API (ADR-32), with typed endpoints.
+//!
+//! A service is a name, a SemVer version, a description and endpoints. Each
+//! endpoint listens on `<service>.<endpoint>` in queue group `q`, so running
+//! more instances shares the load; each instance answers `$SRV.PING|INFO|STATS`
+//! so `switchboard ls`, the gateway and `nats micro ls` find it. Handlers are
+//! `async fn(Context, Request) -> Result<Response, ServiceError>`: they never
+//! see bytes or header names.
+//!
+//! This is ADR-32 implemented here rather than `async_nats::service`, whose
+//! handling is sequential per endpoint, whose `stop()` does not drain, and
+//! whose STATS omit service metadata.
+//!
+//! Shutdown drains: endpoints stop taking requests, every accepted request
+//! is answered (bounded by the drain timeout), and only then does the
+//! instance leave discovery.
+//!
+//! ```no_run
+//! use switchboard::{ServiceError, service::{Context, Endpoint, Service}};
+//!
+//! #[derive(serde::Deserialize, schemars::JsonSchema)]
+//! struct Hello { name: String }
+//! #[derive(serde::Serialize, schemars::JsonSchema)]
+//! struct Greeting { text: String }
+//!
+//! async fn hello(_ctx: Context, req: Hello) -> Result<Greeting, ServiceError> {
+//!     if req.name.is_empty() {
+//!         return Err(ServiceError::bad_request("name is empty"));
+//!     }
+//!     Ok(Greeting { text: format!("Hello, {}!", req.name) })
+//! }
+//!
+//! # async fn demo(nats: async_nats::Client) -> Result<(), switchboard::service::ServeError> {
+//! Service::builder("greeter", "1.0.0")
+//!     .description("Greets people")
+//!     .endpoint(Endpoint::new("hello", hello).description("Say hello").idempotent(true))
+//!     .serve(nats, switchboard::shutdown::signal())
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+mod context;
+mod dispatch;
+mod endpoint;
+mod srv;
+mod stats;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::client::Client;
+use crate::micro::Metadata;
+
+pub use context::Context;
+pub use endpoint::{DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_QUEUED, Endpoint};
+
+/// Queue group shared by all instances of an endpoint.
+pub const QUEUE_GROUP: &str = "q";
+
+/// Why a service could not be built, started or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// Service or endpoint name breaks the naming rules.
+    #[error("invalid {what} name {name:?}: use lowercase letters, digits, '_' and '-'")]
+    InvalidName {
+        /// "service" or "endpoint".
+        what: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// The version is not SemVer.
+    #[error("invalid version {version:?} of service {service}: {reason}")]
+    InvalidVersion {
+        /// The service.
+        service: String,
+        /// The version given.
+        version: String,
+        /// Why.
+        reason: String,
+    },
+    /// Two endpoints share a name.
+    #[error("service {service} declares endpoint {endpoint:?} twice")]
+    DuplicateEndpoint {
+        /// The service.
+        service: String,
+        /// The endpoint.
+        endpoint: String,
+    },
+    /// The service could not connect to NATS.
+    #[error(transparent)]
+    Connect(#[from] crate::connect::ConnectError),
+    /// Subscribing failed.
+    #[error("service {service} cannot subscribe: {source}")]
+    Subscribe {
+        /// The service.
+        service: String,
+        /// The client's error.
+        #[source]
+        source: async_nats::SubscribeError,
+    },
+    /// The subscriptions could not be confirmed with the server.
+    #[error("service {service} cannot flush its subscriptions: {source}")]
+    Flush {
+        /// The service.
+        service: String,
+        /// The client's error.
+        #[source]
+        source: async_nats::client::FlushError,
+    },
+}
+
+/// Entry point: [`Service::builder`].
+#[derive(Debug)]
+pub struct Service;
+
+impl Service {
+    /// Starts declaring a service.
+    pub fn builder(name: impl Into<String>, version: impl Into<String>) -> ServiceBuilder {
+        ServiceBuilder {
+            name: name.into(),
+            version: version.into(),
+            description: String::new(),
+            metadata: Metadata::new(),
+            endpoints: Vec::new(),
+            drain_timeout: Duration::from_secs(10),
+            client: None,
+        }
+    }
+}
+
+/// A service being declared; ends with [`ServiceBuilder::start`] or
+/// [`ServiceBuilder::serve`].
+#[derive(Debug)]
+pub struct ServiceBuilder {
+    name: String,
+    version: String,
+    description: String,
+    metadata: Metadata,
+    endpoints: Vec<Endpoint>,
+    drain_timeout: Duration,
+    client: Option<Client>,
+}
+
+impl ServiceBuilder {
+    /// One line for `nats micro ls`.
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = description.into();
+        self
+    }
+    /// Service metadata.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+    /// Adds an endpoint.
+    pub fn endpoint(mut self, endpoint: Endpoint) -> Self {
+        self.endpoints.push(endpoint);
+        self
+    }
+    /// How long shutdown waits for in-flight requests; default 10 s.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+    /// The client handlers use for downstream calls (default: one with
+    /// default breaker and budget settings on the service's connection).
+    pub fn client(mut self, client: Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    fn validate(&self) -> Result<(), ServeError> {
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        };
+        if !valid(&self.name) {
+            return Err(ServeError::InvalidName {
+                what: "service",
+                name: self.name.clone(),
+            });
+        }
+        semver::Version::parse(&self.version).map_err(|e| ServeError::InvalidVersion {
+            service: self.name.clone(),
+            version: self.version.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut seen = std::collections::BTreeSet::new();
+        for endpoint in &self.endpoints {
+            if !valid(&endpoint.name) {
+                return Err(ServeError::InvalidName {
+                    what: "endpoint",
+                    name: endpoint.name.clone(),
+                });
+            }
+            if !seen.insert(endpoint.name.as_str()) {
+                return Err(ServeError::DuplicateEndpoint {
+                    service: self.name.clone(),
+                    endpoint: endpoint.name.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates, subscribes everything, flushes (so no early request meets
+    /// "no responders") and returns the running instance.
+    ///
+    /// # Errors
+    ///
+    /// Invalid names, version or duplicates; subscribe or flush failures.
+    pub async fn start(self, nats: async_nats::Client) -> Result<RunningService, ServeError> {
+        self.validate()?;
+        let service: Arc<str> = Arc::from(self.name.as_str());
+        let subscribe_err = |source| ServeError::Subscribe {
+            service: self.name.clone(),
+            source,
+        };
+        let client = self
+            .client
+            .clone()
+            .unwrap_or_else(|| Client::new(nats.clone()));
+        let identity = Arc::new(srv::Identity {
+            name: self.name.clone(),
+            id: nuid::next().to_string(),
+            version: self.version.clone(),
+            description: self.description.clone(),
+            metadata: self.metadata.clone(),
+            started: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        });
+
+        let stop_endpoints = CancellationToken::new();
+        let stop_discovery = CancellationToken::new();
+        let requests = TaskTracker::new();
+        let mut loops = Vec::new();
+        let mut live = Vec::new();
+        for endpoint in self.endpoints {
+            let subject = format!("{}.{}", self.name, endpoint.name);
+            let subscription = nats
+                .queue_subscribe(subject.clone(), QUEUE_GROUP.to_owned())
+                .await
+                .map_err(subscribe_err)?;
+            let endpoint_live = Arc::new(dispatch::LiveEndpoint {
+                name: Arc::from(endpoint.name.as_str()),
+                service: service.clone(),
+                subject,
+                queue_group: QUEUE_GROUP.to_owned(),
+                counters: Default::default(),
+                slots: Arc::new(Semaphore::new(endpoint.max_in_flight)),
+                endpoint,
+            });
+            loops.push(tokio::spawn(dispatch::serve(
+                endpoint_live.clone(),
+                subscription,
+                nats.clone(),
+                client.clone(),
+                requests.clone(),
+                stop_endpoints.clone(),
+            )));
+            live.push(endpoint_live);
+        }
+        let discovery = srv::subscribe(&nats, &identity)
+            .await
+            .map_err(subscribe_err)?;
+        let discovery = tokio::spawn(srv::answer(
+            discovery,
+            identity.clone(),
+            live,
+            nats.clone(),
+            client.clone(),
+            stop_discovery.clone(),
+        ));
+        nats.flush().await.map_err(|source| ServeError::Flush {
+            service: self.name.clone(),
+            source,
+        })?;
+        tracing::info!(service = %self.name, version = %self.version, id = %identity.id, "service started");
+        Ok(RunningService {
+            identity,
+            nats,
+            client,
+            requests,
+            loops,
+            discovery: Some(discovery),
+            stop_endpoints,
+            stop_discovery,
+            drain_timeout: self.drain_timeout,
+        })
+    }
+
+    /// Starts, serves until `shutdown`, then drains.
+    ///
+    /// # Errors
+    ///
+    /// As [`ServiceBuilder::start`].
+    pub async fn serve(
+        self,
+        nats: async_nats::Client,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<DrainReport, ServeError> {
+        let running = self.start(nats).await?;
+        shutdown.await;
+        Ok(running.drain().await)
+    }
+
+    /// Connects with `NATS_URL`/`NATS_USER`/`NATS_PASSWORD` (the connection
+    /// named after the service), serves until `shutdown`, drains the
+    /// service and then the connection.
+    ///
+    /// # Errors
+    ///
+    /// A failed connection, or as [`ServiceBuilder::start`].
+    pub async fn serve_from_env(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<DrainReport, ServeError> {
+        let nats = crate::connect::ConnectConfig::from_env(&self.name)
+            .connect()
+            .await?;
+        let report = self.serve(nats.clone(), shutdown).await?;
+        if let Err(error) = nats.drain().await {
+            tracing::warn!(%error, "cannot drain the connection");
+        }
+        Ok(report)
+    }
+}
+
+/// What a drain achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Requests still running when the drain timeout expired (0 = all answered).
+    pub unfinished: usize,
+}
+
+/// A service instance that is serving.
+#[derive(Debug)]
+pub struct RunningService {
+    identity: Arc<srv::Identity>,
+    nats: async_nats::Client,
+    client: Client,
+    requests: TaskTracker,
+    loops: Vec<tokio::task::JoinHandle<()>>,
+    discovery: Option<tokio::task::JoinHandle<()>>,
+    stop_endpoints: CancellationToken,
+    stop_discovery: CancellationToken,
+    drain_timeout: Duration,
+}
+
+impl RunningService {
+    /// This instance's id (as in `$SRV.PING.<name>.<id>`).
+    pub fn id(&self) -> &str {
+        &self.identity.id
+    }
+
+    /// The service name.
+    pub fn name(&self) -> &str {
+        &self.identity.name
+    }
+
+    /// The client handlers use (its breakers show in `$SRV.STATS`).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Stops taking requests, answers those accepted (up to the drain
+    /// timeout), then leaves discovery.
+    pub async fn drain(mut self) -> DrainReport {
+        self.stop_endpoints.cancel();
+        for endpoint_loop in self.loops.drain(..) {
+            let _ = endpoint_loop.await;
+        }
+        self.requests.close();
+        let unfinished = match tokio::time::timeout(self.drain_timeout, self.requests.wait()).await
+        {
+            Ok(()) => 0,
+            Err(_) => self.requests.len(),
+        };
+        if unfinished > 0 {
+            tracing::warn!(service = %self.identity.name, unfinished, "drain timed out");
+        }
+        self.stop_discovery.cancel();
+        if let Some(discovery) = self.discovery.take() {
+            let _ = discovery.await;
+        }
+        let _ = self.nats.flush().await;
+        tracing::info!(service = %self.identity.name, "service stopped");
+        DrainReport { unfinished }
+    }
+}
+
+impl Drop for RunningService {
+    fn drop(&mut self) {
+        // Dropped without drain(): stop everything (no new requests).
+        self.stop_endpoints.cancel();
+        self.stop_discovery.cancel();
+    }
+}
