@@ -139,8 +139,12 @@ impl Client {
             .build();
         self.budget.deposit();
         loop {
+            // Each attempt may be capped so an idempotent call has time to retry.
+            let attempt_deadline = options
+                .attempt_timeout
+                .map_or(deadline, |t| deadline.min(Instant::now() + t));
             let outcome = self
-                .attempt(subject, payload.clone(), deadline, &trace)
+                .attempt(subject, payload.clone(), attempt_deadline, &trace)
                 .await;
             let error = match outcome {
                 Ok(reply) => {

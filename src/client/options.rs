@@ -15,6 +15,9 @@ pub struct CallOptions {
     /// An absolute deadline (e.g. the caller's caller's); the earlier of
     /// this and `timeout` wins.
     pub deadline: Option<Instant>,
+    /// Longest wait of one attempt (default: all the time left). Shorter
+    /// attempts leave room for retries of idempotent calls.
+    pub attempt_timeout: Option<Duration>,
     /// Safe to repeat: timeouts are retried too (otherwise only no-responders
     /// and transport failures are, where the request surely did nothing).
     pub idempotent: bool,
@@ -33,6 +36,7 @@ impl Default for CallOptions {
         CallOptions {
             timeout: Duration::from_secs(5),
             deadline: None,
+            attempt_timeout: None,
             idempotent: false,
             max_retries: 2,
             retry_min_delay: Duration::from_millis(10),
@@ -51,6 +55,11 @@ impl CallOptions {
     /// Sets an absolute deadline.
     pub fn deadline(mut self, deadline: Instant) -> Self {
         self.deadline = Some(deadline);
+        self
+    }
+    /// Caps each attempt.
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = Some(timeout);
         self
     }
     /// Marks the call idempotent.
