@@ -36,11 +36,21 @@ async fn no_responders_fails_at_once_not_after_the_timeout() -> TestResult {
     let client = Client::new(server.client().await?);
     let asked = Instant::now();
     let result = client
-        .call_with::<_, Pong>("nobody.home", &Ping {}, CallOptions::default().timeout(Duration::from_secs(5)))
+        .call_with::<_, Pong>(
+            "nobody.home",
+            &Ping {},
+            CallOptions::default().timeout(Duration::from_secs(5)),
+        )
         .await;
     let took = asked.elapsed();
-    assert!(matches!(result, Err(CallError::NoResponders { .. })), "{result:?}");
-    assert!(took < Duration::from_millis(100), "took {took:?} (with retries)");
+    assert!(
+        matches!(result, Err(CallError::NoResponders { .. })),
+        "{result:?}"
+    );
+    assert!(
+        took < Duration::from_millis(100),
+        "took {took:?} (with retries)"
+    );
     Ok(())
 }
 
@@ -55,10 +65,21 @@ async fn timeouts_are_typed_and_retried_only_when_idempotent() -> TestResult {
     let short = Duration::from_millis(150);
 
     let result = client
-        .call_with::<_, Pong>("slow.never", &Ping {}, CallOptions::default().timeout(short))
+        .call_with::<_, Pong>(
+            "slow.never",
+            &Ping {},
+            CallOptions::default().timeout(short),
+        )
         .await;
-    assert!(matches!(result, Err(CallError::TimedOut { .. })), "{result:?}");
-    assert_eq!(client.retry_budget().snapshot().0, 0, "a non-idempotent timeout is not retried");
+    assert!(
+        matches!(result, Err(CallError::TimedOut { .. })),
+        "{result:?}"
+    );
+    assert_eq!(
+        client.retry_budget().snapshot().0,
+        0,
+        "a non-idempotent timeout is not retried"
+    );
 
     // Attempts of 150 ms within 600 ms: an idempotent call is retried …
     let attempts = CallOptions::default()
@@ -92,11 +113,15 @@ async fn circuit_opens_short_circuits_and_closes_after_recovery() -> TestResult 
         RetryBudgetConfig::default(),
     );
     for _ in 0..3 {
-        let r = client.call_with::<_, Pong>("flaky.ping", &Ping {}, once()).await;
+        let r = client
+            .call_with::<_, Pong>("flaky.ping", &Ping {}, once())
+            .await;
         assert!(matches!(r, Err(CallError::NoResponders { .. })));
     }
     assert_eq!(client.breakers().state("flaky.ping"), BreakerState::Open);
-    let r = client.call_with::<_, Pong>("flaky.ping", &Ping {}, once()).await;
+    let r = client
+        .call_with::<_, Pong>("flaky.ping", &Ping {}, once())
+        .await;
     assert!(matches!(r, Err(CallError::CircuitOpen { .. })), "{r:?}");
     // Other subjects are not affected.
     assert_eq!(client.breakers().state("other.ping"), BreakerState::Closed);
@@ -138,9 +163,15 @@ async fn client_errors_do_not_trip_the_breaker() -> TestResult {
     );
     for _ in 0..5 {
         let r = client.call::<_, Pong>("strict.check", &Reject {}).await;
-        assert!(matches!(&r, Err(CallError::Rejected(e)) if e.code == 400), "{r:?}");
+        assert!(
+            matches!(&r, Err(CallError::Rejected(e)) if e.code == 400),
+            "{r:?}"
+        );
     }
-    assert_eq!(client.breakers().state("strict.check"), BreakerState::Closed);
+    assert_eq!(
+        client.breakers().state("strict.check"),
+        BreakerState::Closed
+    );
     Ok(())
 }
 
@@ -208,23 +239,38 @@ async fn breaker_states_are_visible_in_the_calling_service_stats() -> TestResult
     let nats = server.client().await?;
     let _caller = Service::builder("caller", "1.0.0")
         .endpoint(Endpoint::new("relay", |ctx: Context, _: Ping| async move {
-            let pong: Pong = ctx.call_with("missing.ping", &Ping {}, CallOptions::default().max_retries(0)).await?;
+            let pong: Pong = ctx
+                .call_with(
+                    "missing.ping",
+                    &Ping {},
+                    CallOptions::default().max_retries(0),
+                )
+                .await?;
             Ok::<_, ServiceError>(pong)
         }))
         .start(nats.clone())
         .await?;
     let client = Client::new(nats.clone());
     for _ in 0..5 {
-        let r = client.call_with::<_, Pong>("caller.relay", &Ping {}, once()).await;
-        assert!(matches!(&r, Err(CallError::Rejected(e)) if e.code == 503), "{r:?}");
+        let r = client
+            .call_with::<_, Pong>("caller.relay", &Ping {}, once())
+            .await;
+        assert!(
+            matches!(&r, Err(CallError::Rejected(e)) if e.code == 503),
+            "{r:?}"
+        );
     }
-    let stats = discovery::stats(&nats, Target::service("caller"), Duration::from_millis(300)).await?;
+    let stats =
+        discovery::stats(&nats, Target::service("caller"), Duration::from_millis(300)).await?;
     let data = stats
         .first()
         .and_then(|s| s.endpoints.first())
         .and_then(|e| e.data.clone())
         .ok_or("no stats data")?;
     assert_eq!(data["circuit_breakers"]["missing.ping"]["state"], "open");
-    assert_eq!(data["circuit_breakers"]["missing.ping"]["consecutive_failures"], 5);
+    assert_eq!(
+        data["circuit_breakers"]["missing.ping"]["consecutive_failures"],
+        5
+    );
     Ok(())
 }

@@ -37,7 +37,10 @@ fn assert_valid(validator: &jsonschema::Validator, answer: &serde_json::Value, w
         .iter_errors(answer)
         .map(|e| format!("{e} at {}", e.instance_path()))
         .collect();
-    assert!(errors.is_empty(), "{what} breaks the contract: {errors:?}\n{answer:#}");
+    assert!(
+        errors.is_empty(),
+        "{what} breaks the contract: {errors:?}\n{answer:#}"
+    );
 }
 
 #[tokio::test]
@@ -57,18 +60,27 @@ async fn every_discovery_answer_validates_against_the_nats_cli_schemas() -> Test
             .description("Echo the text")
             .metadata("http_method", "POST"),
         )
-        .endpoint(Endpoint::new("say_it-loud", |_ctx: Context, req: Echo| async move {
-            Ok::<_, ServiceError>(Echo {
-                text: req.text.to_uppercase(),
-            })
-        }))
+        .endpoint(Endpoint::new(
+            "say_it-loud",
+            |_ctx: Context, req: Echo| async move {
+                Ok::<_, ServiceError>(Echo {
+                    text: req.text.to_uppercase(),
+                })
+            },
+        ))
         .start(nats.clone())
         .await?;
     // Some traffic and an error, so STATS carries real figures.
     let client = Client::new(nats.clone());
     let _: Echo = client.call("echo.say", &Echo { text: "hi".into() }).await?;
     let _ = client
-        .call_with::<_, Echo>("echo.say", &Echo { text: String::new() }, CallOptions::default())
+        .call_with::<_, Echo>(
+            "echo.say",
+            &Echo {
+                text: String::new(),
+            },
+            CallOptions::default(),
+        )
         .await;
 
     let subjects = [
@@ -91,7 +103,10 @@ async fn every_discovery_answer_validates_against_the_nats_cli_schemas() -> Test
                 // The check can fail: the same answer with a bad name does.
                 let mut broken = answer.clone();
                 broken["name"] = "echo.v1".into();
-                assert!(!validator.is_valid(&broken), "the schema accepted a bad name");
+                assert!(
+                    !validator.is_valid(&broken),
+                    "the schema accepted a bad name"
+                );
             }
         }
     }

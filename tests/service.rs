@@ -57,7 +57,11 @@ async fn sleep(_ctx: Context, req: Sleep) -> Result<Done, ServiceError> {
 fn items() -> ServiceBuilder {
     Service::builder("items", "1.2.3")
         .description("Items for tests")
-        .endpoint(Endpoint::new("get", get).description("Look up an item").idempotent(true))
+        .endpoint(
+            Endpoint::new("get", get)
+                .description("Look up an item")
+                .idempotent(true),
+        )
         .endpoint(Endpoint::new("sleep", sleep).description("Sleep a while"))
 }
 
@@ -103,7 +107,11 @@ async fn a_plain_nats_request_gets_a_json_reply() -> TestResult {
             name: "one".into()
         }
     );
-    assert!(reply.headers.is_none_or(|h| h.get(SERVICE_ERROR_CODE).is_none()));
+    assert!(
+        reply
+            .headers
+            .is_none_or(|h| h.get(SERVICE_ERROR_CODE).is_none())
+    );
     Ok(())
 }
 
@@ -118,7 +126,11 @@ async fn errors_are_replies_with_headers_and_body() -> TestResult {
     assert_eq!(code.as_deref(), Some("400"));
     assert!(text.is_some_and(|t| t.contains("invalid request")));
     assert_eq!(body["error"]["code"], 400);
-    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("EOF")));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("EOF"))
+    );
 
     let wrong_type = raw_request(&nats, "items.get", br#"{"id":"one"}"#, None).await?;
     assert_eq!(error_of(&wrong_type).0.as_deref(), Some("400"));
@@ -131,10 +143,16 @@ async fn errors_are_replies_with_headers_and_body() -> TestResult {
     let panicked = raw_request(&nats, "items.get", br#"{"id":13}"#, None).await?;
     let (code, _, body) = error_of(&panicked);
     assert_eq!(code.as_deref(), Some("500"));
-    assert_eq!(body["error"]["message"], "internal error", "no internals leak");
+    assert_eq!(
+        body["error"]["message"], "internal error",
+        "no internals leak"
+    );
 
     let next = raw_request(&nats, "items.get", br#"{"id":1}"#, None).await?;
-    assert!(serde_json::from_slice::<Item>(&next.payload).is_ok(), "still serving after a panic");
+    assert!(
+        serde_json::from_slice::<Item>(&next.payload).is_ok(),
+        "still serving after a panic"
+    );
     Ok(())
 }
 
@@ -160,7 +178,11 @@ async fn an_expired_deadline_is_a_504_and_the_handler_does_not_run() -> TestResu
     expired.insert(TIMEOUT_MS, "0");
     let reply = raw_request(&nats, "deadlines.work", br#"{"ms":0}"#, Some(expired)).await?;
     assert_eq!(error_of(&reply).0.as_deref(), Some("504"));
-    assert_eq!(runs.load(Ordering::SeqCst), 0, "no work for an expired request");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "no work for an expired request"
+    );
 
     // A deadline that passes while the handler works also answers 504.
     let mut short = HeaderMap::new();
@@ -180,7 +202,11 @@ async fn requests_run_concurrently_and_a_slow_endpoint_does_not_block_its_siblin
     let started = Instant::now();
     let slow = futures::future::join_all((0..100).map(|_| {
         let client = client.clone();
-        async move { client.call::<_, Done>("items.sleep", &Sleep { ms: 100 }).await }
+        async move {
+            client
+                .call::<_, Done>("items.sleep", &Sleep { ms: 100 })
+                .await
+        }
     }));
     let sibling = async {
         // While the hundred sleep, the sibling answers promptly.
@@ -191,10 +217,19 @@ async fn requests_run_concurrently_and_a_slow_endpoint_does_not_block_its_siblin
     };
     let (slow, (item, sibling_took)) = tokio::join!(slow, sibling);
     let all_took = started.elapsed();
-    assert!(slow.iter().all(Result::is_ok), "every slow request succeeded");
+    assert!(
+        slow.iter().all(Result::is_ok),
+        "every slow request succeeded"
+    );
     assert!(item.is_ok());
-    assert!(all_took < Duration::from_secs(2), "100 × 100 ms took {all_took:?}: not concurrent");
-    assert!(sibling_took < Duration::from_millis(100), "sibling waited {sibling_took:?}");
+    assert!(
+        all_took < Duration::from_secs(2),
+        "100 × 100 ms took {all_took:?}: not concurrent"
+    );
+    assert!(
+        sibling_took < Duration::from_millis(100),
+        "sibling waited {sibling_took:?}"
+    );
     Ok(())
 }
 
@@ -211,7 +246,11 @@ async fn sustained_overload_is_answered_with_429_not_unbounded_queues() -> TestR
         let client = client.clone();
         async move {
             client
-                .call_with::<_, Done>("tight.sleep", &Sleep { ms: 300 }, CallOptions::default().max_retries(0))
+                .call_with::<_, Done>(
+                    "tight.sleep",
+                    &Sleep { ms: 300 },
+                    CallOptions::default().max_retries(0),
+                )
                 .await
         }
     }))
@@ -224,7 +263,8 @@ async fn sustained_overload_is_answered_with_429_not_unbounded_queues() -> TestR
     assert_eq!(ok, 5, "2 in flight + 3 queued are served");
     assert_eq!(overloaded, 15, "the rest are told to come back later");
 
-    let stats = discovery::stats(&nats, Target::service("tight"), Duration::from_millis(300)).await?;
+    let stats =
+        discovery::stats(&nats, Target::service("tight"), Duration::from_millis(300)).await?;
     let data = stats
         .first()
         .and_then(|s| s.endpoints.first())
@@ -245,7 +285,12 @@ async fn two_instances_share_the_load_through_the_queue_group() -> TestResult {
     for _ in 0..100 {
         let _: Item = client.call("items.get", &Get { id: 1 }).await?;
     }
-    let stats = discovery::stats(client.nats(), Target::service("items"), Duration::from_millis(300)).await?;
+    let stats = discovery::stats(
+        client.nats(),
+        Target::service("items"),
+        Duration::from_millis(300),
+    )
+    .await?;
     assert_eq!(stats.len(), 2, "both instances answer STATS");
     let served: Vec<u64> = [first.id(), second.id()]
         .iter()
@@ -258,7 +303,10 @@ async fn two_instances_share_the_load_through_the_queue_group() -> TestResult {
         })
         .collect();
     assert_eq!(served.iter().sum::<u64>(), 100);
-    assert!(served.iter().all(|n| *n > 0), "each instance served some: {served:?}");
+    assert!(
+        served.iter().all(|n| *n > 0),
+        "each instance served some: {served:?}"
+    );
     Ok(())
 }
 
@@ -270,17 +318,32 @@ async fn bad_declarations_are_refused_at_start() -> TestResult {
         .endpoint(Endpoint::new("Get.All", get))
         .start(nats.clone())
         .await;
-    assert!(matches!(bad_name, Err(ServeError::InvalidName { what: "endpoint", .. })));
+    assert!(matches!(
+        bad_name,
+        Err(ServeError::InvalidName {
+            what: "endpoint",
+            ..
+        })
+    ));
     let duplicate = Service::builder("items", "1.0.0")
         .endpoint(Endpoint::new("get", get))
         .endpoint(Endpoint::new("get", get))
         .start(nats.clone())
         .await;
-    assert!(matches!(duplicate, Err(ServeError::DuplicateEndpoint { .. })));
+    assert!(matches!(
+        duplicate,
+        Err(ServeError::DuplicateEndpoint { .. })
+    ));
     let version = Service::builder("items", "one").start(nats.clone()).await;
     assert!(matches!(version, Err(ServeError::InvalidVersion { .. })));
     let service = Service::builder("items>", "1.0.0").start(nats).await;
-    assert!(matches!(service, Err(ServeError::InvalidName { what: "service", .. })));
+    assert!(matches!(
+        service,
+        Err(ServeError::InvalidName {
+            what: "service",
+            ..
+        })
+    ));
     Ok(())
 }
 
@@ -314,13 +377,20 @@ async fn drain_answers_every_accepted_request_then_leaves_discovery() -> TestRes
     let answered = results.iter().filter(|r| r.is_ok()).count();
     // Not accepted: nobody listened any more (and after a few of those the
     // client's breaker stops even trying).
-    let not_accepted =
-        |e: &CallError| matches!(e, CallError::NoResponders { .. } | CallError::CircuitOpen { .. });
+    let not_accepted = |e: &CallError| {
+        matches!(
+            e,
+            CallError::NoResponders { .. } | CallError::CircuitOpen { .. }
+        )
+    };
     let refused = results
         .iter()
         .filter(|r| r.as_ref().err().is_some_and(not_accepted))
         .count();
-    assert!(answered > 0 && refused > 0, "shutdown happened mid-burst ({answered} answered)");
+    assert!(
+        answered > 0 && refused > 0,
+        "shutdown happened mid-burst ({answered} answered)"
+    );
     assert_eq!(
         answered + refused,
         200,
@@ -346,27 +416,40 @@ async fn handler_calls_inherit_the_remaining_deadline() -> TestResult {
     #[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
     struct Empty {}
     let _inner = Service::builder("inner", "1.0.0")
-        .endpoint(Endpoint::new("remaining", |ctx: Context, _: Empty| async move {
-            Ok::<_, ServiceError>(Remaining {
-                ms: ctx.remaining().map(|d| d.as_millis() as u64),
-            })
-        }))
+        .endpoint(Endpoint::new(
+            "remaining",
+            |ctx: Context, _: Empty| async move {
+                Ok::<_, ServiceError>(Remaining {
+                    ms: ctx.remaining().map(|d| d.as_millis() as u64),
+                })
+            },
+        ))
         .start(nats.clone())
         .await?;
     let _outer = Service::builder("outer", "1.0.0")
-        .endpoint(Endpoint::new("relay", |ctx: Context, _: Empty| async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let inner: Remaining = ctx.call("inner.remaining", &Empty {}).await?;
-            Ok::<_, ServiceError>(inner)
-        }))
+        .endpoint(Endpoint::new(
+            "relay",
+            |ctx: Context, _: Empty| async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let inner: Remaining = ctx.call("inner.remaining", &Empty {}).await?;
+                Ok::<_, ServiceError>(inner)
+            },
+        ))
         .start(nats.clone())
         .await?;
     let client = Client::new(nats);
     let seen: Remaining = client
-        .call_with("outer.relay", &Empty {}, CallOptions::default().timeout(Duration::from_secs(1)))
+        .call_with(
+            "outer.relay",
+            &Empty {},
+            CallOptions::default().timeout(Duration::from_secs(1)),
+        )
         .await?;
     let ms = seen.ms.ok_or("inner saw no deadline")?;
-    assert!(ms <= 700, "inner had {ms} ms left of the caller's 1000 after 300 ms of outer work");
+    assert!(
+        ms <= 700,
+        "inner had {ms} ms left of the caller's 1000 after 300 ms of outer work"
+    );
     assert!(ms > 100, "{ms}");
     Ok(())
 }
@@ -375,22 +458,45 @@ async fn handler_calls_inherit_the_remaining_deadline() -> TestResult {
 async fn discovery_lists_endpoints_with_schemas_and_metadata() -> TestResult {
     let server = TestServer::start().await?;
     let nats = server.client().await?;
-    let _service = items().metadata("team", "tests").start(nats.clone()).await?;
+    let _service = items()
+        .metadata("team", "tests")
+        .start(nats.clone())
+        .await?;
     let infos = discovery::info(&nats, Some("items"), Duration::from_millis(300)).await?;
     let info = infos.first().ok_or("no INFO answer")?;
     assert_eq!(info.version, "1.2.3");
-    assert_eq!(info.metadata.as_ref().and_then(|m| m.get("team")).map(String::as_str), Some("tests"));
-    let get = info.endpoints.iter().find(|e| e.name == "get").ok_or("no get")?;
+    assert_eq!(
+        info.metadata
+            .as_ref()
+            .and_then(|m| m.get("team"))
+            .map(String::as_str),
+        Some("tests")
+    );
+    let get = info
+        .endpoints
+        .iter()
+        .find(|e| e.name == "get")
+        .ok_or("no get")?;
     assert_eq!(get.subject, "items.get");
     assert_eq!(get.queue_group.as_deref(), Some("q"));
     let metadata = get.metadata.clone().unwrap_or_default();
     assert_eq!(metadata.get("idempotent").map(String::as_str), Some("true"));
-    let request: serde_json::Value = serde_json::from_str(metadata.get("request_schema").ok_or("no schema")?)?;
+    let request: serde_json::Value =
+        serde_json::from_str(metadata.get("request_schema").ok_or("no schema")?)?;
     assert_eq!(request["properties"]["id"]["type"], "integer");
-    let response: serde_json::Value = serde_json::from_str(metadata.get("response_schema").ok_or("no schema")?)?;
-    assert!(response["required"].as_array().is_some_and(|r| r.len() == 2));
+    let response: serde_json::Value =
+        serde_json::from_str(metadata.get("response_schema").ok_or("no schema")?)?;
+    assert!(
+        response["required"]
+            .as_array()
+            .is_some_and(|r| r.len() == 2)
+    );
     // A subscriber on the error subject proves nothing is published elsewhere.
     let mut none = nats.subscribe("items.>").await?;
-    assert!(tokio::time::timeout(Duration::from_millis(50), none.next()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), none.next())
+            .await
+            .is_err()
+    );
     Ok(())
 }

@@ -69,25 +69,35 @@ async fn the_callers_trace_id_reaches_every_handler_span() -> TestResult {
     let server = TestServer::start().await?;
     let nats = server.client().await?;
     let _back = Service::builder("back", "1.0.0")
-        .endpoint(Endpoint::new("seen", |ctx: Context, _: Nothing| async move {
-            Ok::<_, ServiceError>(SeenTrace {
-                trace_id: ctx.trace().trace_id(),
-            })
-        }))
+        .endpoint(Endpoint::new(
+            "seen",
+            |ctx: Context, _: Nothing| async move {
+                Ok::<_, ServiceError>(SeenTrace {
+                    trace_id: ctx.trace().trace_id(),
+                })
+            },
+        ))
         .start(nats.clone())
         .await?;
     let _front = Service::builder("front", "1.0.0")
-        .endpoint(Endpoint::new("relay", |ctx: Context, _: Nothing| async move {
-            let seen: SeenTrace = ctx.call("back.seen", &Nothing {}).await?;
-            Ok::<_, ServiceError>(seen)
-        }))
+        .endpoint(Endpoint::new(
+            "relay",
+            |ctx: Context, _: Nothing| async move {
+                let seen: SeenTrace = ctx.call("back.seen", &Nothing {}).await?;
+                Ok::<_, ServiceError>(seen)
+            },
+        ))
         .start(nats.clone())
         .await?;
 
     let caller = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
         .ok_or("bad traceparent")?;
     let seen: SeenTrace = Client::new(nats)
-        .call_with("front.relay", &Nothing {}, CallOptions::default().trace(caller))
+        .call_with(
+            "front.relay",
+            &Nothing {},
+            CallOptions::default().trace(caller),
+        )
         .await?;
     assert_eq!(seen.trace_id, caller.trace_id());
 

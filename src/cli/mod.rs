@@ -1,6 +1,9 @@
 //! Command-line parsing and dispatch. Each command lives in its own file and
 //! only composes library calls; errors are printed as one line.
 
+mod call;
+mod connection;
+mod discover;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -11,12 +14,22 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    connection: connection::ConnectionArgs,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start nats-server (unless NATS_URL is set) and every service; Ctrl-C stops all.
     Up(up::UpArgs),
+    /// List every running service instance (like `nats micro ls`).
+    Ls(discover::ListArgs),
+    /// Show a service's instances and endpoints (like `nats micro info`).
+    Info(discover::ServiceArgs),
+    /// Show request statistics per endpoint (like `nats micro stats`).
+    Stats(discover::ServiceArgs),
+    /// Send one request and print the reply (like `nats req`).
+    Call(call::CallArgs),
 }
 
 pub fn main() -> std::process::ExitCode {
@@ -32,6 +45,10 @@ pub fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Up(args) => up::run(args).await,
+            Command::Ls(args) => discover::ls(&cli.connection, args).await,
+            Command::Info(args) => discover::info(&cli.connection, args).await,
+            Command::Stats(args) => discover::stats(&cli.connection, args).await,
+            Command::Call(args) => call::run(&cli.connection, args).await,
         }
     });
     match result {

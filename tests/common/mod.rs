@@ -19,6 +19,7 @@ pub use nix::sys::signal::Signal;
 pub struct Switchboard {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    stdout: Arc<Mutex<Vec<String>>>,
     new_line: mpsc::Receiver<()>,
     seen: BTreeSet<u32>,
 }
@@ -38,24 +39,27 @@ impl Switchboard {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run switchboard: {e}"));
         let lines = Arc::new(Mutex::new(Vec::new()));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
         let (tx, new_line) = mpsc::channel();
-        for stream in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        let streams: [(
+            Option<Box<dyn std::io::Read + Send>>,
+            Option<Arc<Mutex<Vec<String>>>>,
+        ); 2] = [
+            (
+                child.stdout.take().map(|s| Box::new(s) as _),
+                Some(stdout.clone()),
+            ),
+            (child.stderr.take().map(|s| Box::new(s) as _), None),
+        ];
+        for (stream, only) in streams {
+            let Some(stream) = stream else { continue };
             let lines = lines.clone();
             let tx = tx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Some(Ok(mut out)) = only.as_ref().map(|o| o.lock()) {
+                        out.push(line.clone());
+                    }
                     if let Ok(mut all) = lines.lock() {
                         all.push(line);
                     }
@@ -66,6 +70,7 @@ impl Switchboard {
         Switchboard {
             child,
             lines,
+            stdout,
             new_line,
             seen: BTreeSet::new(),
         }
@@ -77,6 +82,11 @@ impl Switchboard {
 
     pub fn output(&self) -> String {
         self.lines.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    /// Only what was printed on stdout.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().map(|l| l.join("\n")).unwrap_or_default()
     }
 
     /// Waits until a line contains `needle`; panics with the output on timeout.

@@ -1,0 +1,170 @@
+//! `switchboard ls|info|stats`: what `nats micro ls|info|stats` show, from
+//! the kit's discovery (every instance's answer, not just the first).
+
+use std::io::Write;
+use std::time::Duration;
+
+use serde::Serialize;
+use switchboard::discovery::{self, Target};
+
+use super::connection::ConnectionArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Print the raw answers as JSON.
+    #[arg(long)]
+    json: bool,
+    /// How long to gather answers, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    wait_ms: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServiceArgs {
+    /// Service name (all services when omitted, for `stats`).
+    service: Option<String>,
+    /// One instance id.
+    id: Option<String>,
+    #[command(flatten)]
+    list: ListArgs,
+}
+
+fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+pub async fn ls(connection: &ConnectionArgs, args: ListArgs) -> anyhow::Result<()> {
+    let nats = connection.connect().await?;
+    let mut answers = discovery::info(&nats, None, Duration::from_millis(args.wait_ms)).await?;
+    answers.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+    if args.json {
+        return print_json(&answers);
+    }
+    if answers.is_empty() {
+        println!("No services found");
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<16} {:<12} {:<24} DESCRIPTION",
+        "NAME", "VERSION", "ID"
+    )?;
+    for a in &answers {
+        writeln!(
+            out,
+            "{:<16} {:<12} {:<24} {}",
+            a.name, a.version, a.id, a.description
+        )?;
+    }
+    Ok(())
+}
+
+pub async fn info(connection: &ConnectionArgs, args: ServiceArgs) -> anyhow::Result<()> {
+    let Some(name) = args.service.as_deref() else {
+        anyhow::bail!("which service? `switchboard info <service> [id]`");
+    };
+    let nats = connection.connect().await?;
+    let target = Target {
+        name: Some(name),
+        id: args.id.as_deref(),
+    };
+    let mut answers: Vec<switchboard::micro::InfoResponse> = discovery::gather(
+        &nats,
+        &format!("$SRV.INFO.{}", subject_suffix(&target)),
+        Duration::from_millis(args.list.wait_ms),
+    )
+    .await?;
+    answers.sort_by(|a, b| a.id.cmp(&b.id));
+    if args.list.json {
+        return print_json(&answers);
+    }
+    if answers.is_empty() {
+        anyhow::bail!("no instance of {name} answered");
+    }
+    let mut out = std::io::stdout().lock();
+    for a in &answers {
+        writeln!(out, "Service: {} {} ({})", a.name, a.version, a.id)?;
+        writeln!(out, "  {}", a.description)?;
+        for (k, v) in a.metadata.iter().flatten() {
+            writeln!(out, "  {k}: {v}")?;
+        }
+        writeln!(out, "  Endpoints:")?;
+        for e in &a.endpoints {
+            let meta = e.metadata.clone().unwrap_or_default();
+            writeln!(
+                out,
+                "    {:<20} {:<28} queue {:<4} {}{}",
+                e.name,
+                e.subject,
+                e.queue_group.as_deref().unwrap_or("-"),
+                meta.get("description").map(String::as_str).unwrap_or(""),
+                if meta.get("idempotent").is_some_and(|v| v == "true") {
+                    " (idempotent)"
+                } else {
+                    ""
+                },
+            )?;
+        }
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+pub async fn stats(connection: &ConnectionArgs, args: ServiceArgs) -> anyhow::Result<()> {
+    let nats = connection.connect().await?;
+    let target = Target {
+        name: args.service.as_deref(),
+        id: args.id.as_deref(),
+    };
+    let mut answers =
+        discovery::stats(&nats, target, Duration::from_millis(args.list.wait_ms)).await?;
+    answers.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+    if args.list.json {
+        return print_json(&answers);
+    }
+    if answers.is_empty() {
+        println!("No services found");
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<14} {:<24} {:<16} {:>9} {:>7} {:>10} {:>8}  LAST ERROR",
+        "SERVICE", "ID", "ENDPOINT", "REQUESTS", "ERRORS", "AVG", "IN-FLT"
+    )?;
+    for s in &answers {
+        for e in &s.endpoints {
+            let in_flight = e
+                .data
+                .as_ref()
+                .and_then(|d| d.get("in_flight"))
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            writeln!(
+                out,
+                "{:<14} {:<24} {:<16} {:>9} {:>7} {:>10} {:>8}  {}",
+                s.name,
+                s.id,
+                e.name,
+                e.num_requests,
+                e.num_errors,
+                format!("{:.2?}", Duration::from_nanos(e.average_processing_time)),
+                in_flight,
+                e.last_error
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn subject_suffix(target: &Target<'_>) -> String {
+    [target.name, target.name.and(target.id)]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(".")
+}

@@ -1,0 +1,129 @@
+//! `switchboard ls|info|stats|call` against a real server and service.
+
+mod common;
+
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use switchboard::ServiceError;
+use switchboard::service::{Context, Endpoint, RunningService, Service};
+use switchboard::testing::TestServer;
+
+use common::Switchboard;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+struct Get {
+    id: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+struct Item {
+    id: u64,
+}
+
+async fn start(server: &TestServer) -> Result<RunningService, Box<dyn std::error::Error>> {
+    Ok(Service::builder("items", "2.0.0")
+        .description("Items for CLI tests")
+        .endpoint(
+            Endpoint::new("get", |_ctx: Context, req: Get| async move {
+                if req.id == 0 {
+                    return Err(ServiceError::not_found("no item 0"));
+                }
+                Ok(Item { id: req.id })
+            })
+            .description("Look up an item"),
+        )
+        .start(server.client().await?)
+        .await?)
+}
+
+/// Runs the CLI to completion: (exit success, stdout and stderr).
+fn cli(server: &TestServer, args: &[&str]) -> (bool, String) {
+    let (ok, _, all) = cli_streams(server, args);
+    (ok, all)
+}
+
+/// (exit success, stdout alone, stdout and stderr).
+fn cli_streams(server: &TestServer, args: &[&str]) -> (bool, String, String) {
+    let home = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let env = vec![
+        ("NATS_URL".to_owned(), server.url()),
+        (
+            "XDG_CONFIG_HOME".to_owned(),
+            home.path().display().to_string(),
+        ),
+    ];
+    let mut run = Switchboard::spawn(args, &env);
+    let status = run.wait_exit(Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(50));
+    (
+        status.is_some_and(|s| s.success()),
+        run.stdout(),
+        run.output(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ls_info_and_stats_show_every_instance() -> TestResult {
+    let server = TestServer::start().await?;
+    let first = start(&server).await?;
+    let second = start(&server).await?;
+
+    let (ok, out, _) = cli_streams(&server, &["ls", "--json"]);
+    assert!(ok, "{out}");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&out)?;
+    let mut ids: Vec<&str> = listed.iter().filter_map(|s| s["id"].as_str()).collect();
+    ids.sort_unstable();
+    let mut expected = vec![first.id(), second.id()];
+    expected.sort_unstable();
+    assert_eq!(ids, expected, "both instances listed");
+
+    let (ok, out) = cli(&server, &["ls"]);
+    assert!(
+        ok && out.contains("items") && out.contains("2.0.0") && out.contains(first.id()),
+        "{out}"
+    );
+
+    let (ok, out) = cli(&server, &["info", "items"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("items.get") && out.contains("Look up an item"),
+        "{out}"
+    );
+
+    let (ok, out) = cli(&server, &["call", "items.get", r#"{"id":5}"#]);
+    assert!(ok, "{out}");
+    assert!(out.contains("\"id\": 5"), "{out}");
+
+    let (ok, out, _) = cli_streams(&server, &["stats", "items", "--json"]);
+    assert!(ok, "{out}");
+    let stats: Vec<serde_json::Value> = serde_json::from_str(&out)?;
+    let requests: u64 = stats
+        .iter()
+        .filter_map(|s| s["endpoints"][0]["num_requests"].as_u64())
+        .sum();
+    assert_eq!(requests, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn call_reports_errors_with_a_failing_exit_code() -> TestResult {
+    let server = TestServer::start().await?;
+    let _service = start(&server).await?;
+
+    let (ok, out) = cli(&server, &["call", "items.get", r#"{"id":0}"#]);
+    assert!(!ok);
+    assert!(out.contains("404") && out.contains("no item 0"), "{out}");
+
+    let (ok, out) = cli(&server, &["call", "items.get", "{not json"]);
+    assert!(!ok);
+    assert!(out.contains("not JSON"), "{out}");
+
+    let (ok, out) = cli(&server, &["call", "nothing.here", "{}"]);
+    assert!(!ok);
+    assert!(out.contains("no service is listening"), "{out}");
+    Ok(())
+}
