@@ -14,6 +14,9 @@ use switchboard::up::{ADMIN_USER, SERVICES};
 
 pub use nix::sys::signal::Signal;
 
+type Output = Box<dyn std::io::Read + Send>;
+type Lines = Arc<Mutex<Vec<String>>>;
+
 /// A `switchboard` process under test, its output collected line by line.
 /// Dropping it stops it and every process it started, by PID.
 pub struct Switchboard {
@@ -41,10 +44,7 @@ impl Switchboard {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let (tx, new_line) = mpsc::channel();
-        let streams: [(
-            Option<Box<dyn std::io::Read + Send>>,
-            Option<Arc<Mutex<Vec<String>>>>,
-        ); 2] = [
+        let streams: [(Option<Output>, Option<Lines>); 2] = [
             (
                 child.stdout.take().map(|s| Box::new(s) as _),
                 Some(stdout.clone()),
