@@ -27,7 +27,7 @@
 //!
 //! A service and a call, end to end:
 //!
-//! ```no_run
+//! ```
 //! use switchboard::{ServiceError, client::Client, service::{Context, Endpoint, Service}};
 //!
 //! #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
@@ -43,8 +43,12 @@
 //!
 //! #[tokio::main]
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//!     switchboard::telemetry::init();
-//!     let nats = switchboard::connect::ConnectConfig::from_env("calc").connect().await?;
+//! #   // The doc test runs against a throw-away server of the test harness.
+//! #   let server = switchboard::testing::TestServer::start().await?;
+//!     // Where and who: NATS_URL, NATS_USER and NATS_PASSWORD.
+//!     let config = switchboard::connect::ConnectConfig::from_env("calc");
+//! #   let config = switchboard::connect::ConnectConfig { url: server.url(), ..config };
+//!     let nats = config.connect().await?;
 //!     let service = Service::builder("calc", "1.0.0")
 //!         .description("Arithmetic")
 //!         .endpoint(Endpoint::new("add", add).description("Adds two numbers").idempotent(true))
