@@ -71,6 +71,7 @@ pub mod connect;
 pub mod credentials;
 pub mod discovery;
 mod error;
+pub mod events;
 pub mod micro;
 pub mod nats_context;
 pub mod process;

@@ -1,0 +1,489 @@
+//! Durable pull consumers whose handler's result decides each event's fate.
+//!
+//! - `Ok` → ack.
+//! - [`HandlerError::Retryable`] → nak with the next delay of the backoff
+//!   schedule (never an immediate redelivery storm).
+//! - [`HandlerError::Permanent`], or a retryable failure on the last allowed
+//!   delivery → dead letter (payload, headers, error, deliveries), then term.
+//!
+//! Events are fetched only as fast as handler slots free up, so nothing
+//! waits in a local buffer while its ack timer runs (over-pulling is what
+//! causes spurious redeliveries). A long handler sends in-progress signals.
+//! The server's max-deliveries advisory is watched too, so an event whose
+//! last delivery was never handled (the consumer crashed) is still
+//! dead-lettered. With [`ConsumerSpec::idempotent`], a redelivered or
+//! re-published event (same `ce-id`) has one effect.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use futures::{FutureExt, StreamExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+use super::EventError;
+use super::dead_letter::{DeadLetters, Failed};
+use super::event::{Delivery, ReceivedEvent};
+use super::idempotency::{Claim, Idempotency};
+
+/// A handler's failure: retry later, or give up now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    /// A transient failure (dependency down, conflict): retry with backoff.
+    #[error("retryable: {0}")]
+    Retryable(String),
+    /// The event can never succeed (invalid, unknown reference): dead-letter it.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+impl HandlerError {
+    /// A retryable failure.
+    pub fn retry(message: impl Into<String>) -> Self {
+        HandlerError::Retryable(message.into())
+    }
+    /// A permanent failure.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        HandlerError::Permanent(message.into())
+    }
+}
+
+/// A durable consumer as declared in code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerSpec {
+    /// The stream to consume.
+    pub stream: String,
+    /// Durable name (also the queue that instances share).
+    pub durable: String,
+    /// Subjects of the stream to receive (empty: all).
+    pub filter_subjects: Vec<String>,
+    /// How long a delivery may go unacknowledged before redelivery.
+    pub ack_wait: Duration,
+    /// Deliveries before an event is dead-lettered.
+    pub max_deliver: u64,
+    /// Delays before the 1st, 2nd, … retry (the last repeats).
+    pub backoff: Vec<Duration>,
+    /// Unacknowledged events the server allows in flight.
+    pub max_ack_pending: usize,
+    /// Handlers running at once in this process.
+    pub concurrency: usize,
+    /// Send in-progress signals while a handler runs (every `ack_wait / 3`).
+    pub progress: bool,
+    /// One effect per `ce-id`, recorded for this long (≥ the duplicate window).
+    pub idempotency_ttl: Option<Duration>,
+}
+
+impl ConsumerSpec {
+    /// A consumer `durable` on `stream`, with defaults: ack wait 30 s, 5
+    /// deliveries, backoff 1 s, 5 s, 30 s, 16 handlers, 256 pending.
+    pub fn new(stream: impl Into<String>, durable: impl Into<String>) -> Self {
+        ConsumerSpec {
+            stream: stream.into(),
+            durable: durable.into(),
+            filter_subjects: Vec::new(),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+            backoff: vec![
+                Duration::from_secs(1),
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+            ],
+            max_ack_pending: 256,
+            concurrency: 16,
+            progress: true,
+            idempotency_ttl: None,
+        }
+    }
+    /// Receives only these subjects.
+    pub fn filter<S: Into<String>>(mut self, subjects: impl IntoIterator<Item = S>) -> Self {
+        self.filter_subjects = subjects.into_iter().map(Into::into).collect();
+        self
+    }
+    /// Sets the ack wait.
+    pub fn ack_wait(mut self, ack_wait: Duration) -> Self {
+        self.ack_wait = ack_wait;
+        self
+    }
+    /// Sets the deliveries before dead-lettering.
+    pub fn max_deliver(mut self, max_deliver: u64) -> Self {
+        self.max_deliver = max_deliver.max(1);
+        self
+    }
+    /// Sets the retry delays.
+    pub fn backoff(mut self, backoff: Vec<Duration>) -> Self {
+        self.backoff = backoff;
+        self
+    }
+    /// Sets handlers in flight (at least 1).
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+    /// Turns in-progress signals on or off.
+    pub fn progress(mut self, progress: bool) -> Self {
+        self.progress = progress;
+        self
+    }
+    /// One effect per event id, remembered for `ttl`.
+    pub fn idempotent(mut self, ttl: Duration) -> Self {
+        self.idempotency_ttl = Some(ttl);
+        self
+    }
+
+    fn config(&self) -> pull::Config {
+        pull::Config {
+            durable_name: Some(self.durable.clone()),
+            filter_subjects: self.filter_subjects.clone(),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: self.ack_wait,
+            max_deliver: i64::try_from(self.max_deliver).unwrap_or(i64::MAX),
+            max_ack_pending: i64::try_from(self.max_ack_pending.max(self.concurrency))
+                .unwrap_or(i64::MAX),
+            ..Default::default()
+        }
+    }
+
+    fn delay_after(&self, delivered: u64) -> Duration {
+        let index = usize::try_from(delivered.saturating_sub(1)).unwrap_or(usize::MAX);
+        self.backoff
+            .get(index)
+            .or(self.backoff.last())
+            .copied()
+            .unwrap_or(Duration::from_secs(1))
+    }
+}
+
+/// Everything a running consumer shares between its tasks.
+struct Shared<F> {
+    spec: ConsumerSpec,
+    handler: F,
+    dead_letters: DeadLetters,
+    idempotency: Option<Idempotency>,
+}
+
+/// Consumes events with `handler` until `shutdown`, then lets running
+/// handlers finish (bounded by the ack wait) and returns.
+///
+/// # Errors
+///
+/// When the consumer, the `DLQ` stream or the idempotency bucket cannot be
+/// set up. Per-event failures never end the loop.
+pub async fn run<T, F, Fut>(
+    js: jetstream::Context,
+    spec: ConsumerSpec,
+    handler: F,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), EventError>
+where
+    T: DeserializeOwned + Send + 'static,
+    F: Fn(ReceivedEvent<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    let stream = js
+        .get_stream(&spec.stream)
+        .await
+        .map_err(|e| EventError::js(format!("open stream {}", spec.stream))(&e))?;
+    let consumer = stream
+        .get_or_create_consumer(&spec.durable, spec.config())
+        .await
+        .map_err(|e| EventError::js(format!("create consumer {}", spec.durable))(&e))?;
+    let dead_letters = DeadLetters::open(&js).await?;
+    let idempotency = match spec.idempotency_ttl {
+        Some(ttl) => Some(
+            Idempotency::open(
+                &js,
+                &format!("processed-{}", spec.durable),
+                ttl,
+                spec.ack_wait * 2,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let advisories = js
+        .client()
+        .subscribe(format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}",
+            spec.stream, spec.durable
+        ))
+        .await
+        .map_err(|e| EventError::js("watch max-deliveries advisories")(&e))?;
+    let shared = Arc::new(Shared {
+        spec,
+        handler,
+        dead_letters,
+        idempotency,
+    });
+    let watcher = tokio::spawn(watch_max_deliveries(advisories, stream, shared.clone()));
+
+    let slots = Arc::new(Semaphore::new(shared.spec.concurrency));
+    let tasks = TaskTracker::new();
+    tokio::pin!(shutdown);
+    loop {
+        let first = tokio::select! {
+            () = &mut shutdown => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        // Ask only for as many events as there are free slots.
+        let free = 1 + slots.available_permits();
+        let batch = consumer
+            .batch()
+            .max_messages(free)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::warn!(consumer = %shared.spec.durable, %error, "fetch failed; retrying");
+                drop(first);
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+        };
+        let mut permit = Some(first);
+        while let Some(message) = batch.next().await {
+            let message = match message {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::debug!(%error, "batch ended");
+                    break;
+                }
+            };
+            let slot = match permit.take() {
+                Some(p) => p,
+                None => match slots.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let shared = shared.clone();
+            tasks.spawn(async move {
+                handle(&shared, message).await;
+                drop(slot);
+            });
+        }
+    }
+    tasks.close();
+    if tokio::time::timeout(shared.spec.ack_wait, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(consumer = %shared.spec.durable, "handlers still running at shutdown; they will be redelivered");
+    }
+    watcher.abort();
+    Ok(())
+}
+
+async fn handle<T, F, Fut>(shared: &Shared<F>, message: jetstream::Message)
+where
+    T: DeserializeOwned + Send + 'static,
+    F: Fn(ReceivedEvent<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    let spec = &shared.spec;
+    let (delivery, subject) = match message.info() {
+        Ok(info) => (
+            Delivery {
+                stream: info.stream.to_owned(),
+                consumer: info.consumer.to_owned(),
+                stream_sequence: info.stream_sequence,
+                delivered: u64::try_from(info.delivered).unwrap_or(1),
+            },
+            message.subject.to_string(),
+        ),
+        Err(error) => {
+            tracing::error!(%error, "a message without JetStream metadata; ignoring it");
+            return;
+        }
+    };
+    let event = match ReceivedEvent::<T>::decode(&message) {
+        Ok(mut event) => {
+            event.delivery = Some(delivery.clone());
+            event
+        }
+        Err(error) => {
+            // Nothing a retry could fix.
+            dead_letter(
+                shared,
+                &message,
+                &delivery,
+                &subject,
+                format!("undecodable: {error}"),
+            )
+            .await;
+            return;
+        }
+    };
+    let event_id = event.attributes.id.clone();
+    if let Some(idempotency) = &shared.idempotency {
+        match idempotency.claim(&event_id).await {
+            Ok(Claim::New) => {}
+            Ok(Claim::AlreadyDone) => {
+                tracing::debug!(%event_id, "already processed; acknowledging");
+                return settle(&message, AckKind::Ack).await;
+            }
+            Ok(Claim::InProgress) => {
+                return settle(&message, AckKind::Nak(Some(spec.delay_after(1)))).await;
+            }
+            Err(error) => {
+                tracing::warn!(%event_id, %error, "idempotency record unavailable; retrying later");
+                return settle(
+                    &message,
+                    AckKind::Nak(Some(spec.delay_after(delivery.delivered))),
+                )
+                .await;
+            }
+        }
+    }
+
+    let span = tracing::info_span!(
+        "event",
+        consumer = %spec.durable,
+        subject = %subject,
+        event_id = %event_id,
+        delivered = delivery.delivered,
+        trace_id = event.trace.map(|t| t.trace_id()).unwrap_or_default(),
+    );
+    let work = AssertUnwindSafe((shared.handler)(event)).catch_unwind();
+    let outcome = with_progress(&message, spec, tracing::Instrument::instrument(work, span)).await;
+    let outcome = outcome.unwrap_or_else(|_| Err(HandlerError::retry("handler panicked")));
+
+    match outcome {
+        Ok(()) => {
+            if let Some(idempotency) = &shared.idempotency
+                && let Err(error) = idempotency.done(&event_id).await
+            {
+                tracing::warn!(%event_id, %error, "cannot record the event as processed");
+            }
+            settle(&message, AckKind::Ack).await;
+        }
+        Err(error) => {
+            if let Some(idempotency) = &shared.idempotency
+                && let Err(e) = idempotency.release(&event_id).await
+            {
+                tracing::warn!(%event_id, error = %e, "cannot release the claim");
+            }
+            match error {
+                HandlerError::Retryable(reason) if delivery.delivered < spec.max_deliver => {
+                    let delay = spec.delay_after(delivery.delivered);
+                    tracing::info!(%event_id, %reason, ?delay, "retrying later");
+                    settle(&message, AckKind::Nak(Some(delay))).await;
+                }
+                HandlerError::Retryable(reason) | HandlerError::Permanent(reason) => {
+                    dead_letter(shared, &message, &delivery, &subject, reason).await;
+                }
+            }
+        }
+    }
+}
+
+/// Runs `work`, telling the server the event is still being worked on.
+async fn with_progress<O>(
+    message: &jetstream::Message,
+    spec: &ConsumerSpec,
+    work: impl Future<Output = O>,
+) -> O {
+    if !spec.progress {
+        return work.await;
+    }
+    tokio::pin!(work);
+    let every = (spec.ack_wait / 3).max(Duration::from_millis(100));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = ticker.tick() => {
+                if let Err(error) = message.ack_with(AckKind::Progress).await {
+                    tracing::debug!(%error, "in-progress signal failed");
+                }
+            }
+        }
+    }
+}
+
+async fn dead_letter<F>(
+    shared: &Shared<F>,
+    message: &jetstream::Message,
+    delivery: &Delivery,
+    subject: &str,
+    error: String,
+) {
+    let failed = Failed {
+        subject,
+        headers: message.headers.as_ref(),
+        payload: message.payload.clone(),
+        stream: &delivery.stream,
+        consumer: &delivery.consumer,
+        stream_sequence: delivery.stream_sequence,
+        deliveries: delivery.delivered,
+        error,
+    };
+    match shared.dead_letters.put(failed).await {
+        Ok(()) => settle(message, AckKind::Term).await,
+        Err(e) => {
+            // Not stored as a dead letter: keep it in the stream and retry.
+            tracing::error!(error = %e, "cannot write the dead letter; retrying the event later");
+            settle(
+                message,
+                AckKind::Nak(Some(shared.spec.delay_after(delivery.delivered))),
+            )
+            .await;
+        }
+    }
+}
+
+async fn settle(message: &jetstream::Message, kind: AckKind) {
+    if let Err(error) = message.ack_with(kind).await {
+        tracing::warn!(%error, ?kind, "acknowledgement failed; the event may be redelivered");
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct MaxDeliveries {
+    stream_seq: u64,
+    deliveries: u64,
+}
+
+/// Dead-letters events that ran out of deliveries without a handler seeing
+/// the last one (a crash, or a handler stuck past the ack wait).
+async fn watch_max_deliveries<F>(
+    mut advisories: async_nats::Subscriber,
+    stream: jetstream::stream::Stream,
+    shared: Arc<Shared<F>>,
+) {
+    while let Some(advisory) = advisories.next().await {
+        let Ok(advisory) = serde_json::from_slice::<MaxDeliveries>(&advisory.payload) else {
+            continue;
+        };
+        let original = match stream.get_raw_message(advisory.stream_seq).await {
+            Ok(original) => original,
+            Err(error) => {
+                tracing::warn!(sequence = advisory.stream_seq, %error, "max deliveries reached, but the event is gone");
+                continue;
+            }
+        };
+        let failed = Failed {
+            subject: &original.subject,
+            headers: Some(&original.headers),
+            payload: original.payload.clone(),
+            stream: &shared.spec.stream,
+            consumer: &shared.spec.durable,
+            stream_sequence: advisory.stream_seq,
+            deliveries: advisory.deliveries,
+            error: "max deliveries reached without a handler result (consumer crashed or handler exceeded the ack wait)".to_owned(),
+        };
+        if let Err(error) = shared.dead_letters.put(failed).await {
+            tracing::error!(%error, "cannot dead-letter an event that ran out of deliveries");
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Dead letters: events no handler could process, kept whole and replayable.
+//!
+//! Each dead letter in stream `DLQ` (subjects `dlq.<stream>.<consumer>`)
+//! keeps the original payload and headers plus where it came from, how often
+//! it was delivered and the last error. The id of a dead letter is its
+//! sequence in `DLQ`. Replay re-publishes it to its original subject with the
+//! same `ce-id` (so downstream idempotency sees the same fact) and removes it.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream::Stream};
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::EventError;
+use super::publisher::{Published, Publisher, now_rfc3339};
+use super::stream::StreamSpec;
+use crate::codec::{self, DeadLetterInfo};
+
+/// Name of the dead-letter stream.
+pub const DLQ_STREAM: &str = "DLQ";
+
+/// One dead letter.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadLetter {
+    /// Its id (sequence in the `DLQ` stream).
+    pub id: u64,
+    /// Where and why it died.
+    #[serde(flatten)]
+    pub info: DeadLetterInfo,
+    /// The original event's headers.
+    pub headers: Vec<(String, String)>,
+    /// The original payload, as text when it is UTF-8.
+    pub payload: String,
+    #[serde(skip)]
+    raw_payload: Bytes,
+}
+
+impl DeadLetter {
+    /// The original payload bytes.
+    pub fn raw_payload(&self) -> &Bytes {
+        &self.raw_payload
+    }
+
+    /// The original `ce-id`, if the event had one.
+    pub fn event_id(&self) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(codec::CE_ID))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The `DLQ` stream.
+#[derive(Debug, Clone)]
+pub struct DeadLetters {
+    js: jetstream::Context,
+    stream: Stream,
+}
+
+/// An event to dead-letter.
+#[derive(Debug, Clone)]
+pub(crate) struct Failed<'a> {
+    pub(crate) subject: &'a str,
+    pub(crate) headers: Option<&'a async_nats::HeaderMap>,
+    pub(crate) payload: Bytes,
+    pub(crate) stream: &'a str,
+    pub(crate) consumer: &'a str,
+    pub(crate) stream_sequence: u64,
+    pub(crate) deliveries: u64,
+    pub(crate) error: String,
+}
+
+impl DeadLetters {
+    /// Opens the `DLQ` stream, creating it when missing (30 days retention).
+    ///
+    /// # Errors
+    ///
+    /// JetStream API failures, or a `DLQ` stream that differs.
+    pub async fn open(js: &jetstream::Context) -> Result<Self, EventError> {
+        let mut spec = StreamSpec::new(DLQ_STREAM, ["dlq.>"]);
+        spec.max_age = Duration::from_secs(30 * 24 * 3600);
+        spec.ensure(js).await?;
+        let stream = js
+            .get_stream(DLQ_STREAM)
+            .await
+            .map_err(|e| EventError::js("open DLQ")(&e))?;
+        Ok(DeadLetters {
+            js: js.clone(),
+            stream,
+        })
+    }
+
+    pub(crate) async fn put(&self, failed: Failed<'_>) -> Result<(), EventError> {
+        let info = DeadLetterInfo {
+            subject: failed.subject.to_owned(),
+            stream: failed.stream.to_owned(),
+            consumer: failed.consumer.to_owned(),
+            stream_sequence: failed.stream_sequence,
+            deliveries: failed.deliveries,
+            error: failed.error,
+            failed_at: now_rfc3339(),
+        };
+        let headers = codec::dead_letter_headers(failed.headers, &info);
+        let subject = format!("dlq.{}.{}", failed.stream, failed.consumer);
+        self.js
+            .publish_with_headers(subject, headers, failed.payload)
+            .await
+            .map_err(|e| EventError::js("write dead letter")(&e))?
+            .await
+            .map_err(|e| EventError::js("write dead letter")(&e))?;
+        tracing::warn!(
+            stream = %info.stream, consumer = %info.consumer, sequence = info.stream_sequence,
+            deliveries = info.deliveries, error = %info.error, "event dead-lettered"
+        );
+        Ok(())
+    }
+
+    /// Every dead letter, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// JetStream API failures.
+    pub async fn list(&self) -> Result<Vec<DeadLetter>, EventError> {
+        let mut stream = self.stream.clone();
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| EventError::js("read DLQ")(&e))?
+            .state
+            .clone();
+        let mut out = Vec::new();
+        if state.messages == 0 {
+            return Ok(out);
+        }
+        for sequence in state.first_sequence..=state.last_sequence {
+            match self.get(sequence).await {
+                Ok(letter) => out.push(letter),
+                Err(EventError::UnknownDeadLetter(_)) => {} // deleted (replayed)
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// One dead letter.
+    ///
+    /// # Errors
+    ///
+    /// [`EventError::UnknownDeadLetter`] when there is none with that id.
+    pub async fn get(&self, id: u64) -> Result<DeadLetter, EventError> {
+        let message = self
+            .stream
+            .get_raw_message(id)
+            .await
+            .map_err(|_| EventError::UnknownDeadLetter(id))?;
+        let (info, headers) = codec::read_dead_letter(&message.headers)?;
+        Ok(DeadLetter {
+            id,
+            info,
+            headers,
+            payload: String::from_utf8_lossy(&message.payload).into_owned(),
+            raw_payload: message.payload,
+        })
+    }
+
+    /// Re-publishes a dead letter to its original subject with its original
+    /// headers (same `ce-id`) and removes it from `DLQ`.
+    ///
+    /// # Errors
+    ///
+    /// [`EventError::UnknownDeadLetter`], or the publish failing (then the
+    /// dead letter stays).
+    pub async fn replay(&self, id: u64) -> Result<Published, EventError> {
+        let letter = self.get(id).await?;
+        let source = codec::header(
+            Some(&codec::headers_from_pairs(&letter.headers)),
+            codec::CE_SOURCE,
+        )
+        .unwrap_or_default();
+        let publisher = Publisher::new(self.js.clone(), source);
+        // The stream's duplicate window would drop a re-publish under the
+        // original id; the replay's own id keeps a replay of the same dead
+        // letter idempotent instead.
+        let message_id = format!("{}:replay:{id}", letter.event_id().unwrap_or("event"));
+        let published = publisher
+            .republish(
+                &letter.info.subject,
+                codec::headers_from_pairs(&letter.headers),
+                letter.raw_payload.clone(),
+                &message_id,
+            )
+            .await?;
+        self.stream
+            .delete_message(id)
+            .await
+            .map_err(|e| EventError::js(format!("remove replayed dead letter {id}"))(&e))?;
+        Ok(published)
+    }
+
+    /// Removes every dead letter; returns how many.
+    ///
+    /// # Errors
+    ///
+    /// JetStream API failures.
+    pub async fn purge(&self) -> Result<u64, EventError> {
+        let response = self
+            .stream
+            .purge()
+            .await
+            .map_err(|e| EventError::js("purge DLQ")(&e))?;
+        Ok(response.purged)
+    }
+}

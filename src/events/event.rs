@@ -1,0 +1,123 @@
+//! Events as handlers see them: typed data plus CloudEvents attributes.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::EventError;
+use crate::codec::{self, EventAttributes};
+use crate::trace_context::TraceContext;
+
+/// An event about to be published.
+///
+/// ```
+/// use switchboard::events::Event;
+///
+/// #[derive(serde::Serialize)]
+/// struct OrderCreated { order_id: String }
+///
+/// // The id derived from the order makes a retried publish a duplicate.
+/// let event = Event::new(OrderCreated { order_id: "o-1".into() })
+///     .id("order-o-1-created")
+///     .subject("o-1");
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event<T> {
+    pub(crate) id: String,
+    pub(crate) event_type: Option<String>,
+    pub(crate) subject: Option<String>,
+    pub(crate) trace: Option<TraceContext>,
+    pub(crate) data: T,
+}
+
+impl<T: Serialize> Event<T> {
+    /// A new event with a fresh unique id and the current time.
+    pub fn new(data: T) -> Self {
+        Event {
+            id: nuid::next().to_string(),
+            event_type: None,
+            subject: None,
+            trace: None,
+            data,
+        }
+    }
+    /// Sets the id; the same id makes JetStream drop a re-publish.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = id.into();
+        self
+    }
+    /// Sets `ce-type` (default: the NATS subject without `events.`).
+    pub fn event_type(mut self, event_type: impl Into<String>) -> Self {
+        self.event_type = Some(event_type.into());
+        self
+    }
+    /// Sets `ce-subject`: what the event is about.
+    pub fn subject(mut self, subject: impl Into<String>) -> Self {
+        self.subject = Some(subject.into());
+        self
+    }
+    /// Continues a trace (e.g. the request that caused the event).
+    pub fn trace(mut self, trace: TraceContext) -> Self {
+        self.trace = Some(trace);
+        self
+    }
+    /// The event id.
+    pub fn event_id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// Where a received event came from in JetStream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Stream name.
+    pub stream: String,
+    /// Consumer name.
+    pub consumer: String,
+    /// Position in the stream.
+    pub stream_sequence: u64,
+    /// Which delivery this is (1 = first).
+    pub delivered: u64,
+}
+
+/// An event as a consumer receives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedEvent<T> {
+    /// CloudEvents attributes.
+    pub attributes: EventAttributes,
+    /// The NATS subject it was published on.
+    pub nats_subject: String,
+    /// The typed data.
+    pub data: T,
+    /// The trace it belongs to, if the publisher sent one.
+    pub trace: Option<TraceContext>,
+    /// JetStream delivery details (absent for core pub-sub signals).
+    pub delivery: Option<Delivery>,
+}
+
+impl<T: DeserializeOwned> ReceivedEvent<T> {
+    /// Decodes a NATS message.
+    ///
+    /// # Errors
+    ///
+    /// [`EventError::Envelope`] or [`EventError::Payload`] for a message that
+    /// is not a CloudEvent of this type.
+    pub fn decode(message: &async_nats::Message) -> Result<Self, EventError> {
+        let attributes = codec::read_event_attributes(message.headers.as_ref())?;
+        let data = codec::decode_response(&message.payload)?;
+        Ok(ReceivedEvent {
+            attributes,
+            nats_subject: message.subject.to_string(),
+            data,
+            trace: codec::read_trace(message.headers.as_ref()),
+            delivery: None,
+        })
+    }
+}
+
+/// `ce-type` for a subject: `events.orders.created` → `orders.created`.
+pub(crate) fn type_for(subject: &str) -> String {
+    subject
+        .strip_prefix("events.")
+        .unwrap_or(subject)
+        .to_owned()
+}

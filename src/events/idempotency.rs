@@ -1,0 +1,174 @@
+//! Exactly-once effect for at-least-once delivery.
+//!
+//! JetStream delivers at least once: a redelivery, a replayed dead letter or
+//! a second publisher can hand the same event (same `ce-id`) to a handler
+//! again. This helper keeps a record per processed id in a JetStream KV
+//! bucket (with a TTL of at least the duplicate window) and is consulted
+//! before the handler runs.
+//!
+//! The record is a claim first (`pending`, created atomically, so two
+//! concurrent deliveries of one event cannot both run) and becomes `done`
+//! only after the handler succeeded; a failed handler releases it. A claim
+//! left behind by a crashed process is taken over once it is older than
+//! `stale_after`.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+
+use super::EventError;
+
+/// What to do with an event id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Not seen before (or a stale claim was taken over): handle it.
+    New,
+    /// Already handled successfully: acknowledge without handling.
+    AlreadyDone,
+    /// Another delivery is handling it right now: try again later.
+    InProgress,
+}
+
+const DONE: &str = "done";
+const PENDING: &str = "pending:";
+
+/// Processed-event records in one KV bucket.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    kv: kv::Store,
+    stale_after: Duration,
+}
+
+impl Idempotency {
+    /// Opens (or creates) the bucket; records expire after `ttl`.
+    ///
+    /// # Errors
+    ///
+    /// JetStream API failures.
+    pub async fn open(
+        js: &jetstream::Context,
+        bucket: &str,
+        ttl: Duration,
+        stale_after: Duration,
+    ) -> Result<Self, EventError> {
+        let kv = match js.get_key_value(bucket).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: bucket.to_owned(),
+                    description: "Switchboard processed-event records".to_owned(),
+                    history: 1,
+                    max_age: ttl,
+                    storage: jetstream::stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| EventError::js(format!("create KV bucket {bucket}"))(&e))?,
+        };
+        Ok(Idempotency { kv, stale_after })
+    }
+
+    /// Claims `id` for handling.
+    ///
+    /// # Errors
+    ///
+    /// JetStream API failures.
+    pub async fn claim(&self, id: &str) -> Result<Claim, EventError> {
+        let key = key_for(id);
+        let pending = format!("{PENDING}{}", now_millis());
+        if self.kv.create(&key, pending.clone().into()).await.is_ok() {
+            return Ok(Claim::New);
+        }
+        let entry = self
+            .kv
+            .entry(&key)
+            .await
+            .map_err(|e| EventError::js(format!("read record {key}"))(&e))?;
+        let Some(entry) = entry else {
+            // Deleted between our create and read: claim again next time.
+            return Ok(Claim::InProgress);
+        };
+        let value = String::from_utf8_lossy(&entry.value);
+        if value == DONE {
+            return Ok(Claim::AlreadyDone);
+        }
+        let since = value
+            .strip_prefix(PENDING)
+            .and_then(|t| t.parse::<u128>().ok())
+            .unwrap_or(0);
+        let stale = now_millis().saturating_sub(since) > self.stale_after.as_millis();
+        // A deleted record (released claim) also shows up here with an empty value.
+        if (stale || value.is_empty())
+            && self
+                .kv
+                .update(&key, pending.into(), entry.revision)
+                .await
+                .is_ok()
+        {
+            return Ok(Claim::New);
+        }
+        Ok(Claim::InProgress)
+    }
+
+    /// Marks `id` as handled.
+    ///
+    /// # Errors
+    ///
+    /// JetStream API failures.
+    pub async fn done(&self, id: &str) -> Result<(), EventError> {
+        let key = key_for(id);
+        self.kv
+            .put(&key, DONE.into())
+            .await
+            .map_err(|e| EventError::js(format!("record {key}"))(&e))?;
+        Ok(())
+    }
+
+    /// Releases a claim after a failed handler, so a redelivery may retry.
+    ///
+    /// # Errors
+    ///
+    /// JetStream API failures.
+    pub async fn release(&self, id: &str) -> Result<(), EventError> {
+        let key = key_for(id);
+        self.kv
+            .delete(&key)
+            .await
+            .map_err(|e| EventError::js(format!("release {key}"))(&e))
+    }
+}
+
+/// KV keys allow `[-/_=.a-zA-Z0-9]`; other ids are hex-encoded.
+fn key_for(id: &str) -> String {
+    let plain = !id.is_empty()
+        && !id.starts_with('.')
+        && !id.ends_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=' | b'.'));
+    if plain {
+        id.to_owned()
+    } else {
+        let hex: String = id.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("x_{hex}")
+    }
+}
+
+fn now_millis() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_for;
+
+    #[test]
+    fn ids_become_valid_keys() {
+        assert_eq!(key_for("order-o1-created"), "order-o1-created");
+        assert_eq!(key_for("a b"), "x_612062");
+        assert_eq!(key_for("a>b"), "x_613e62");
+    }
+}

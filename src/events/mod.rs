@@ -1,0 +1,54 @@
+//! Durable events on JetStream, with the safe path as the default path.
+//!
+//! Events are CloudEvents 1.0 in binary content mode: the attributes travel
+//! as `ce-*` headers, the body is the JSON data, and `Nats-Msg-Id` = `ce-id`
+//! so JetStream drops a repeated publish of the same fact. Streams are
+//! declared in code ([`StreamSpec`]) and never silently changed.
+//! [`Publisher::publish`] returns after the stream acknowledged the event.
+//! Consumers ([`consumer::run`]) ack, nak with backoff, or dead-letter
+//! according to the handler's result, and can make the effect exactly-once
+//! per event id ([`Idempotency`]). Dead letters keep everything needed to
+//! understand and replay them ([`DeadLetters`]).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use switchboard::events::{self, ConsumerSpec, Event, HandlerError, Publisher, ReceivedEvent, StreamSpec};
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct OrderCreated { order_id: String }
+//!
+//! # async fn demo(nats: async_nats::Client) -> Result<(), events::EventError> {
+//! let js = async_nats::jetstream::new(nats);
+//! StreamSpec::new("ORDERS", ["events.orders.>"]).ensure(&js).await?;
+//!
+//! let publisher = Publisher::new(js.clone(), "orders");
+//! let event = Event::new(OrderCreated { order_id: "o-1".into() }).id("o-1-created");
+//! let stored = publisher.publish("events.orders.created", &event).await?;
+//! assert!(!stored.duplicate);
+//!
+//! let spec = ConsumerSpec::new("ORDERS", "notifications-orders").idempotent(Duration::from_secs(600));
+//! events::consumer::run(js, spec, |event: ReceivedEvent<OrderCreated>| async move {
+//!     if event.data.order_id.is_empty() {
+//!         return Err(HandlerError::permanent("order without id"));
+//!     }
+//!     Ok(())
+//! }, switchboard::shutdown::signal()).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod consumer;
+mod dead_letter;
+mod error;
+mod event;
+mod idempotency;
+mod publisher;
+pub mod signal;
+mod stream;
+
+pub use consumer::{ConsumerSpec, HandlerError};
+pub use dead_letter::{DLQ_STREAM, DeadLetter, DeadLetters};
+pub use error::EventError;
+pub use event::{Delivery, Event, ReceivedEvent};
+pub use idempotency::{Claim, Idempotency};
+pub use publisher::{BatchPublisher, Published, Publisher};
+pub use stream::{StreamSpec, StreamStatus};

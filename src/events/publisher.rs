@@ -1,0 +1,216 @@
+//! Publishing events that are stored before `publish` returns.
+//!
+//! [`Publisher::publish`] returns only after JetStream acknowledged the
+//! event (its stream sequence, and whether it was a duplicate). For
+//! throughput, [`BatchPublisher`] keeps a bounded window of acknowledgements
+//! in flight and reports every one that failed. Publishing to a subject that
+//! no stream captures is an error, never a silent drop.
+
+use std::collections::VecDeque;
+
+use async_nats::jetstream::{self, context::PublishErrorKind};
+use serde::Serialize;
+
+use super::EventError;
+use super::event::{Event, type_for};
+use crate::codec::{self, EventAttributes};
+
+/// A stored event's acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The event id.
+    pub id: String,
+    /// The stream that stored it.
+    pub stream: String,
+    /// Its sequence in the stream.
+    pub sequence: u64,
+    /// Dropped as a duplicate of an earlier publish with the same id.
+    pub duplicate: bool,
+}
+
+/// Publishes events on behalf of one source (the service).
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    js: jetstream::Context,
+    source: String,
+}
+
+impl Publisher {
+    /// A publisher whose events carry `ce-source: source`.
+    pub fn new(js: jetstream::Context, source: impl Into<String>) -> Self {
+        Publisher {
+            js,
+            source: source.into(),
+        }
+    }
+
+    /// The JetStream context.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    fn message<T: Serialize>(
+        &self,
+        subject: &str,
+        event: &Event<T>,
+    ) -> Result<(async_nats::HeaderMap, bytes::Bytes), EventError> {
+        let attributes = EventAttributes {
+            id: event.id.clone(),
+            source: self.source.clone(),
+            event_type: event
+                .event_type
+                .clone()
+                .unwrap_or_else(|| type_for(subject)),
+            time: now_rfc3339(),
+            subject: event.subject.clone(),
+        };
+        let payload = codec::encode(&event.data)?;
+        Ok((
+            codec::event_headers(&attributes, event.trace.as_ref()),
+            payload,
+        ))
+    }
+
+    async fn send(
+        &self,
+        subject: &str,
+        headers: async_nats::HeaderMap,
+        payload: bytes::Bytes,
+    ) -> Result<jetstream::context::PublishAckFuture, EventError> {
+        self.js
+            .publish_with_headers(subject.to_owned(), headers, payload)
+            .await
+            .map_err(|e| publish_error(subject, &e))
+    }
+
+    /// Publishes and waits for the stream's acknowledgement.
+    ///
+    /// # Errors
+    ///
+    /// [`EventError::NoStream`] when no stream captures `subject`,
+    /// [`EventError::AckTimeout`] when the ack does not come, and others.
+    pub async fn publish<T: Serialize>(
+        &self,
+        subject: &str,
+        event: &Event<T>,
+    ) -> Result<Published, EventError> {
+        let (headers, payload) = self.message(subject, event)?;
+        let ack = self.send(subject, headers, payload).await?;
+        confirm(subject, &event.id, ack).await
+    }
+
+    /// Re-publishes a stored message as it was (headers and payload), with
+    /// its own de-duplication id: used by dead-letter replay.
+    pub(crate) async fn republish(
+        &self,
+        subject: &str,
+        mut headers: async_nats::HeaderMap,
+        payload: bytes::Bytes,
+        message_id: &str,
+    ) -> Result<Published, EventError> {
+        codec::set_message_id(&mut headers, message_id);
+        let ack = self.send(subject, headers, payload).await?;
+        confirm(subject, message_id, ack).await
+    }
+
+    /// A batch publisher with up to `window` acknowledgements in flight.
+    pub fn batch(&self, window: usize) -> BatchPublisher {
+        BatchPublisher {
+            publisher: self.clone(),
+            window: window.max(1),
+            in_flight: VecDeque::new(),
+            done: Vec::new(),
+        }
+    }
+}
+
+/// Publishes many events with a bounded window of outstanding acks.
+///
+/// ```no_run
+/// # async fn demo(publisher: switchboard::events::Publisher) -> Result<(), switchboard::events::EventError> {
+/// use switchboard::events::Event;
+/// let mut batch = publisher.batch(256);
+/// for i in 0..10_000 {
+///     batch.publish("events.metrics.sampled", &Event::new(i)).await?;
+/// }
+/// for failure in batch.finish().await.into_iter().filter_map(Result::err) {
+///     eprintln!("not stored: {failure}");
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct BatchPublisher {
+    publisher: Publisher,
+    window: usize,
+    in_flight: VecDeque<(String, String, jetstream::context::PublishAckFuture)>,
+    done: Vec<Result<Published, EventError>>,
+}
+
+impl BatchPublisher {
+    /// Sends an event; waits for the oldest ack first when the window is full.
+    ///
+    /// # Errors
+    ///
+    /// Only when the event cannot even be sent (payload, connection); ack
+    /// failures are reported by [`BatchPublisher::finish`].
+    pub async fn publish<T: Serialize>(
+        &mut self,
+        subject: &str,
+        event: &Event<T>,
+    ) -> Result<(), EventError> {
+        while self.in_flight.len() >= self.window {
+            self.settle_oldest().await;
+        }
+        let (headers, payload) = self.publisher.message(subject, event)?;
+        let ack = self.publisher.send(subject, headers, payload).await?;
+        self.in_flight
+            .push_back((subject.to_owned(), event.id.clone(), ack));
+        Ok(())
+    }
+
+    async fn settle_oldest(&mut self) {
+        if let Some((subject, id, ack)) = self.in_flight.pop_front() {
+            self.done.push(confirm(&subject, &id, ack).await);
+        }
+    }
+
+    /// Waits for every outstanding ack; one result per event, in order.
+    pub async fn finish(mut self) -> Vec<Result<Published, EventError>> {
+        while !self.in_flight.is_empty() {
+            self.settle_oldest().await;
+        }
+        self.done
+    }
+}
+
+async fn confirm(
+    subject: &str,
+    id: &str,
+    ack: jetstream::context::PublishAckFuture,
+) -> Result<Published, EventError> {
+    let ack = ack.await.map_err(|e| publish_error(subject, &e))?;
+    Ok(Published {
+        id: id.to_owned(),
+        stream: ack.stream,
+        sequence: ack.sequence,
+        duplicate: ack.duplicate,
+    })
+}
+
+fn publish_error(subject: &str, e: &jetstream::context::PublishError) -> EventError {
+    match e.kind() {
+        PublishErrorKind::StreamNotFound => EventError::NoStream {
+            subject: subject.to_owned(),
+        },
+        PublishErrorKind::TimedOut => EventError::AckTimeout {
+            subject: subject.to_owned(),
+        },
+        _ => EventError::js(format!("publish to {subject}"))(e),
+    }
+}
+
+pub(crate) fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
