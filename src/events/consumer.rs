@@ -355,7 +355,13 @@ where
         trace_id = event.trace.map(|t| t.trace_id()).unwrap_or_default(),
     );
     let work = AssertUnwindSafe((shared.handler)(event)).catch_unwind();
-    let outcome = with_progress(&message, spec, tracing::Instrument::instrument(work, span)).await;
+    let outcome = keep_alive(
+        &message,
+        spec,
+        shared.idempotency.as_ref().map(|i| (i, event_id.as_str())),
+        tracing::Instrument::instrument(work, span),
+    )
+    .await;
     let outcome = outcome.unwrap_or_else(|_| Err(HandlerError::retry("handler panicked")));
 
     match outcome {
@@ -387,24 +393,34 @@ where
     }
 }
 
-/// Runs `work`, telling the server the event is still being worked on.
-async fn with_progress<O>(
+/// Runs `work` while telling the server the event is still being worked on
+/// (if enabled) and renewing the idempotency claim (so a long handler's
+/// claim is never taken over by a redelivery).
+async fn keep_alive<O>(
     message: &jetstream::Message,
     spec: &ConsumerSpec,
+    claim: Option<(&Idempotency, &str)>,
     work: impl Future<Output = O>,
 ) -> O {
-    if !spec.progress {
+    if !spec.progress && claim.is_none() {
         return work.await;
     }
     tokio::pin!(work);
-    let every = (spec.ack_wait / 3).max(Duration::from_millis(100));
+    let every = (spec.ack_wait / 3).max(Duration::from_millis(50));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tokio::select! {
             out = &mut work => return out,
             _ = ticker.tick() => {
-                if let Err(error) = message.ack_with(AckKind::Progress).await {
+                if spec.progress
+                    && let Err(error) = message.ack_with(AckKind::Progress).await
+                {
                     tracing::debug!(%error, "in-progress signal failed");
+                }
+                if let Some((idempotency, id)) = claim
+                    && let Err(error) = idempotency.renew(id).await
+                {
+                    tracing::debug!(%error, "claim renewal failed");
                 }
             }
         }

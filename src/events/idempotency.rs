@@ -8,9 +8,9 @@
 //!
 //! The record is a claim first (`pending`, created atomically, so two
 //! concurrent deliveries of one event cannot both run) and becomes `done`
-//! only after the handler succeeded; a failed handler releases it. A claim
-//! left behind by a crashed process is taken over once it is older than
-//! `stale_after`.
+//! only after the handler succeeded; a failed handler releases it. The
+//! consumer renews a claim while its handler runs; a claim left behind by a
+//! crashed process is taken over once it is older than `stale_after`.
 
 use std::time::Duration;
 
@@ -108,6 +108,20 @@ impl Idempotency {
             return Ok(Claim::New);
         }
         Ok(Claim::InProgress)
+    }
+
+    /// Renews a claim while its handler still runs, so it never looks stale.
+    ///
+    /// # Errors
+    ///
+    /// JetStream API failures.
+    pub async fn renew(&self, id: &str) -> Result<(), EventError> {
+        let key = key_for(id);
+        self.kv
+            .put(&key, format!("{PENDING}{}", now_millis()).into())
+            .await
+            .map_err(|e| EventError::js(format!("renew {key}"))(&e))?;
+        Ok(())
     }
 
     /// Marks `id` as handled.

@@ -1,0 +1,531 @@
+//! Durable events against a real nats-server: envelope, duplicates, retries
+//! with backoff, dead letters and replay, exactly-once effect, crashes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use serde::{Deserialize, Serialize};
+use switchboard::events::{
+    self, ConsumerSpec, DeadLetters, Event, EventError, HandlerError, Publisher, ReceivedEvent,
+    StreamSpec, StreamStatus,
+};
+use switchboard::testing::TestServer;
+use tokio_util::sync::CancellationToken;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct OrderCreated {
+    order_id: String,
+}
+
+fn order(id: &str) -> Event<OrderCreated> {
+    Event::new(OrderCreated {
+        order_id: id.to_owned(),
+    })
+    .id(format!("{id}-created"))
+    .subject(id)
+}
+
+async fn setup(
+    server: &TestServer,
+) -> Result<(jetstream::Context, Publisher), Box<dyn std::error::Error>> {
+    let js = jetstream::new(server.client().await?);
+    StreamSpec::new("ORDERS", ["events.orders.>"])
+        .ensure(&js)
+        .await?;
+    Ok((js.clone(), Publisher::new(js, "orders")))
+}
+
+/// Runs a consumer in the background until the returned token is cancelled.
+fn consume<F, Fut>(
+    js: &jetstream::Context,
+    spec: ConsumerSpec,
+    handler: F,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), EventError>>,
+)
+where
+    F: Fn(ReceivedEvent<OrderCreated>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(events::consumer::run(
+        js.clone(),
+        spec,
+        handler,
+        stop.clone().cancelled_owned(),
+    ));
+    (stop, task)
+}
+
+async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    check()
+}
+
+#[tokio::test]
+async fn stored_events_carry_exactly_the_cloudevents_headers_and_duplicates_are_dropped()
+-> TestResult {
+    let server = TestServer::start().await?;
+    let (js, publisher) = setup(&server).await?;
+    let first = publisher
+        .publish("events.orders.created", &order("o-1"))
+        .await?;
+    assert!(!first.duplicate);
+    let again = publisher
+        .publish("events.orders.created", &order("o-1"))
+        .await?;
+    assert!(again.duplicate, "same id within the window is a duplicate");
+    assert_eq!(again.sequence, first.sequence);
+
+    let stream = js.get_stream("ORDERS").await?;
+    let mut info = stream.clone();
+    assert_eq!(info.info().await?.state.messages, 1, "stored once");
+    let stored = stream.get_raw_message(first.sequence).await?;
+    let mut names: Vec<String> = stored.headers.iter().map(|(k, _)| k.to_string()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "Nats-Msg-Id",
+            "ce-id",
+            "ce-source",
+            "ce-specversion",
+            "ce-subject",
+            "ce-time",
+            "ce-type",
+            "content-type"
+        ]
+    );
+    let header = |name: &str| stored.headers.get(name).map(|v| v.as_str().to_owned());
+    assert_eq!(header("ce-specversion").as_deref(), Some("1.0"));
+    assert_eq!(header("ce-id").as_deref(), Some("o-1-created"));
+    assert_eq!(header("Nats-Msg-Id"), header("ce-id"));
+    assert_eq!(header("ce-source").as_deref(), Some("orders"));
+    assert_eq!(header("ce-type").as_deref(), Some("orders.created"));
+    assert_eq!(header("ce-subject").as_deref(), Some("o-1"));
+    assert_eq!(header("content-type").as_deref(), Some("application/json"));
+    let time = header("ce-time").unwrap_or_default();
+    assert!(
+        time::OffsetDateTime::parse(&time, &time::format_description::well_known::Rfc3339).is_ok(),
+        "{time}"
+    );
+    let body: OrderCreated = serde_json::from_slice(&stored.payload)?;
+    assert_eq!(body.order_id, "o-1");
+    Ok(())
+}
+
+#[tokio::test]
+async fn publishing_where_no_stream_listens_is_an_error_and_drift_is_reported() -> TestResult {
+    let server = TestServer::start().await?;
+    let (js, publisher) = setup(&server).await?;
+    let lost = publisher
+        .publish("events.nowhere.happened", &order("x"))
+        .await;
+    assert!(matches!(lost, Err(EventError::NoStream { .. })), "{lost:?}");
+
+    assert_eq!(
+        StreamSpec::new("ORDERS", ["events.orders.>"])
+            .ensure(&js)
+            .await?,
+        StreamStatus::Unchanged
+    );
+    let drifted = StreamSpec::new("ORDERS", ["events.orders.>"])
+        .duplicate_window(Duration::from_secs(30))
+        .ensure(&js)
+        .await;
+    match drifted {
+        Err(EventError::StreamDrift { differences, .. }) => {
+            assert!(
+                differences
+                    .iter()
+                    .any(|d| d.starts_with("duplicate_window")),
+                "{differences:?}"
+            )
+        }
+        other => panic!("expected drift, got {other:?}"),
+    }
+    let mut spec =
+        StreamSpec::new("ORDERS", ["events.orders.>"]).duplicate_window(Duration::from_secs(30));
+    spec.update_on_drift = true;
+    assert_eq!(spec.ensure(&js).await?, StreamStatus::Updated);
+    Ok(())
+}
+
+#[tokio::test]
+async fn retryable_failures_are_redelivered_after_the_backoff_then_processed_once() -> TestResult {
+    let server = TestServer::start().await?;
+    let (js, publisher) = setup(&server).await?;
+    publisher
+        .publish("events.orders.created", &order("o-2"))
+        .await?;
+
+    let deliveries = Arc::new(Mutex::new(Vec::<(u64, Instant)>::new()));
+    let processed = Arc::new(AtomicUsize::new(0));
+    let (seen, done) = (deliveries.clone(), processed.clone());
+    let spec = ConsumerSpec::new("ORDERS", "retrying")
+        .backoff(vec![Duration::from_millis(300), Duration::from_millis(600)])
+        .max_deliver(5);
+    let (stop, task) = consume(&js, spec, move |event| {
+        let (seen, done) = (seen.clone(), done.clone());
+        async move {
+            let delivered = event.delivery.map_or(0, |d| d.delivered);
+            if let Ok(mut s) = seen.lock() {
+                s.push((delivered, Instant::now()));
+            }
+            if delivered <= 2 {
+                return Err(HandlerError::retry("dependency down"));
+            }
+            done.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    });
+    assert!(
+        eventually(Duration::from_secs(10), || processed.load(Ordering::SeqCst)
+            == 1)
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    task.await??;
+    let seen = deliveries.lock().map(|d| d.clone()).unwrap_or_default();
+    assert_eq!(
+        seen.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        [1, 2, 3],
+        "three deliveries, no more"
+    );
+    let gaps: Vec<Duration> = seen.windows(2).map(|w| w[1].1 - w[0].1).collect();
+    assert!(
+        gaps[0] >= Duration::from_millis(300),
+        "first retry after {:?}",
+        gaps[0]
+    );
+    assert!(
+        gaps[1] >= Duration::from_millis(600),
+        "second retry after {:?}",
+        gaps[1]
+    );
+    assert_eq!(processed.load(Ordering::SeqCst), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_poison_event_is_dead_lettered_whole_and_replay_processes_it_once_fixed() -> TestResult {
+    let server = TestServer::start().await?;
+    let (js, publisher) = setup(&server).await?;
+    let poison = publisher
+        .publish("events.orders.created", &order("poison"))
+        .await?;
+
+    let fixed = Arc::new(AtomicBool::new(false));
+    let processed = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (is_fixed, done) = (fixed.clone(), processed.clone());
+    let spec = ConsumerSpec::new("ORDERS", "poisoned")
+        .backoff(vec![Duration::from_millis(50)])
+        .max_deliver(3)
+        .idempotent(Duration::from_secs(600));
+    let (stop, task) = consume(&js, spec, move |event| {
+        let (is_fixed, done) = (is_fixed.clone(), done.clone());
+        async move {
+            if !is_fixed.load(Ordering::SeqCst) {
+                return Err(HandlerError::retry(format!(
+                    "cannot handle {}",
+                    event.data.order_id
+                )));
+            }
+            if let Ok(mut d) = done.lock() {
+                d.push(event.attributes.id);
+            }
+            Ok(())
+        }
+    });
+
+    let dlq = DeadLetters::open(&js).await?;
+    let mut letters = Vec::new();
+    for _ in 0..100 {
+        letters = dlq.list().await?;
+        if !letters.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(letters.len(), 1, "one dead letter");
+    let letter = &letters[0];
+    assert_eq!(letter.info.subject, "events.orders.created");
+    assert_eq!(letter.info.stream, "ORDERS");
+    assert_eq!(letter.info.consumer, "poisoned");
+    assert_eq!(letter.info.stream_sequence, poison.sequence);
+    assert_eq!(letter.info.deliveries, 3);
+    assert_eq!(letter.info.error, "cannot handle poison");
+    assert_eq!(letter.event_id(), Some("poison-created"));
+    assert!(
+        letter
+            .headers
+            .iter()
+            .any(|(k, v)| k == "ce-source" && v == "orders")
+    );
+    let payload: OrderCreated = serde_json::from_slice(letter.raw_payload())?;
+    assert_eq!(payload.order_id, "poison");
+
+    fixed.store(true, Ordering::SeqCst);
+    dlq.replay(letter.id).await?;
+    assert!(
+        eventually(Duration::from_secs(5), || processed
+            .lock()
+            .map(|p| p.len())
+            .unwrap_or(0)
+            == 1)
+        .await
+    );
+    assert!(
+        dlq.list().await?.is_empty(),
+        "a replayed dead letter leaves the DLQ"
+    );
+    assert!(matches!(
+        dlq.replay(letter.id).await,
+        Err(EventError::UnknownDeadLetter(_))
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        processed.lock().map(|p| p.clone()).unwrap_or_default(),
+        ["poison-created"]
+    );
+    stop.cancel();
+    task.await??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn duplicates_and_redeliveries_have_one_effect_per_event() -> TestResult {
+    let server = TestServer::start().await?;
+    let (js, publisher) = setup(&server).await?;
+    let ids: Vec<String> = (0..20).map(|i| format!("o-{i}")).collect();
+    for id in &ids {
+        publisher
+            .publish("events.orders.created", &order(id))
+            .await?;
+        // The same fact again, past the stream's de-duplication (as a second
+        // publisher or a replay would): same ce-id, other message id.
+        let stream = js.get_stream("ORDERS").await?;
+        let last = stream
+            .get_last_raw_message_by_subject("events.orders.created")
+            .await?;
+        let mut headers = last.headers.clone();
+        headers.insert("Nats-Msg-Id", format!("{id}-again").as_str());
+        js.publish_with_headers("events.orders.created", headers, last.payload.clone())
+            .await?
+            .await?;
+    }
+    assert_eq!(
+        js.get_stream("ORDERS").await?.info().await?.state.messages,
+        40
+    );
+
+    let effects = Arc::new(Mutex::new(BTreeMap::<String, usize>::new()));
+    let slow_once = Arc::new(Mutex::new(BTreeSet::<String>::new()));
+    let (counted, slowed) = (effects.clone(), slow_once.clone());
+    // A short ack wait without progress signals: slow first deliveries are
+    // redelivered while they still run.
+    let spec = ConsumerSpec::new("ORDERS", "effects")
+        .ack_wait(Duration::from_millis(300))
+        .progress(false)
+        .backoff(vec![Duration::from_millis(100)])
+        .max_deliver(20)
+        .concurrency(8)
+        .idempotent(Duration::from_secs(600));
+    let (stop, task) = consume(&js, spec, move |event| {
+        let (counted, slowed) = (counted.clone(), slowed.clone());
+        async move {
+            let first_time = slowed
+                .lock()
+                .map(|mut s| s.insert(event.data.order_id.clone()))
+                .unwrap_or(false);
+            if first_time && event.data.order_id.ends_with('3') {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+            }
+            if let Ok(mut c) = counted.lock() {
+                *c.entry(event.data.order_id.clone()).or_default() += 1;
+            }
+            Ok(())
+        }
+    });
+    assert!(
+        eventually(Duration::from_secs(15), || effects
+            .lock()
+            .map(|e| e.len())
+            .unwrap_or(0)
+            == ids.len())
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await; // room for stray redeliveries
+    stop.cancel();
+    task.await??;
+    let effects = effects.lock().map(|e| e.clone()).unwrap_or_default();
+    assert!(
+        effects.values().all(|n| *n == 1),
+        "one effect per event: {effects:?}"
+    );
+    assert_eq!(effects.len(), ids.len());
+    Ok(())
+}
+
+#[tokio::test]
+async fn events_that_run_out_of_deliveries_unhandled_are_dead_lettered_from_the_advisory()
+-> TestResult {
+    let server = TestServer::start().await?;
+    let (js, publisher) = setup(&server).await?;
+    publisher
+        .publish("events.orders.created", &order("stuck"))
+        .await?;
+    // A handler that never finishes, no progress signals: the server
+    // redelivers after each ack wait until max deliveries, as if the
+    // consumer had crashed each time.
+    let spec = ConsumerSpec::new("ORDERS", "stuck")
+        .ack_wait(Duration::from_millis(200))
+        .progress(false)
+        .max_deliver(2)
+        .concurrency(4);
+    let (stop, task) = consume(&js, spec, |_event| std::future::pending());
+    let dlq = DeadLetters::open(&js).await?;
+    let mut letters = Vec::new();
+    for _ in 0..100 {
+        letters = dlq.list().await?;
+        if !letters.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    task.abort();
+    let letter = letters.first().ok_or("no dead letter from the advisory")?;
+    assert_eq!(letter.info.deliveries, 2);
+    assert!(
+        letter.info.error.contains("max deliveries"),
+        "{}",
+        letter.info.error
+    );
+    assert_eq!(letter.event_id(), Some("stuck-created"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn no_acknowledged_event_is_lost_when_the_server_is_killed_mid_stream() -> TestResult {
+    let mut server = TestServer::start().await?;
+    let (js, publisher) = setup(&server).await?;
+    let consumed = Arc::new(Mutex::new(BTreeSet::<String>::new()));
+    let seen = consumed.clone();
+    let spec = ConsumerSpec::new("ORDERS", "survivor").backoff(vec![Duration::from_millis(100)]);
+    let (stop, task) = consume(&js, spec, move |event| {
+        let seen = seen.clone();
+        async move {
+            if let Ok(mut s) = seen.lock() {
+                s.insert(event.data.order_id);
+            }
+            Ok(())
+        }
+    });
+
+    let acked = Arc::new(Mutex::new(BTreeSet::<String>::new()));
+    let record = acked.clone();
+    let publishing = tokio::spawn(async move {
+        for i in 0..300 {
+            let id = format!("o-{i}");
+            // Failures while the server is down are fine: only acked events count.
+            if publisher
+                .publish("events.orders.created", &order(&id))
+                .await
+                .is_ok()
+                && let Ok(mut a) = record.lock()
+            {
+                a.insert(id);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    server.kill().await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.restart().await?;
+    publishing.await?;
+
+    let acked = acked.lock().map(|a| a.clone()).unwrap_or_default();
+    assert!(
+        acked.len() > 50,
+        "some events were acknowledged ({})",
+        acked.len()
+    );
+    let all_consumed = eventually(Duration::from_secs(30), || {
+        consumed
+            .lock()
+            .map(|c| acked.is_subset(&c))
+            .unwrap_or(false)
+    })
+    .await;
+    let missing: Vec<String> = consumed
+        .lock()
+        .map(|c| acked.difference(&c).cloned().collect())
+        .unwrap_or_default();
+    assert!(all_consumed, "acknowledged but never consumed: {missing:?}");
+    stop.cancel();
+    task.await??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn batch_publishing_reports_every_result() -> TestResult {
+    let server = TestServer::start().await?;
+    let (js, publisher) = setup(&server).await?;
+    let mut batch = publisher.batch(64);
+    for i in 0..500 {
+        batch
+            .publish("events.orders.created", &order(&format!("b-{i}")))
+            .await?;
+    }
+    batch
+        .publish("events.orders.created", &order("b-0"))
+        .await?; // a duplicate
+    let results = batch.finish().await;
+    assert_eq!(results.len(), 501);
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(
+        results
+            .iter()
+            .filter(|r| r.as_ref().is_ok_and(|p| p.duplicate))
+            .count(),
+        1
+    );
+    assert_eq!(
+        js.get_stream("ORDERS").await?.info().await?.state.messages,
+        500
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn signals_use_the_same_envelope_without_a_stream() -> TestResult {
+    use futures::StreamExt;
+    let server = TestServer::start().await?;
+    let nats = server.client().await?;
+    let mut signals = events::signal::subscribe::<OrderCreated>(&nats, "signals.orders.>").await?;
+    nats.flush().await?;
+    events::signal::publish(&nats, "orders", "signals.orders.hint", &order("s-1")).await?;
+    let received = tokio::time::timeout(Duration::from_secs(2), signals.next())
+        .await?
+        .ok_or("no signal")??;
+    assert_eq!(received.attributes.source, "orders");
+    assert_eq!(received.attributes.event_type, "signals.orders.hint");
+    assert_eq!(received.data.order_id, "s-1");
+    assert!(received.delivery.is_none());
+    Ok(())
+}
