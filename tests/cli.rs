@@ -127,3 +127,111 @@ async fn call_reports_errors_with_a_failing_exit_code() -> TestResult {
     assert!(out.contains("no service is listening"), "{out}");
     Ok(())
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Shipped {
+    parcel: String,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dlq_commands_list_show_replay_and_purge() -> TestResult {
+    use switchboard::events::{
+        self, ConsumerSpec, Event, HandlerError, Publisher, ReceivedEvent, StreamSpec,
+    };
+    let server = TestServer::start().await?;
+    let js = async_nats::jetstream::new(server.client().await?);
+    StreamSpec::new("SHIPPING", ["events.shipping.>"])
+        .ensure(&js)
+        .await?;
+    let publisher = Publisher::new(js.clone(), "shipping");
+    for parcel in ["p-1", "p-2"] {
+        let event = Event::new(Shipped {
+            parcel: parcel.into(),
+        })
+        .id(format!("{parcel}-shipped"));
+        publisher.publish("events.shipping.shipped", &event).await?;
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let consumer = tokio::spawn(events::consumer::run(
+        js.clone(),
+        ConsumerSpec::new("SHIPPING", "refuser"),
+        |_event: ReceivedEvent<Shipped>| async { Err(HandlerError::permanent("address unknown")) },
+        stop.clone().cancelled_owned(),
+    ));
+    let dlq = events::DeadLetters::open(&js).await?;
+    for _ in 0..100 {
+        if dlq.list().await?.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    consumer.await??;
+
+    let (ok, out, _) = cli_streams(&server, &["dlq", "ls", "--json"]);
+    assert!(ok, "{out}");
+    let letters: Vec<serde_json::Value> = serde_json::from_str(&out)?;
+    assert_eq!(letters.len(), 2);
+    assert_eq!(letters[0]["error"], "address unknown");
+    let id = letters[0]["id"].as_u64().ok_or("no id")?.to_string();
+    let payload = letters[0]["payload"]
+        .as_str()
+        .ok_or("no payload")?
+        .to_owned();
+
+    let (ok, out) = cli(&server, &["dlq", "ls"]);
+    assert!(
+        ok && out.contains("events.shipping.shipped") && out.contains("refuser"),
+        "{out}"
+    );
+    let (ok, out) = cli(&server, &["dlq", "show", &id]);
+    assert!(
+        ok && out.contains(&serde_json::to_string(&payload)?) && out.contains("ce-id"),
+        "{out}"
+    );
+    let (ok, out) = cli(&server, &["dlq", "replay", &id]);
+    assert!(ok && out.contains(&format!("replayed {id}")), "{out}");
+    let (ok, out) = cli(&server, &["dlq", "show", &id]);
+    assert!(
+        !ok && out.contains(&format!("no dead letter {id}")),
+        "{out}"
+    );
+    let (ok, out) = cli(&server, &["dlq", "purge"]);
+    assert!(ok && out.contains("purged 1"), "{out}");
+    assert!(dlq.list().await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_prints_events_with_their_attributes() -> TestResult {
+    use switchboard::events::{Event, Publisher, StreamSpec};
+    let server = TestServer::start().await?;
+    let js = async_nats::jetstream::new(server.client().await?);
+    StreamSpec::new("SHIPPING", ["events.shipping.>"])
+        .ensure(&js)
+        .await?;
+    let home = tempfile::tempdir()?;
+    let env = vec![
+        ("NATS_URL".to_owned(), server.url()),
+        (
+            "XDG_CONFIG_HOME".to_owned(),
+            home.path().display().to_string(),
+        ),
+    ];
+    let mut tail = Switchboard::spawn(&["tail", "events.shipping.>"], &env);
+    tail.wait_for("tailing events.shipping.>", Duration::from_secs(20));
+    let event = Event::new(Shipped {
+        parcel: "p-9".into(),
+    })
+    .id("p-9-shipped")
+    .subject("p-9");
+    Publisher::new(js, "shipping")
+        .publish("events.shipping.shipped", &event)
+        .await?;
+    tail.wait_for(
+        "type=shipping.shipped source=shipping id=p-9-shipped subject=p-9",
+        Duration::from_secs(10),
+    );
+    tail.wait_for(r#"{"parcel":"p-9"}"#, Duration::from_secs(5));
+    Ok(())
+}

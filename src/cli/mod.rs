@@ -4,6 +4,8 @@
 mod call;
 mod connection;
 mod discover;
+mod dlq;
+mod tail;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +32,11 @@ enum Command {
     Stats(discover::ServiceArgs),
     /// Send one request and print the reply (like `nats req`).
     Call(call::CallArgs),
+    /// Dead letters: list, show, replay, purge.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+    /// Print events live with their CloudEvents attributes.
+    Tail(tail::TailArgs),
 }
 
 pub fn main() -> std::process::ExitCode {
@@ -49,6 +56,8 @@ pub fn main() -> std::process::ExitCode {
             Command::Info(args) => discover::info(&cli.connection, args).await,
             Command::Stats(args) => discover::stats(&cli.connection, args).await,
             Command::Call(args) => call::run(&cli.connection, args).await,
+            Command::Dlq(command) => dlq::run(&cli.connection, command).await,
+            Command::Tail(args) => tail::run(&cli.connection, args).await,
         }
     });
     match result {
