@@ -202,5 +202,10 @@ fn differences(live: &stream::Config, wanted: &stream::Config) -> Vec<String> {
         live.max_messages.to_string(),
         wanted.max_messages.to_string(),
     );
+    check(
+        "atomic_batches",
+        live.allow_atomic_publish.to_string(),
+        wanted.allow_atomic_publish.to_string(),
+    );
     out
 }
