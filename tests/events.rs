@@ -570,3 +570,75 @@ async fn atomic_batches_store_all_events_and_need_a_stream_that_allows_them() ->
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn ordered_consumers_keep_each_subjects_events_in_order_even_across_retries() -> TestResult {
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    struct Step {
+        key: String,
+        n: usize,
+    }
+    let server = TestServer::start().await?;
+    let js = jetstream::new(server.client().await?);
+    StreamSpec::new("STEPS", ["events.steps.>"])
+        .ensure(&js)
+        .await?;
+    let publisher = Publisher::new(js.clone(), "steps");
+    let mut batch = publisher.batch(64);
+    for n in 0..10 {
+        for key in ["k0", "k1", "k2"] {
+            let event = Event::new(Step { key: key.into(), n }).subject(key);
+            batch.publish("events.steps.taken", &event).await?;
+        }
+    }
+    assert!(batch.finish().await.iter().all(Result::is_ok));
+
+    let seen = Arc::new(Mutex::new(BTreeMap::<String, Vec<usize>>::new()));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let (record, failed) = (seen.clone(), failures.clone());
+    let spec = ConsumerSpec::new("STEPS", "ordered")
+        .ordered_by_subject()
+        .concurrency(4)
+        .backoff(vec![Duration::from_millis(50)]);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(events::consumer::run(
+        js.clone(),
+        spec,
+        move |event: ReceivedEvent<Step>| {
+            let (record, failed) = (record.clone(), failed.clone());
+            async move {
+                let Step { key, n } = event.data;
+                // Step 3 of k1 fails twice before it succeeds.
+                if key == "k1" && n == 3 && failed.fetch_add(1, Ordering::SeqCst) < 2 {
+                    return Err(HandlerError::retry("not yet"));
+                }
+                tokio::time::sleep(Duration::from_millis(((n * 7) % 5) as u64)).await;
+                if let Ok(mut r) = record.lock() {
+                    r.entry(key).or_default().push(n);
+                }
+                Ok(())
+            }
+        },
+        stop.clone().cancelled_owned(),
+    ));
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            seen.lock()
+                .map(|s| s.values().map(Vec::len).sum::<usize>() == 30)
+                .unwrap_or(false)
+        })
+        .await
+    );
+    stop.cancel();
+    task.await??;
+    let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    for (key, steps) in &seen {
+        assert_eq!(steps, &(0..10).collect::<Vec<_>>(), "{key} out of order");
+    }
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        3,
+        "two failures, then success"
+    );
+    Ok(())
+}

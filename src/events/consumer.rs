@@ -14,6 +14,7 @@
 //! dead-lettered. With [`ConsumerSpec::idempotent`], a redelivered or
 //! re-published event (same `ce-id`) has one effect.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -22,13 +23,14 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::task::TaskTracker;
 
 use super::EventError;
 use super::dead_letter::{DeadLetters, Failed};
 use super::event::{Delivery, ReceivedEvent};
 use super::idempotency::{Claim, Idempotency};
+use crate::codec;
 
 /// A handler's failure: retry later, or give up now.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,6 +77,9 @@ pub struct ConsumerSpec {
     pub progress: bool,
     /// One effect per `ce-id`, recorded for this long (≥ the duplicate window).
     pub idempotency_ttl: Option<Duration>,
+    /// Handle events with the same `ce-subject` (e.g. one order) one at a
+    /// time, in stream order; retryable failures are then retried in place.
+    pub ordered_by_subject: bool,
 }
 
 impl ConsumerSpec {
@@ -96,6 +101,7 @@ impl ConsumerSpec {
             concurrency: 16,
             progress: true,
             idempotency_ttl: None,
+            ordered_by_subject: false,
         }
     }
     /// Receives only these subjects.
@@ -128,6 +134,15 @@ impl ConsumerSpec {
         self.progress = progress;
         self
     }
+    /// Events about the same thing (same `ce-subject`) are handled in order,
+    /// one at a time; different subjects still run concurrently. A retryable
+    /// failure is retried in place (after the backoff delay) so that later
+    /// events of that subject wait for it.
+    pub fn ordered_by_subject(mut self) -> Self {
+        self.ordered_by_subject = true;
+        self
+    }
+
     /// One effect per event id, remembered for `ttl`.
     pub fn idempotent(mut self, ttl: Duration) -> Self {
         self.idempotency_ttl = Some(ttl);
@@ -222,6 +237,19 @@ where
 
     let slots = Arc::new(Semaphore::new(shared.spec.concurrency));
     let tasks = TaskTracker::new();
+    // Ordered mode: one lane per slot; a subject always maps to the same lane.
+    let lanes: Vec<mpsc::UnboundedSender<(jetstream::Message, OwnedSemaphorePermit)>> =
+        if shared.spec.ordered_by_subject {
+            (0..shared.spec.concurrency)
+                .map(|_| {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    tasks.spawn(lane(shared.clone(), rx));
+                    tx
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
     tokio::pin!(shutdown);
     loop {
         let first = tokio::select! {
@@ -266,13 +294,23 @@ where
                     Err(_) => break,
                 },
             };
+            if !lanes.is_empty() {
+                let index = lane_of(&message, lanes.len());
+                if let Some(lane) = lanes.get(index)
+                    && let Err(error) = lane.send((message, slot))
+                {
+                    tracing::error!(%error, "an ordered lane is gone; the event will be redelivered");
+                }
+                continue;
+            }
             let shared = shared.clone();
             tasks.spawn(async move {
-                handle(&shared, message).await;
+                handle(&shared, message, false).await;
                 drop(slot);
             });
         }
     }
+    drop(lanes); // lanes finish what they hold, then end
     tasks.close();
     if tokio::time::timeout(shared.spec.ack_wait, tasks.wait())
         .await
@@ -284,7 +322,9 @@ where
     Ok(())
 }
 
-async fn handle<T, F, Fut>(shared: &Shared<F>, message: jetstream::Message)
+/// Handles one event. `in_place`: retry a retryable failure here (ordered
+/// lanes) instead of nak-ing it for a later redelivery.
+async fn handle<T, F, Fut>(shared: &Shared<F>, message: jetstream::Message, in_place: bool)
 where
     T: DeserializeOwned + Send + 'static,
     F: Fn(ReceivedEvent<T>) -> Fut + Send + Sync + 'static,
@@ -346,23 +386,50 @@ where
         }
     }
 
-    let span = tracing::info_span!(
-        "event",
-        consumer = %spec.durable,
-        subject = %subject,
-        event_id = %event_id,
-        delivered = delivery.delivered,
-        trace_id = event.trace.map(|t| t.trace_id()).unwrap_or_default(),
-    );
-    let work = AssertUnwindSafe((shared.handler)(event)).catch_unwind();
-    let outcome = keep_alive(
-        &message,
-        spec,
-        shared.idempotency.as_ref().map(|i| (i, event_id.as_str())),
-        tracing::Instrument::instrument(work, span),
-    )
-    .await;
-    let outcome = outcome.unwrap_or_else(|_| Err(HandlerError::retry("handler panicked")));
+    let claim = shared.idempotency.as_ref().map(|i| (i, event_id.as_str()));
+    let mut delivery = delivery;
+    let mut event = Some(event);
+    let outcome = loop {
+        let current = match event.take() {
+            Some(current) => current,
+            // A retry in place: the same message, decoded again.
+            None => match ReceivedEvent::<T>::decode(&message) {
+                Ok(mut again) => {
+                    again.delivery = Some(delivery.clone());
+                    again
+                }
+                Err(error) => break Err(HandlerError::permanent(error.to_string())),
+            },
+        };
+        let span = tracing::info_span!(
+            "event",
+            consumer = %spec.durable,
+            subject = %subject,
+            event_id = %event_id,
+            delivered = delivery.delivered,
+            trace_id = current.trace.map(|t| t.trace_id()).unwrap_or_default(),
+        );
+        let work = AssertUnwindSafe((shared.handler)(current)).catch_unwind();
+        let outcome = keep_alive(
+            &message,
+            spec,
+            claim,
+            tracing::Instrument::instrument(work, span),
+        )
+        .await
+        .unwrap_or_else(|_| Err(HandlerError::retry("handler panicked")));
+        match outcome {
+            Err(HandlerError::Retryable(reason))
+                if in_place && delivery.delivered < spec.max_deliver =>
+            {
+                let delay = spec.delay_after(delivery.delivered);
+                tracing::info!(%event_id, %reason, ?delay, "retrying in place (ordered)");
+                keep_alive(&message, spec, claim, tokio::time::sleep(delay)).await;
+                delivery.delivered += 1;
+            }
+            other => break other,
+        }
+    };
 
     match outcome {
         Ok(()) => {
@@ -380,7 +447,9 @@ where
                 tracing::warn!(%event_id, error = %e, "cannot release the claim");
             }
             match error {
-                HandlerError::Retryable(reason) if delivery.delivered < spec.max_deliver => {
+                HandlerError::Retryable(reason)
+                    if !in_place && delivery.delivered < spec.max_deliver =>
+                {
                     let delay = spec.delay_after(delivery.delivered);
                     tracing::info!(%event_id, %reason, ?delay, "retrying later");
                     settle(&message, AckKind::Nak(Some(delay))).await;
@@ -389,6 +458,63 @@ where
                     dead_letter(shared, &message, &delivery, &subject, reason).await;
                 }
             }
+        }
+    }
+}
+
+/// The lane of an event in ordered mode: by `ce-subject`, else NATS subject.
+fn lane_of(message: &jetstream::Message, lanes: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let key = codec::header(message.headers.as_ref(), codec::CE_SUBJECT)
+        .unwrap_or_else(|| message.subject.to_string());
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    usize::try_from(hasher.finish() % lanes.max(1) as u64).unwrap_or(0)
+}
+
+/// An ordered lane: handles its events one at a time, in arrival order,
+/// and keeps the queued ones alive (in-progress) while they wait.
+async fn lane<T, F, Fut>(
+    shared: Arc<Shared<F>>,
+    mut arrivals: mpsc::UnboundedReceiver<(jetstream::Message, OwnedSemaphorePermit)>,
+) where
+    T: DeserializeOwned + Send + 'static,
+    F: Fn(ReceivedEvent<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    let mut queue = VecDeque::new();
+    let mut open = true;
+    let every = (shared.spec.ack_wait / 3).max(Duration::from_millis(50));
+    loop {
+        if queue.is_empty() {
+            match arrivals.recv().await {
+                Some(arrival) => queue.push_back(arrival),
+                None => return,
+            }
+        }
+        let Some((message, slot)) = queue.pop_front() else {
+            continue;
+        };
+        let work = handle(&shared, message, true);
+        tokio::pin!(work);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                () = &mut work => break,
+                _ = ticker.tick() => {
+                    for (waiting, _) in &queue {
+                        let _ = waiting.ack_with(AckKind::Progress).await;
+                    }
+                }
+                arrival = arrivals.recv(), if open => match arrival {
+                    Some(arrival) => queue.push_back(arrival),
+                    None => open = false,
+                },
+            }
+        }
+        drop(slot);
+        if !open && queue.is_empty() {
+            return;
         }
     }
 }
