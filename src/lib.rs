@@ -20,6 +20,7 @@
 //! | [`connect`] | connect from `NATS_URL`/`NATS_USER`/`NATS_PASSWORD` |
 //! | [`credentials`] | per-run passwords handed to server and services |
 //! | [`nats_context`] | the `nats` CLI context for operators |
+//! | [`state`] | typed KV state with optimistic concurrency |
 //! | [`shutdown`] | the shutdown future processes are given |
 //! | [`process`] | SIGTERM-then-SIGKILL stop of child processes |
 //! | [`telemetry`] | logging set-up |
@@ -78,6 +79,7 @@ pub mod process;
 pub mod server;
 pub mod service;
 pub mod shutdown;
+pub mod state;
 pub mod supervisor;
 pub mod telemetry;
 #[cfg(feature = "testing")]

@@ -198,10 +198,27 @@ where
     F: Fn(ReceivedEvent<T>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
 {
-    let stream = js
-        .get_stream(&spec.stream)
-        .await
-        .map_err(|e| EventError::js(format!("open stream {}", spec.stream))(&e))?;
+    tokio::pin!(shutdown);
+    // The stream belongs to the publishing service, which may start later.
+    let stream = loop {
+        match js.get_stream(&spec.stream).await {
+            Ok(stream) => break stream,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                ) =>
+            {
+                tracing::info!(stream = %spec.stream, consumer = %spec.durable, "waiting for the stream to be declared");
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            Err(e) => return Err(EventError::js(format!("open stream {}", spec.stream))(&e)),
+        }
+    };
     let consumer = stream
         .get_or_create_consumer(&spec.durable, spec.config())
         .await
@@ -250,7 +267,6 @@ where
         } else {
             Vec::new()
         };
-    tokio::pin!(shutdown);
     loop {
         let first = tokio::select! {
             () = &mut shutdown => break,

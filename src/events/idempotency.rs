@@ -17,6 +17,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 
 use super::EventError;
+use crate::state::key_for;
 
 /// What to do with an event id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,37 +153,9 @@ impl Idempotency {
     }
 }
 
-/// KV keys allow `[-/_=.a-zA-Z0-9]`; other ids are hex-encoded.
-fn key_for(id: &str) -> String {
-    let plain = !id.is_empty()
-        && !id.starts_with('.')
-        && !id.ends_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=' | b'.'));
-    if plain {
-        id.to_owned()
-    } else {
-        let hex: String = id.bytes().map(|b| format!("{b:02x}")).collect();
-        format!("x_{hex}")
-    }
-}
-
 fn now_millis() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::key_for;
-
-    #[test]
-    fn ids_become_valid_keys() {
-        assert_eq!(key_for("order-o1-created"), "order-o1-created");
-        assert_eq!(key_for("a b"), "x_612062");
-        assert_eq!(key_for("a>b"), "x_613e62");
-    }
 }

@@ -1,0 +1,285 @@
+//! Service state in JetStream KV buckets, with optimistic concurrency.
+//!
+//! Each service owns its buckets (no other database). Values are JSON;
+//! every read returns the revision, and writes can require it, so two
+//! requests that race on the same key (a stock level, an order status)
+//! cannot both win: [`StateStore::modify`] re-reads and retries on conflict.
+
+use std::marker::PhantomData;
+
+use async_nats::jetstream::{self, kv};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::ServiceError;
+
+/// How often [`StateStore::modify`] retries a conflicting write.
+const MODIFY_ATTEMPTS: usize = 16;
+
+/// A value and the revision it was read at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned<T> {
+    /// The value.
+    pub value: T,
+    /// Its revision in the bucket.
+    pub revision: u64,
+}
+
+/// Errors of the state store; match on the variant.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// `create` found the key taken.
+    #[error("{key} already exists")]
+    AlreadyExists {
+        /// The key.
+        key: String,
+    },
+    /// The key changed since it was read.
+    #[error("{key} was changed concurrently")]
+    Conflict {
+        /// The key.
+        key: String,
+    },
+    /// A stored value is not the expected type.
+    #[error("{key} holds an unreadable value: {source}")]
+    Decode {
+        /// The key.
+        key: String,
+        /// serde's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The bucket or the server failed.
+    #[error("{action}: {message}")]
+    Store {
+        /// What was being done.
+        action: String,
+        /// The client's words.
+        message: String,
+    },
+}
+
+impl From<StateError> for ServiceError {
+    fn from(e: StateError) -> Self {
+        match e {
+            StateError::AlreadyExists { .. } | StateError::Conflict { .. } => {
+                ServiceError::conflict(e.to_string())
+            }
+            StateError::Decode { .. } => {
+                tracing::error!(error = %e, "corrupt state");
+                ServiceError::internal("internal error")
+            }
+            StateError::Store { .. } => ServiceError::unavailable(e.to_string()),
+        }
+    }
+}
+
+fn store_err(action: impl Into<String>) -> impl FnOnce(&dyn std::fmt::Display) -> StateError {
+    let action = action.into();
+    move |e| StateError::Store {
+        action,
+        message: e.to_string(),
+    }
+}
+
+/// Typed access to one KV bucket.
+#[derive(Debug)]
+pub struct StateStore<T> {
+    kv: kv::Store,
+    bucket: String,
+    value: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for StateStore<T> {
+    fn clone(&self) -> Self {
+        StateStore {
+            kv: self.kv.clone(),
+            bucket: self.bucket.clone(),
+            value: PhantomData,
+        }
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> StateStore<T> {
+    /// Opens the bucket, creating it (file storage, `replicas`) if missing.
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::Store`] when the bucket cannot be opened or created.
+    pub async fn open(
+        js: &jetstream::Context,
+        bucket: &str,
+        replicas: usize,
+    ) -> Result<Self, StateError> {
+        let kv = match js.get_key_value(bucket).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: bucket.to_owned(),
+                    history: 1,
+                    num_replicas: replicas,
+                    storage: jetstream::stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| store_err(format!("create bucket {bucket}"))(&e))?,
+        };
+        Ok(StateStore {
+            kv,
+            bucket: bucket.to_owned(),
+            value: PhantomData,
+        })
+    }
+
+    /// Reads a key.
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::Decode`] or [`StateError::Store`].
+    pub async fn get(&self, key: &str) -> Result<Option<Versioned<T>>, StateError> {
+        let entry = self
+            .kv
+            .entry(key_for(key))
+            .await
+            .map_err(|e| store_err(format!("read {}/{key}", self.bucket))(&e))?;
+        let Some(entry) = entry else { return Ok(None) };
+        if entry.operation != kv::Operation::Put {
+            return Ok(None);
+        }
+        let value = serde_json::from_slice(&entry.value).map_err(|source| StateError::Decode {
+            key: key.to_owned(),
+            source,
+        })?;
+        Ok(Some(Versioned {
+            value,
+            revision: entry.revision,
+        }))
+    }
+
+    /// Stores a value under a key that must not exist yet.
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::AlreadyExists`], or [`StateError::Store`].
+    pub async fn create(&self, key: &str, value: &T) -> Result<u64, StateError> {
+        let bytes = encode(key, value)?;
+        self.kv
+            .create(key_for(key), bytes)
+            .await
+            .map_err(|e| match e.kind() {
+                kv::CreateErrorKind::AlreadyExists => StateError::AlreadyExists {
+                    key: key.to_owned(),
+                },
+                _ => store_err(format!("create {}/{key}", self.bucket))(&e),
+            })
+    }
+
+    /// Replaces a value if it is still at `revision`.
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::Conflict`], or [`StateError::Store`].
+    pub async fn update(&self, key: &str, value: &T, revision: u64) -> Result<u64, StateError> {
+        let bytes = encode(key, value)?;
+        self.kv
+            .update(key_for(key), bytes, revision)
+            .await
+            .map_err(|e| match e.kind() {
+                kv::UpdateErrorKind::WrongLastRevision => StateError::Conflict {
+                    key: key.to_owned(),
+                },
+                _ => store_err(format!("update {}/{key}", self.bucket))(&e),
+            })
+    }
+
+    /// Stores a value unconditionally.
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::Store`].
+    pub async fn put(&self, key: &str, value: &T) -> Result<u64, StateError> {
+        let bytes = encode(key, value)?;
+        self.kv
+            .put(key_for(key), bytes)
+            .await
+            .map_err(|e| store_err(format!("write {}/{key}", self.bucket))(&e))
+    }
+
+    /// Read-modify-write with optimistic concurrency: `change` gets the
+    /// current value (or `None`) and returns the new one, or a domain error
+    /// that aborts without writing. Conflicting writers are retried.
+    ///
+    /// # Errors
+    ///
+    /// The domain error of `change`, or a 409 after repeated conflicts, or
+    /// the store's failure as a [`ServiceError`].
+    pub async fn modify(
+        &self,
+        key: &str,
+        mut change: impl FnMut(Option<T>) -> Result<T, ServiceError>,
+    ) -> Result<T, ServiceError>
+    where
+        T: Clone,
+    {
+        for _ in 0..MODIFY_ATTEMPTS {
+            let current = self.get(key).await?;
+            let revision = current.as_ref().map(|c| c.revision);
+            let next = change(current.map(|c| c.value))?;
+            let written = match revision {
+                Some(revision) => self.update(key, &next, revision).await,
+                None => self.create(key, &next).await,
+            };
+            match written {
+                Ok(_) => return Ok(next),
+                Err(StateError::Conflict { .. } | StateError::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::conflict(format!(
+            "{key} keeps changing concurrently; try again"
+        )))
+    }
+}
+
+fn encode<T: Serialize>(key: &str, value: &T) -> Result<bytes::Bytes, StateError> {
+    serde_json::to_vec(value)
+        .map(Into::into)
+        .map_err(|source| StateError::Decode {
+            key: key.to_owned(),
+            source,
+        })
+}
+
+/// A KV key for any text: KV keys allow `[-/_=.a-zA-Z0-9]`, other text
+/// (an e-mail address, say) is hex-encoded.
+pub fn key_for(text: &str) -> String {
+    let plain = !text.is_empty()
+        && !text.starts_with('.')
+        && !text.ends_with('.')
+        && !text.contains("..")
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'='));
+    if plain {
+        text.to_owned()
+    } else {
+        let hex: String = text.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("x_{hex}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_for;
+
+    #[test]
+    fn any_text_becomes_a_valid_key() {
+        assert_eq!(key_for("order-o1_created"), "order-o1_created");
+        assert_eq!(key_for("a b"), "x_612062");
+        assert_eq!(
+            key_for("ann@example.com"),
+            "x_616e6e406578616d706c652e636f6d"
+        );
+    }
+}
