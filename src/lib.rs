@@ -9,6 +9,7 @@
 //! | module | why it exists |
 //! |---|---|
 //! | [`server`] | find, start, probe and stop the embedded `nats-server` |
+//! | [`app`] | one error type for a service process's start-up and run |
 //! | [`up`] | `switchboard up`: server, credentials, services, readiness, ordered stop |
 //! | [`supervisor`] | keep service processes alive with backoff; stop them politely |
 //! | [`service`] | typed endpoints on the NATS Services API; concurrency, errors, drain |
@@ -66,6 +67,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod app;
 pub mod client;
 pub mod codec;
 pub mod connect;

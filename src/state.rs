@@ -251,6 +251,11 @@ fn encode<T: Serialize>(key: &str, value: &T) -> Result<bytes::Bytes, StateError
         })
 }
 
+/// A new unique id such as `o-Xn3Qm…`, valid as a KV key and in subjects.
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}-{}", nuid::next())
+}
+
 /// A KV key for any text: KV keys allow `[-/_=.a-zA-Z0-9]`, other text
 /// (an e-mail address, say) is hex-encoded.
 pub fn key_for(text: &str) -> String {

@@ -50,5 +50,7 @@ pub use dead_letter::{DLQ_STREAM, DeadLetter, DeadLetters};
 pub use error::EventError;
 pub use event::{Delivery, Event, ReceivedEvent};
 pub use idempotency::{Claim, Idempotency};
-pub use publisher::{AtomicBatch, BatchPublisher, MAX_ATOMIC_BATCH, Published, Publisher};
+pub use publisher::{
+    AtomicBatch, BatchPublisher, MAX_ATOMIC_BATCH, Published, Publisher, now_rfc3339,
+};
 pub use stream::{StreamSpec, StreamStatus};

@@ -320,7 +320,8 @@ fn publish_error(subject: &str, e: &jetstream::context::PublishError) -> EventEr
     }
 }
 
-pub(crate) fn now_rfc3339() -> String {
+/// The current time as RFC 3339 UTC (CloudEvents `ce-time`, `created_at`).
+pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()

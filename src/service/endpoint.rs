@@ -98,6 +98,24 @@ impl Endpoint {
         }
     }
 
+    /// [`Endpoint::new`] for a handler that also gets shared state, the way
+    /// axum handlers get `State`: `async fn create(users: Arc<Users>, ctx:
+    /// Context, req: CreateUser) -> Result<User, ServiceError>`.
+    pub fn with_state<S, Req, Resp, F, Fut>(
+        name: impl Into<String>,
+        state: Arc<S>,
+        handler: F,
+    ) -> Self
+    where
+        S: Send + Sync + 'static,
+        Req: DeserializeOwned + JsonSchema + Send + 'static,
+        Resp: Serialize + JsonSchema + 'static,
+        F: Fn(Arc<S>, Context, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, ServiceError>> + Send + 'static,
+    {
+        Endpoint::new(name, move |ctx, req| handler(state.clone(), ctx, req))
+    }
+
     /// One line for discovery and generated API docs.
     pub fn description(mut self, description: impl Into<String>) -> Self {
         self.description = description.into();

@@ -1,24 +1,321 @@
-//! The `inventory` service of the reference system: Stock levels: restock, reserve and release items.
+//! The `inventory` service: stock levels and all-or-nothing reservations.
 //!
-//! For now it joins discovery (`$SRV.PING|INFO|STATS`) and waits for
-//! shutdown; its endpoints and events arrive with the reference system.
+//! State: KV `inventory` (sku → levels) and `inventory-reservations`
+//! (order id → reservation). Stock changes are compare-and-set, so racing
+//! reservations cannot oversell; a reservation that cannot be completed
+//! gives back what it took. Releases on `events.orders.cancelled`
+//! (compensation through an event, not a call).
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
-use switchboard::service::{DrainReport, ServeError, Service, ServiceBuilder};
+use async_nats::jetstream;
+use contracts::inventory::{self, GetStock, Release, Reservation, Reserve, Restock, Stock};
+use contracts::orders::{self, OrderChanged};
+use contracts::{Item, validate_items};
+use serde::{Deserialize, Serialize};
+use switchboard::ServiceError;
+use switchboard::app::AppError;
+use switchboard::events::{self, ConsumerSpec, Event, HandlerError, Publisher, ReceivedEvent};
+use switchboard::service::{Context, Endpoint, Service};
+use switchboard::state::{StateError, StateStore};
+use tokio_util::sync::CancellationToken;
 
-/// The service as discovery reports it.
-pub fn service() -> ServiceBuilder {
-    Service::builder("inventory", env!("CARGO_PKG_VERSION"))
-        .description("Stock levels: restock, reserve and release items")
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Levels {
+    available: u64,
+    reserved: u64,
 }
 
-/// Runs the service with the connection settings from the environment until
-/// `shutdown` resolves, then drains it.
+struct Inventory {
+    stock: StateStore<Levels>,
+    reservations: StateStore<Reservation>,
+    events: Publisher,
+}
+
+/// Serves and consumes until `shutdown`, then drains.
 ///
 /// # Errors
 ///
-/// When NATS cannot be reached or the service cannot register.
-pub async fn run(shutdown: impl Future<Output = ()>) -> Result<DrainReport, ServeError> {
-    service().serve_from_env(shutdown).await
+/// When its stream, buckets, endpoints or consumer cannot be set up.
+pub async fn run(
+    nats: async_nats::Client,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AppError> {
+    let js = jetstream::new(nats.clone());
+    inventory::stream().ensure(&js).await?;
+    let state = Arc::new(Inventory {
+        stock: StateStore::open(&js, "inventory", 1).await?,
+        reservations: StateStore::open(&js, "inventory-reservations", 1).await?,
+        events: Publisher::new(js.clone(), "inventory"),
+    });
+    let service = Service::builder("inventory", env!("CARGO_PKG_VERSION"))
+        .description("Stock levels: restock, reserve and release items")
+        .endpoint(
+            Endpoint::with_state("restock", state.clone(), restock)
+                .description("Add stock of a sku"),
+        )
+        .endpoint(
+            Endpoint::with_state("stock", state.clone(), stock)
+                .description("Stock of a sku")
+                .idempotent(true),
+        )
+        .endpoint(
+            Endpoint::with_state("reserve", state.clone(), reserve)
+                .description("Reserve all items of an order, or none")
+                .idempotent(true),
+        )
+        .endpoint(
+            Endpoint::with_state("release", state.clone(), release)
+                .description("Give an order's reservation back")
+                .idempotent(true),
+        )
+        .start(nats)
+        .await?;
+
+    let stop = CancellationToken::new();
+    let spec = ConsumerSpec::new(orders::stream().name, "inventory-orders-cancelled")
+        .filter([orders::CANCELLED])
+        .idempotent(Duration::from_secs(24 * 3600));
+    let compensation = tokio::spawn(events::consumer::run(
+        js,
+        spec,
+        move |event: ReceivedEvent<OrderChanged>| {
+            let state = state.clone();
+            async move {
+                match release_order(&state, &event.data.id, event.trace).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.code == 404 => Ok(()), // nothing was reserved
+                    Err(e) if e.is_server_error() => Err(HandlerError::retry(e.message)),
+                    Err(e) => Err(HandlerError::permanent(e.message)),
+                }
+            }
+        },
+        stop.clone().cancelled_owned(),
+    ));
+
+    shutdown.await;
+    service.drain().await;
+    stop.cancel();
+    compensation.await??;
+    Ok(())
+}
+
+fn validate_sku(sku: &str) -> Result<(), ServiceError> {
+    if sku.trim().is_empty() {
+        return Err(ServiceError::bad_request("sku must not be empty"));
+    }
+    Ok(())
+}
+
+async fn restock(inv: Arc<Inventory>, _ctx: Context, req: Restock) -> Result<Stock, ServiceError> {
+    validate_sku(&req.sku)?;
+    if req.quantity == 0 {
+        return Err(ServiceError::bad_request("quantity must be at least 1"));
+    }
+    let levels = inv
+        .stock
+        .modify(&req.sku, |current| {
+            let mut levels = current.unwrap_or_default();
+            levels.available += u64::from(req.quantity);
+            Ok(levels)
+        })
+        .await?;
+    Ok(to_stock(&req.sku, &levels))
+}
+
+async fn stock(inv: Arc<Inventory>, _ctx: Context, req: GetStock) -> Result<Stock, ServiceError> {
+    validate_sku(&req.sku)?;
+    let levels = inv
+        .stock
+        .get(&req.sku)
+        .await?
+        .ok_or_else(|| ServiceError::not_found(format!("no stock of {}", req.sku)))?;
+    Ok(to_stock(&req.sku, &levels.value))
+}
+
+async fn reserve(
+    inv: Arc<Inventory>,
+    ctx: Context,
+    req: Reserve,
+) -> Result<Reservation, ServiceError> {
+    if req.order_id.trim().is_empty() {
+        return Err(ServiceError::bad_request("order_id must not be empty"));
+    }
+    validate_items(&req.items)?;
+    let items = merged(&req.items);
+    if let Some(existing) = inv.reservations.get(&req.order_id).await? {
+        return same_reservation(existing.value, &items);
+    }
+    // Take each sku in turn; on the first shortage give back what was taken.
+    let mut taken: Vec<&Item> = Vec::new();
+    for item in &items {
+        let quantity = u64::from(item.quantity);
+        let result = inv
+            .stock
+            .modify(&item.sku, |current| {
+                let mut levels = current.unwrap_or_default();
+                if levels.available < quantity {
+                    return Err(ServiceError::conflict(format!(
+                        "{}: {} available, {} requested",
+                        item.sku, levels.available, quantity
+                    ))
+                    .with_details(serde_json::json!({
+                        "sku": item.sku, "available": levels.available, "requested": quantity
+                    })));
+                }
+                levels.available -= quantity;
+                levels.reserved += quantity;
+                Ok(levels)
+            })
+            .await;
+        if let Err(error) = result {
+            give_back(&inv, &taken).await;
+            return Err(error);
+        }
+        taken.push(item);
+    }
+    let reservation = Reservation {
+        order_id: req.order_id.clone(),
+        items: items.clone(),
+        status: "reserved".to_owned(),
+    };
+    match inv.reservations.create(&req.order_id, &reservation).await {
+        Ok(_) => {}
+        Err(StateError::AlreadyExists { .. }) => {
+            // A concurrent identical request won: keep its reservation, not ours.
+            give_back(&inv, &taken).await;
+            let existing = inv.reservations.get(&req.order_id).await?;
+            return existing
+                .map(|e| same_reservation(e.value, &items))
+                .unwrap_or_else(|| {
+                    Err(ServiceError::conflict("reservation changed concurrently"))
+                });
+        }
+        Err(e) => {
+            give_back(&inv, &taken).await;
+            return Err(e.into());
+        }
+    }
+    let event = Event::new(reservation.clone())
+        .id(format!("{}-reserved", req.order_id))
+        .subject(req.order_id.clone())
+        .trace(*ctx.trace());
+    inv.events
+        .publish(inventory::RESERVED, &event)
+        .await
+        .map_err(|e| ServiceError::unavailable(e.to_string()))?;
+    Ok(reservation)
+}
+
+async fn release(
+    inv: Arc<Inventory>,
+    ctx: Context,
+    req: Release,
+) -> Result<Reservation, ServiceError> {
+    if req.order_id.trim().is_empty() {
+        return Err(ServiceError::bad_request("order_id must not be empty"));
+    }
+    release_order(&inv, &req.order_id, Some(*ctx.trace())).await
+}
+
+/// Marks the reservation released (compare-and-set, so it happens once),
+/// returns its stock and publishes `events.inventory.released`.
+async fn release_order(
+    inv: &Inventory,
+    order_id: &str,
+    trace: Option<switchboard::trace_context::TraceContext>,
+) -> Result<Reservation, ServiceError> {
+    loop {
+        let current = inv
+            .reservations
+            .get(order_id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found(format!("no reservation for {order_id}")))?;
+        if current.value.status == "released" {
+            return Ok(current.value);
+        }
+        let released = Reservation {
+            status: "released".to_owned(),
+            ..current.value.clone()
+        };
+        match inv
+            .reservations
+            .update(order_id, &released, current.revision)
+            .await
+        {
+            Ok(_) => {}
+            Err(StateError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let items: Vec<&Item> = released.items.iter().collect();
+        give_back(inv, &items).await;
+        let mut event = Event::new(released.clone())
+            .id(format!("{order_id}-released"))
+            .subject(order_id.to_owned());
+        if let Some(trace) = trace {
+            event = event.trace(trace);
+        }
+        inv.events
+            .publish(inventory::RELEASED, &event)
+            .await
+            .map_err(|e| ServiceError::unavailable(e.to_string()))?;
+        return Ok(released);
+    }
+}
+
+async fn give_back(inv: &Inventory, items: &[&Item]) {
+    for item in items {
+        let quantity = u64::from(item.quantity);
+        let result = inv
+            .stock
+            .modify(&item.sku, |current| {
+                let mut levels = current.unwrap_or_default();
+                levels.reserved = levels.reserved.saturating_sub(quantity);
+                levels.available += quantity;
+                Ok(levels)
+            })
+            .await;
+        if let Err(error) = result {
+            tracing::error!(sku = %item.sku, quantity, %error, "cannot give back reserved stock");
+        }
+    }
+}
+
+/// The same order asked twice gets the same answer; other items are a conflict.
+fn same_reservation(existing: Reservation, items: &[Item]) -> Result<Reservation, ServiceError> {
+    if existing.status == "reserved" && existing.items == items {
+        Ok(existing)
+    } else {
+        Err(ServiceError::conflict(format!(
+            "order {} already has a {} reservation for other items",
+            existing.order_id, existing.status
+        )))
+    }
+}
+
+/// One line per sku, in sku order (so a retried request compares equal).
+fn merged(items: &[Item]) -> Vec<Item> {
+    let mut by_sku: BTreeMap<&str, u32> = BTreeMap::new();
+    for item in items {
+        let entry = by_sku.entry(item.sku.as_str()).or_default();
+        *entry = entry.saturating_add(item.quantity);
+    }
+    by_sku
+        .into_iter()
+        .map(|(sku, quantity)| Item {
+            sku: sku.to_owned(),
+            quantity,
+        })
+        .collect()
+}
+
+fn to_stock(sku: &str, levels: &Levels) -> Stock {
+    Stock {
+        sku: sku.to_owned(),
+        available: levels.available,
+        reserved: levels.reserved,
+    }
 }

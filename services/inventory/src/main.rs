@@ -3,6 +3,10 @@
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     switchboard::telemetry::init();
-    inventory::run(switchboard::shutdown::signal()).await?;
+    let nats = switchboard::connect::ConnectConfig::from_env("inventory")
+        .connect()
+        .await?;
+    inventory::run(nats.clone(), switchboard::shutdown::signal()).await?;
+    nats.drain().await?;
     Ok(())
 }

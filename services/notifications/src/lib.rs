@@ -1,24 +1,141 @@
-//! The `notifications` service of the reference system: Notifications recorded from user and order events.
-//!
-//! For now it joins discovery (`$SRV.PING|INFO|STATS`) and waits for
-//! shutdown; its endpoints and events arrive with the reference system.
+//! The `notifications` service: one notification per user and order event,
+//! recorded exactly once (the kit's idempotency helper), listed per user.
+//! State: KV `notifications` (user id → notifications, oldest first).
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
-use switchboard::service::{DrainReport, ServeError, Service, ServiceBuilder};
+use async_nats::jetstream;
+use contracts::notifications::{ListNotifications, Notification, Notifications};
+use contracts::orders::{self, OrderChanged};
+use contracts::users::{self, UserCreated};
+use switchboard::ServiceError;
+use switchboard::app::AppError;
+use switchboard::events::{self, ConsumerSpec, HandlerError, ReceivedEvent};
+use switchboard::service::{Context, Endpoint, Service};
+use switchboard::state::StateStore;
+use tokio_util::sync::CancellationToken;
 
-/// The service as discovery reports it.
-pub fn service() -> ServiceBuilder {
-    Service::builder("notifications", env!("CARGO_PKG_VERSION"))
-        .description("Notifications recorded from user and order events")
-}
+type Store = StateStore<Vec<Notification>>;
 
-/// Runs the service with the connection settings from the environment until
-/// `shutdown` resolves, then drains it.
+/// How long processed event ids are remembered.
+const REMEMBER: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Consumes and serves until `shutdown`, then drains.
 ///
 /// # Errors
 ///
-/// When NATS cannot be reached or the service cannot register.
-pub async fn run(shutdown: impl Future<Output = ()>) -> Result<DrainReport, ServeError> {
-    service().serve_from_env(shutdown).await
+/// When its bucket, consumers or endpoints cannot be set up.
+pub async fn run(
+    nats: async_nats::Client,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AppError> {
+    let js = jetstream::new(nats.clone());
+    let store: Arc<Store> = Arc::new(StateStore::open(&js, "notifications", 1).await?);
+    let service = Service::builder("notifications", env!("CARGO_PKG_VERSION"))
+        .description("Notifications recorded from user and order events")
+        .endpoint(
+            Endpoint::with_state("list", store.clone(), list)
+                .description("A user's notifications, oldest first")
+                .idempotent(true),
+        )
+        .start(nats)
+        .await?;
+
+    let stop = CancellationToken::new();
+    let on_users = {
+        let store = store.clone();
+        let spec = ConsumerSpec::new(users::stream().name, "notifications-users")
+            .filter([users::CREATED])
+            .idempotent(REMEMBER);
+        tokio::spawn(events::consumer::run(
+            js.clone(),
+            spec,
+            move |event: ReceivedEvent<UserCreated>| {
+                let store = store.clone();
+                async move {
+                    let text = format!("Welcome, {}!", event.data.name);
+                    record(&store, &event, &event.data.user_id, text).await
+                }
+            },
+            stop.clone().cancelled_owned(),
+        ))
+    };
+    let on_orders = {
+        let spec = ConsumerSpec::new(orders::stream().name, "notifications-orders")
+            .filter([orders::CREATED, orders::CANCELLED])
+            .idempotent(REMEMBER);
+        tokio::spawn(events::consumer::run(
+            js,
+            spec,
+            move |event: ReceivedEvent<OrderChanged>| {
+                let store = store.clone();
+                async move {
+                    let order = &event.data;
+                    let text = match order.status.as_str() {
+                        "cancelled" => format!("Order {} was cancelled", order.id),
+                        _ => format!(
+                            "Order {} is confirmed ({} items)",
+                            order.id,
+                            order.items.len()
+                        ),
+                    };
+                    record(&store, &event, &order.user_id, text).await
+                }
+            },
+            stop.clone().cancelled_owned(),
+        ))
+    };
+
+    shutdown.await;
+    service.drain().await;
+    stop.cancel();
+    on_users.await??;
+    on_orders.await??;
+    Ok(())
+}
+
+async fn record<T>(
+    store: &Store,
+    event: &ReceivedEvent<T>,
+    user_id: &str,
+    text: String,
+) -> Result<(), HandlerError> {
+    let notification = Notification {
+        event_id: event.attributes.id.clone(),
+        kind: event.attributes.event_type.clone(),
+        user_id: user_id.to_owned(),
+        text,
+        at: event.attributes.time.clone(),
+    };
+    store
+        .modify(user_id, |current| {
+            let mut list = current.unwrap_or_default();
+            // The kit's helper already makes this once per event; the check
+            // keeps the list right even if a record expired.
+            if !list.iter().any(|n| n.event_id == notification.event_id) {
+                list.push(notification.clone());
+            }
+            Ok(list)
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| HandlerError::retry(e.message))
+}
+
+async fn list(
+    store: Arc<Store>,
+    _ctx: Context,
+    req: ListNotifications,
+) -> Result<Notifications, ServiceError> {
+    if req.user_id.trim().is_empty() {
+        return Err(ServiceError::bad_request("user_id must not be empty"));
+    }
+    let notifications = store
+        .get(&req.user_id)
+        .await?
+        .map(|v| v.value)
+        .unwrap_or_default();
+    Ok(Notifications { notifications })
 }

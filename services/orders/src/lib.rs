@@ -1,24 +1,168 @@
-//! The `orders` service of the reference system: Orders: create, look up and cancel orders.
-//!
-//! For now it joins discovery (`$SRV.PING|INFO|STATS`) and waits for
-//! shutdown; its endpoints and events arrive with the reference system.
+//! The `orders` service: create (checks the user, reserves stock), look up
+//! and cancel orders. Publishes `events.orders.created` and
+//! `events.orders.cancelled`, with ids derived from the order id so a
+//! retried publish is a duplicate. State: KV `orders`.
 
 use std::future::Future;
+use std::sync::Arc;
 
-use switchboard::service::{DrainReport, ServeError, Service, ServiceBuilder};
+use async_nats::jetstream;
+use contracts::inventory::{self, Reservation, Reserve};
+use contracts::orders::{self, CreateOrder, Order, OrderRef};
+use contracts::users::{self, GetUser, User};
+use contracts::validate_items;
+use switchboard::ServiceError;
+use switchboard::app::AppError;
+use switchboard::client::CallError;
+use switchboard::events::{Event, Publisher};
+use switchboard::service::{Context, Endpoint, Service};
+use switchboard::state::{StateError, StateStore};
 
-/// The service as discovery reports it.
-pub fn service() -> ServiceBuilder {
-    Service::builder("orders", env!("CARGO_PKG_VERSION"))
-        .description("Orders: create, look up and cancel orders")
+struct Orders {
+    by_id: StateStore<Order>,
+    events: Publisher,
 }
 
-/// Runs the service with the connection settings from the environment until
-/// `shutdown` resolves, then drains it.
+/// Serves until `shutdown`, then drains.
 ///
 /// # Errors
 ///
-/// When NATS cannot be reached or the service cannot register.
-pub async fn run(shutdown: impl Future<Output = ()>) -> Result<DrainReport, ServeError> {
-    service().serve_from_env(shutdown).await
+/// When its stream, bucket or endpoints cannot be set up.
+pub async fn run(
+    nats: async_nats::Client,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AppError> {
+    let js = jetstream::new(nats.clone());
+    orders::stream().ensure(&js).await?;
+    let state = Arc::new(Orders {
+        by_id: StateStore::open(&js, "orders", 1).await?,
+        events: Publisher::new(js, "orders"),
+    });
+    let service = Service::builder("orders", env!("CARGO_PKG_VERSION"))
+        .description("Orders: create, look up and cancel orders")
+        .endpoint(
+            Endpoint::with_state("create", state.clone(), create).description("Place an order"),
+        )
+        .endpoint(
+            Endpoint::with_state("get", state.clone(), get)
+                .description("Look up an order")
+                .idempotent(true),
+        )
+        .endpoint(
+            Endpoint::with_state("cancel", state, cancel)
+                .description("Cancel an order")
+                .idempotent(true),
+        )
+        .start(nats)
+        .await?;
+    shutdown.await;
+    service.drain().await;
+    Ok(())
+}
+
+async fn create(
+    orders: Arc<Orders>,
+    ctx: Context,
+    req: CreateOrder,
+) -> Result<Order, ServiceError> {
+    if req.user_id.trim().is_empty() {
+        return Err(ServiceError::bad_request("user_id must not be empty"));
+    }
+    validate_items(&req.items)?;
+    let user: Result<User, CallError> = ctx
+        .call(
+            users::GET,
+            &GetUser {
+                id: req.user_id.clone(),
+            },
+        )
+        .await;
+    match user {
+        Ok(_) => {}
+        Err(CallError::Rejected(e)) if e.code == 404 => {
+            return Err(ServiceError::not_found(format!(
+                "unknown user {}",
+                req.user_id
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let id = switchboard::state::new_id("o");
+    let reservation: Reservation = ctx
+        .call(
+            inventory::RESERVE,
+            &Reserve {
+                order_id: id.clone(),
+                items: req.items.clone(),
+            },
+        )
+        .await?;
+    let order = Order {
+        id: id.clone(),
+        user_id: req.user_id,
+        items: reservation.items,
+        status: "confirmed".to_owned(),
+        created_at: switchboard::events::now_rfc3339(),
+    };
+    orders.by_id.create(&id, &order).await?;
+    publish(&orders, &ctx, orders::CREATED, "created", &order).await?;
+    Ok(order)
+}
+
+async fn get(orders: Arc<Orders>, _ctx: Context, req: OrderRef) -> Result<Order, ServiceError> {
+    orders
+        .by_id
+        .get(&req.id)
+        .await?
+        .map(|v| v.value)
+        .ok_or_else(|| ServiceError::not_found(format!("no order {}", req.id)))
+}
+
+async fn cancel(orders: Arc<Orders>, ctx: Context, req: OrderRef) -> Result<Order, ServiceError> {
+    loop {
+        let current = orders
+            .by_id
+            .get(&req.id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found(format!("no order {}", req.id)))?;
+        if current.value.status == "cancelled" {
+            // Cancelling twice is fine and publishes once.
+            return Ok(current.value);
+        }
+        let cancelled = Order {
+            status: "cancelled".to_owned(),
+            ..current.value
+        };
+        match orders
+            .by_id
+            .update(&req.id, &cancelled, current.revision)
+            .await
+        {
+            Ok(_) => {
+                publish(&orders, &ctx, orders::CANCELLED, "cancelled", &cancelled).await?;
+                return Ok(cancelled);
+            }
+            Err(StateError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn publish(
+    orders: &Orders,
+    ctx: &Context,
+    subject: &str,
+    what: &str,
+    order: &Order,
+) -> Result<(), ServiceError> {
+    let event = Event::new(order.clone())
+        .id(format!("{}-{what}", order.id))
+        .subject(order.id.clone())
+        .trace(*ctx.trace());
+    orders
+        .events
+        .publish(subject, &event)
+        .await
+        .map(|_| ())
+        .map_err(|e| ServiceError::unavailable(e.to_string()))
 }

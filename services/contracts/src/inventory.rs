@@ -1,0 +1,86 @@
+//! `inventory.*` endpoints and `events.inventory.*` events.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use switchboard::events::StreamSpec;
+
+use crate::Item;
+
+/// `inventory.restock`.
+pub const RESTOCK: &str = "inventory.restock";
+/// `inventory.stock`.
+pub const STOCK: &str = "inventory.stock";
+/// `inventory.reserve`.
+pub const RESERVE: &str = "inventory.reserve";
+/// `inventory.release`.
+pub const RELEASE: &str = "inventory.release";
+/// Published when an order's items were reserved.
+pub const RESERVED: &str = "events.inventory.reserved";
+/// Published when an order's reservation was released.
+pub const RELEASED: &str = "events.inventory.released";
+
+/// The stream of inventory events.
+pub fn stream() -> StreamSpec {
+    StreamSpec::new("INVENTORY", ["events.inventory.>"])
+}
+
+/// `inventory.restock` request.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Restock {
+    /// Stock keeping unit.
+    pub sku: String,
+    /// Units added (at least 1).
+    pub quantity: u32,
+}
+
+/// `inventory.stock` request.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GetStock {
+    /// Stock keeping unit.
+    pub sku: String,
+}
+
+/// Stock of one sku.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Stock {
+    /// Stock keeping unit.
+    pub sku: String,
+    /// Units free to reserve.
+    pub available: u64,
+    /// Units held by reservations.
+    pub reserved: u64,
+}
+
+/// `inventory.reserve` request: all items or none.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Reserve {
+    /// The order the reservation is for (idempotency key).
+    pub order_id: String,
+    /// What to reserve.
+    pub items: Vec<Item>,
+}
+
+/// `inventory.release` request.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    /// The order whose reservation to release.
+    pub order_id: String,
+}
+
+/// A reservation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Reservation {
+    /// The order.
+    pub order_id: String,
+    /// What is (or was) reserved.
+    pub items: Vec<Item>,
+    /// `reserved` or `released`.
+    pub status: String,
+}
+
+/// `events.inventory.reserved` / `events.inventory.released` data.
+pub type ReservationChanged = Reservation;

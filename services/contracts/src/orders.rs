@@ -1,0 +1,59 @@
+//! `orders.*` endpoints and `events.orders.*` events.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use switchboard::events::StreamSpec;
+
+use crate::Item;
+
+/// `orders.create`.
+pub const CREATE: &str = "orders.create";
+/// `orders.get`.
+pub const GET: &str = "orders.get";
+/// `orders.cancel`.
+pub const CANCEL: &str = "orders.cancel";
+/// Published when an order was confirmed.
+pub const CREATED: &str = "events.orders.created";
+/// Published when an order was cancelled.
+pub const CANCELLED: &str = "events.orders.cancelled";
+
+/// The stream of order events.
+pub fn stream() -> StreamSpec {
+    StreamSpec::new("ORDERS", ["events.orders.>"])
+}
+
+/// `orders.create` request.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrder {
+    /// Who orders.
+    pub user_id: String,
+    /// What.
+    pub items: Vec<Item>,
+}
+
+/// `orders.get` and `orders.cancel` request.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderRef {
+    /// Order id.
+    pub id: String,
+}
+
+/// An order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Order {
+    /// Order id.
+    pub id: String,
+    /// Who ordered.
+    pub user_id: String,
+    /// What.
+    pub items: Vec<Item>,
+    /// `confirmed` or `cancelled`.
+    pub status: String,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+}
+
+/// `events.orders.created` / `events.orders.cancelled` data.
+pub type OrderChanged = Order;
