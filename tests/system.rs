@@ -1,0 +1,370 @@
+//! The reference system end to end: real `switchboard up`, real service
+//! processes, real nats-server — the flow of the README's walkthrough, then
+//! a restart of everything with state intact.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use switchboard::client::{CallError, CallOptions, Client};
+use switchboard::nats_context::NatsContext;
+use switchboard::testing::free_port;
+
+use common::{Signal, Switchboard, test_passwords};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const READY: &str = "switchboard: ready";
+
+struct System {
+    up: Switchboard,
+    port: u16,
+    http_port: u16,
+}
+
+fn start(dir: &Path, port: u16, http_port: u16) -> System {
+    let mut env = vec![("XDG_CONFIG_HOME".to_owned(), dir.display().to_string())];
+    // Fixed passwords, so a second `orders` instance can join.
+    env.extend(test_passwords());
+    let mut up = Switchboard::spawn(&common::up_args(port, http_port, &dir.join("data")), &env);
+    up.wait_for(READY, Duration::from_secs(60));
+    System {
+        up,
+        port,
+        http_port,
+    }
+}
+
+async fn admin(dir: &Path) -> Result<Client, Box<dyn std::error::Error>> {
+    let context = NatsContext::read(&dir.join("nats/context/switchboard.json"))?;
+    let nats = async_nats::ConnectOptions::with_user_and_password(context.user, context.password)
+        .connect(context.url.as_str())
+        .await?;
+    Ok(Client::new(nats))
+}
+
+async fn call(client: &Client, subject: &str, body: Value) -> Result<Value, CallError> {
+    client
+        .call_with(subject, &body, CallOptions::default().max_retries(0))
+        .await
+}
+
+fn code(result: &Result<Value, CallError>) -> Option<u16> {
+    result
+        .as_ref()
+        .err()
+        .and_then(|e| e.rejection())
+        .map(|e| e.code)
+}
+
+async fn eventually_value(
+    client: &Client,
+    subject: &str,
+    body: Value,
+    check: impl Fn(&Value) -> bool,
+) -> Result<Value, Box<dyn std::error::Error>> {
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        if let Ok(value) = call(client, subject, body.clone()).await {
+            if check(&value) {
+                return Ok(value);
+            }
+            last = value;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("{subject} never satisfied the check; last answer {last}").into())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reference_flow_survives_a_restart_of_everything() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (port, http_port) = (free_port()?, free_port()?);
+    let mut system = start(dir.path(), port, http_port);
+    let client = admin(dir.path()).await?;
+
+    let user = call(
+        &client,
+        "users.create",
+        json!({"name": "Ann", "email": "ann@example.com"}),
+    )
+    .await?;
+    let user_id = user["id"].as_str().ok_or("no user id")?.to_owned();
+    assert_eq!(user["name"], "Ann");
+    assert!(user["created_at"].is_string());
+    let again = call(
+        &client,
+        "users.create",
+        json!({"name": "Other", "email": "ANN@example.com"}),
+    )
+    .await;
+    assert_eq!(code(&again), Some(409), "e-mail already used");
+
+    let stock = call(
+        &client,
+        "inventory.restock",
+        json!({"sku": "widget", "quantity": 10}),
+    )
+    .await?;
+    assert_eq!(
+        stock,
+        json!({"sku": "widget", "available": 10, "reserved": 0})
+    );
+
+    let order = call(
+        &client,
+        "orders.create",
+        json!({"user_id": user_id, "items": [{"sku": "widget", "quantity": 3}]}),
+    )
+    .await?;
+    assert_eq!(order["status"], "confirmed");
+    let order_id = order["id"].as_str().ok_or("no order id")?.to_owned();
+    let stock = call(&client, "inventory.stock", json!({"sku": "widget"})).await?;
+    assert_eq!(
+        stock,
+        json!({"sku": "widget", "available": 7, "reserved": 3})
+    );
+
+    let too_large = call(
+        &client,
+        "orders.create",
+        json!({"user_id": user_id, "items": [{"sku": "widget", "quantity": 8}]}),
+    )
+    .await;
+    assert_eq!(code(&too_large), Some(409));
+    let stock = call(&client, "inventory.stock", json!({"sku": "widget"})).await?;
+    assert_eq!(
+        stock,
+        json!({"sku": "widget", "available": 7, "reserved": 3}),
+        "nothing reserved by a refused order"
+    );
+
+    let unknown_user = call(
+        &client,
+        "orders.create",
+        json!({"user_id": "u-nobody", "items": [{"sku": "widget", "quantity": 1}]}),
+    )
+    .await;
+    assert_eq!(code(&unknown_user), Some(404));
+
+    let cancelled = call(&client, "orders.cancel", json!({"id": order_id})).await?;
+    assert_eq!(cancelled["status"], "cancelled");
+    let twice = call(&client, "orders.cancel", json!({"id": order_id})).await?;
+    assert_eq!(twice["status"], "cancelled", "cancelling twice is fine");
+
+    // Compensation through the event: stock comes back within seconds.
+    eventually_value(&client, "inventory.stock", json!({"sku": "widget"}), |s| {
+        s["available"] == 10 && s["reserved"] == 0
+    })
+    .await?;
+
+    let list = eventually_value(
+        &client,
+        "notifications.list",
+        json!({"user_id": user_id}),
+        |l| l["notifications"].as_array().is_some_and(|n| n.len() == 3),
+    )
+    .await?;
+    let kinds: Vec<&str> = list["notifications"]
+        .as_array()
+        .map(|n| n.iter().filter_map(|x| x["type"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        kinds,
+        ["users.created", "orders.created", "orders.cancelled"]
+    );
+
+    // Restart everything: services and nats-server.
+    let started = system.up.descendants();
+    system.up.signal(Signal::SIGINT);
+    let status = system
+        .up
+        .wait_exit(Duration::from_secs(30))
+        .ok_or("up did not stop")?;
+    assert!(status.success());
+    for pid in started {
+        assert!(!switchboard::process::exists(pid));
+    }
+    let _system = start(dir.path(), system.port, system.http_port);
+    let client = admin(dir.path()).await?;
+    let order = call(&client, "orders.get", json!({"id": order_id})).await?;
+    assert_eq!(order["status"], "cancelled");
+    let stock = call(&client, "inventory.stock", json!({"sku": "widget"})).await?;
+    assert_eq!(
+        stock,
+        json!({"sku": "widget", "available": 10, "reserved": 0})
+    );
+    let user = call(&client, "users.get", json!({"id": user_id})).await?;
+    assert_eq!(user["email"], "ann@example.com");
+    let list = call(&client, "notifications.list", json!({"user_id": user_id})).await?;
+    assert_eq!(
+        list["notifications"].as_array().map(Vec::len),
+        Some(3),
+        "no notification lost or repeated"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_endpoint_answers_bad_input_with_400_and_keeps_serving() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let _system = start(dir.path(), free_port()?, free_port()?);
+    let client = admin(dir.path()).await?;
+    let nats = client.nats().clone();
+    let endpoints = [
+        ("users.create", json!({"name": "", "email": "a@b.co"})),
+        (
+            "users.create",
+            json!({"name": "A", "email": "not-an-email"}),
+        ),
+        ("users.get", json!({})),
+        ("inventory.restock", json!({"sku": "x", "quantity": 0})),
+        ("inventory.restock", json!({"sku": "", "quantity": 1})),
+        ("inventory.stock", json!({"sku": 5})),
+        ("inventory.reserve", json!({"order_id": "o", "items": []})),
+        ("inventory.release", json!({"order_id": ""})),
+        (
+            "orders.create",
+            json!({"user_id": "u", "items": [{"sku": "x", "quantity": 0}]}),
+        ),
+        ("orders.get", json!({"id": 1})),
+        ("orders.cancel", json!({"nope": true})),
+        ("notifications.list", json!({"user_id": ""})),
+    ];
+    for (subject, body) in endpoints {
+        let result = call(&client, subject, body.clone()).await;
+        assert_eq!(code(&result), Some(400), "{subject} {body}: {result:?}");
+        // Raw garbage too.
+        let raw = nats
+            .send_request(
+                subject.to_owned(),
+                async_nats::Request::new().payload("{not json".into()),
+            )
+            .await?;
+        let code = raw
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Service-Error-Code"))
+            .map(|v| v.as_str().to_owned());
+        assert_eq!(
+            code.as_deref(),
+            Some("400"),
+            "{subject} with malformed JSON"
+        );
+    }
+    // Still serving.
+    let user = call(
+        &client,
+        "users.create",
+        json!({"name": "Bo", "email": "bo@example.com"}),
+    )
+    .await?;
+    assert!(user["id"].is_string());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_orders_instances_share_requests_and_both_serve_correctly() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let _system = start(dir.path(), port, free_port()?);
+    let client = admin(dir.path()).await?;
+    // A second instance, as an operator would start one.
+    let password = test_passwords()
+        .into_iter()
+        .find(|(k, _)| k == "SB_ORDERS_PASSWORD")
+        .map(|(_, v)| v)
+        .ok_or("no password")?;
+    let orders_bin = Path::new(env!("CARGO_BIN_EXE_switchboard")).with_file_name("orders");
+    let mut second = std::process::Command::new(orders_bin)
+        .env("NATS_URL", format!("nats://127.0.0.1:{port}"))
+        .env("NATS_USER", "orders")
+        .env("NATS_PASSWORD", password)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let guard = scopeguard(second.id());
+
+    let user = call(
+        &client,
+        "users.create",
+        json!({"name": "Cy", "email": "cy@example.com"}),
+    )
+    .await?;
+    call(
+        &client,
+        "inventory.restock",
+        json!({"sku": "gadget", "quantity": 100}),
+    )
+    .await?;
+    let mut instances = 0;
+    for _ in 0..50 {
+        instances = switchboard::discovery::ping(
+            client.nats(),
+            switchboard::discovery::Target::service("orders"),
+            Duration::from_millis(200),
+        )
+        .await?
+        .len();
+        if instances == 2 {
+            break;
+        }
+    }
+    assert_eq!(instances, 2);
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let order = call(
+            &client,
+            "orders.create",
+            json!({"user_id": user["id"], "items": [{"sku": "gadget", "quantity": 1}]}),
+        )
+        .await?;
+        ids.push(order["id"].as_str().ok_or("no id")?.to_owned());
+    }
+    for id in &ids {
+        let order = call(&client, "orders.get", json!({"id": id})).await?;
+        assert_eq!(order["status"], "confirmed");
+    }
+    let stats = switchboard::discovery::stats(
+        client.nats(),
+        switchboard::discovery::Target::service("orders"),
+        Duration::from_millis(300),
+    )
+    .await?;
+    let served: Vec<u64> = stats
+        .iter()
+        .map(|s| {
+            s.endpoints
+                .iter()
+                .find(|e| e.name == "create")
+                .map_or(0, |e| e.num_requests)
+        })
+        .collect();
+    assert_eq!(served.iter().sum::<u64>(), 20);
+    assert!(
+        served.iter().all(|n| *n > 0),
+        "both instances served: {served:?}"
+    );
+    let stock = call(&client, "inventory.stock", json!({"sku": "gadget"})).await?;
+    assert_eq!(stock["available"], 80);
+
+    second.kill()?;
+    second.wait()?;
+    drop(guard);
+    Ok(())
+}
+
+/// Kills a process by PID when dropped (a failed assertion must not leak it).
+fn scopeguard(pid: u32) -> impl Drop {
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            if switchboard::process::exists(self.0) {
+                switchboard::process::send(self.0, Signal::SIGKILL);
+            }
+        }
+    }
+    Kill(pid)
+}
