@@ -5,6 +5,7 @@
 //! is a compile error in the others rather than a runtime surprise. The
 //! JSON field names are the public contract (`subjects.md`, the gateway).
 
+pub mod access;
 pub mod inventory;
 pub mod notifications;
 pub mod orders;

@@ -1,0 +1,169 @@
+//! Least privilege: with the project's `nats.conf`, each service user is
+//! refused what belongs to another service, while admin may do everything.
+
+mod common;
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use switchboard::testing::{TestServer, TestServerConfig};
+
+use common::{project_config, test_passwords};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+async fn server() -> Result<TestServer, Box<dyn std::error::Error>> {
+    let mut config = TestServerConfig::default().config_file(project_config());
+    for (key, value) in test_passwords() {
+        config = config.env(key, value);
+    }
+    Ok(TestServer::with_config(config).await?)
+}
+
+async fn connect(
+    server: &TestServer,
+    user: &str,
+) -> Result<async_nats::Client, Box<dyn std::error::Error>> {
+    let password = test_passwords()
+        .into_iter()
+        .find(|(k, _)| *k == switchboard::credentials::password_env(user))
+        .map(|(_, v)| v)
+        .ok_or("no password")?;
+    Ok(
+        async_nats::ConnectOptions::with_user_and_password(user.into(), password)
+            .connect(server.url())
+            .await?,
+    )
+}
+
+async fn request(client: &async_nats::Client, subject: &str) -> bool {
+    let request = async_nats::Request::new()
+        .payload("{}".into())
+        .timeout(Some(Duration::from_millis(500)));
+    client
+        .send_request(subject.to_owned(), request)
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn each_service_user_is_refused_what_belongs_to_others() -> TestResult {
+    let server = server().await?;
+    let admin = connect(&server, "admin").await?;
+    let js = jetstream::new(admin.clone());
+    // What exists: every stream and bucket, and a responder on every endpoint.
+    for stream in [
+        contracts::users::stream(),
+        contracts::orders::stream(),
+        contracts::inventory::stream(),
+    ] {
+        stream.ensure(&js).await?;
+    }
+    for bucket in ["users", "orders", "inventory", "notifications"] {
+        switchboard::state::StateStore::<String>::open(&js, bucket, 1).await?;
+    }
+    let mut responders = Vec::new();
+    for subject in [
+        "users.get",
+        "orders.create",
+        "inventory.reserve",
+        "notifications.list",
+    ] {
+        let mut subscription = admin.subscribe(subject.to_owned()).await?;
+        let replier = admin.clone();
+        responders.push(tokio::spawn(async move {
+            use futures::StreamExt;
+            while let Some(message) = subscription.next().await {
+                if let Some(reply) = message.reply {
+                    let _ = replier.publish(reply, "{}".into()).await;
+                }
+            }
+        }));
+    }
+    admin.flush().await?;
+    assert!(
+        request(&admin, "orders.create").await,
+        "admin may call anything"
+    );
+
+    // (user, a foreign endpoint, a foreign event subject, a foreign bucket)
+    let cases = [
+        ("users", "orders.create", "events.orders.created", "orders"),
+        ("inventory", "users.get", "events.users.created", "users"),
+        (
+            "orders",
+            "notifications.list",
+            "events.inventory.reserved",
+            "inventory",
+        ),
+        (
+            "notifications",
+            "orders.create",
+            "events.orders.cancelled",
+            "orders",
+        ),
+        (
+            "gateway",
+            "inventory.reserve",
+            "events.orders.created",
+            "users",
+        ),
+    ];
+    for (user, endpoint, event, bucket) in cases {
+        let client = connect(&server, user).await?;
+        assert!(
+            !request(&client, endpoint).await,
+            "{user} could call {endpoint}"
+        );
+        let user_js = jetstream::new(client.clone());
+        let published = match user_js.publish(event, "{}".into()).await {
+            Ok(ack) => tokio::time::timeout(Duration::from_secs(1), ack)
+                .await
+                .is_ok_and(|a| a.is_ok()),
+            Err(_) => false,
+        };
+        assert!(!published, "{user} could publish {event}");
+        let bucket_opened =
+            tokio::time::timeout(Duration::from_secs(2), user_js.get_key_value(bucket))
+                .await
+                .is_ok_and(|r| r.is_ok());
+        assert!(!bucket_opened, "{user} could open bucket {bucket}");
+    }
+    // Nothing foreign got stored.
+    for stream in ["USERS", "ORDERS", "INVENTORY"] {
+        assert_eq!(
+            js.get_stream(stream).await?.info().await?.state.messages,
+            0,
+            "{stream}"
+        );
+    }
+    // And each may use its own contract: orders may call users.get.
+    let orders = connect(&server, "orders").await?;
+    assert!(
+        request(&orders, "users.get").await,
+        "orders may call users.get"
+    );
+    let gateway = connect(&server, "gateway").await?;
+    assert!(
+        request(&gateway, "orders.create").await,
+        "gateway may call public endpoints"
+    );
+    for responder in responders {
+        responder.abort();
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn anonymous_connections_are_refused() -> TestResult {
+    let server = server().await?;
+    let anonymous = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(server.url())
+        .await;
+    assert!(matches!(
+        anonymous.map_err(|e| e.kind()),
+        Err(async_nats::ConnectErrorKind::AuthorizationViolation)
+    ));
+    Ok(())
+}
