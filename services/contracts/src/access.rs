@@ -19,13 +19,57 @@ pub struct ServiceAccess {
     pub publishes: Vec<&'static str>,
     /// Streams it declares (create, update, info).
     pub streams: Vec<String>,
-    /// Durable consumers it runs: (stream, durable).
-    pub consumers: Vec<(String, &'static str)>,
+    /// Durable consumers it runs.
+    pub consumers: Vec<Consumer>,
     /// KV buckets it owns.
     pub buckets: Vec<String>,
     /// Whether it answers `$SRV` discovery (every service does; the
     /// gateway additionally asks).
     pub discovery_client: bool,
+}
+
+/// A durable consumer as declared: services build their `ConsumerSpec`
+/// from it, and the permissions and `subjects.md` are generated from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumer {
+    /// The stream consumed.
+    pub stream: String,
+    /// Durable name.
+    pub durable: &'static str,
+    /// Event subjects received.
+    pub filter: Vec<&'static str>,
+}
+
+impl Consumer {
+    /// The kit's consumer settings for this declaration (stream, durable,
+    /// filter); the service adds its own tuning.
+    pub fn spec(&self) -> switchboard::events::ConsumerSpec {
+        switchboard::events::ConsumerSpec::new(self.stream.clone(), self.durable)
+            .filter(self.filter.iter().copied())
+    }
+}
+
+/// The kit's settings of the declared consumer `durable`.
+///
+/// # Errors
+///
+/// When no service declares it (a programming error worth a clear message).
+pub fn declared_consumer(
+    durable: &str,
+) -> Result<switchboard::events::ConsumerSpec, switchboard::app::AppError> {
+    consumer(durable).map(|c| c.spec()).ok_or_else(|| {
+        switchboard::app::AppError::Task(format!(
+            "consumer {durable} is not declared in contracts::access"
+        ))
+    })
+}
+
+/// The consumer named `durable` in the declaration.
+pub fn consumer(durable: &str) -> Option<Consumer> {
+    system()
+        .into_iter()
+        .flat_map(|s| s.consumers)
+        .find(|c| c.durable == durable)
 }
 
 /// The marker lines around the generated block in `nats.conf`.
@@ -56,7 +100,11 @@ pub fn system() -> Vec<ServiceAccess> {
             ],
             publishes: vec![inventory::RESERVED, inventory::RELEASED],
             streams: vec![inventory::stream().name],
-            consumers: vec![(orders::stream().name, "inventory-orders-cancelled")],
+            consumers: vec![Consumer {
+                stream: orders::stream().name,
+                durable: "inventory-orders-cancelled",
+                filter: vec![orders::CANCELLED],
+            }],
             buckets: vec![
                 "inventory".into(),
                 "inventory-reservations".into(),
@@ -77,8 +125,16 @@ pub fn system() -> Vec<ServiceAccess> {
             user: "notifications",
             serves: vec![crate::notifications::LIST],
             consumers: vec![
-                (users::stream().name, "notifications-users"),
-                (orders::stream().name, "notifications-orders"),
+                Consumer {
+                    stream: users::stream().name,
+                    durable: "notifications-users",
+                    filter: vec![users::CREATED],
+                },
+                Consumer {
+                    stream: orders::stream().name,
+                    durable: "notifications-orders",
+                    filter: vec![orders::CREATED, orders::CANCELLED],
+                },
             ],
             buckets: vec![
                 "notifications".into(),
@@ -136,7 +192,10 @@ impl ServiceAccess {
                 allow.push(format!("$JS.API.STREAM.{verb}.DLQ"));
             }
         }
-        for (stream, durable) in &self.consumers {
+        for Consumer {
+            stream, durable, ..
+        } in &self.consumers
+        {
             allow.push(format!("$JS.API.STREAM.INFO.{stream}"));
             allow.push(format!("$JS.API.STREAM.MSG.GET.{stream}"));
             allow.push(format!("$JS.API.CONSUMER.INFO.{stream}.{durable}"));
@@ -167,7 +226,10 @@ impl ServiceAccess {
             allow.push(format!("$SRV.{verb}.{}", self.user));
             allow.push(format!("$SRV.{verb}.{}.*", self.user));
         }
-        for (stream, durable) in &self.consumers {
+        for Consumer {
+            stream, durable, ..
+        } in &self.consumers
+        {
             allow.push(format!(
                 "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{durable}"
             ));

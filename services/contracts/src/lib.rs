@@ -6,6 +6,7 @@
 //! JSON field names are the public contract (`subjects.md`, the gateway).
 
 pub mod access;
+pub mod document;
 pub mod inventory;
 pub mod notifications;
 pub mod orders;

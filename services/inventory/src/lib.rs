@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use contracts::inventory::{self, GetStock, Release, Reservation, Reserve, Restock, Stock};
-use contracts::orders::{self, OrderChanged};
+use contracts::orders::OrderChanged;
 use contracts::{Item, validate_items};
 use serde::{Deserialize, Serialize};
 use switchboard::ServiceError;
 use switchboard::app::AppError;
-use switchboard::events::{self, ConsumerSpec, Event, HandlerError, Publisher, ReceivedEvent};
+use switchboard::events::{self, Event, HandlerError, Publisher, ReceivedEvent};
 use switchboard::service::{Context, Endpoint, Service};
 use switchboard::state::{StateError, StateStore};
 use tokio_util::sync::CancellationToken;
@@ -76,8 +76,7 @@ pub async fn run(
         .await?;
 
     let stop = CancellationToken::new();
-    let spec = ConsumerSpec::new(orders::stream().name, "inventory-orders-cancelled")
-        .filter([orders::CANCELLED])
+    let spec = contracts::access::declared_consumer("inventory-orders-cancelled")?
         .idempotent(Duration::from_secs(24 * 3600));
     let compensation = tokio::spawn(events::consumer::run(
         js,

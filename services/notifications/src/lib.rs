@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use contracts::notifications::{ListNotifications, Notification, Notifications};
-use contracts::orders::{self, OrderChanged};
-use contracts::users::{self, UserCreated};
+use contracts::orders::OrderChanged;
+use contracts::users::UserCreated;
 use switchboard::ServiceError;
 use switchboard::app::AppError;
-use switchboard::events::{self, ConsumerSpec, HandlerError, ReceivedEvent};
+use switchboard::events::{self, HandlerError, ReceivedEvent};
 use switchboard::service::{Context, Endpoint, Service};
 use switchboard::state::StateStore;
 use tokio_util::sync::CancellationToken;
@@ -46,9 +46,8 @@ pub async fn run(
     let stop = CancellationToken::new();
     let on_users = {
         let store = store.clone();
-        let spec = ConsumerSpec::new(users::stream().name, "notifications-users")
-            .filter([users::CREATED])
-            .idempotent(REMEMBER);
+        let spec =
+            contracts::access::declared_consumer("notifications-users")?.idempotent(REMEMBER);
         tokio::spawn(events::consumer::run(
             js.clone(),
             spec,
@@ -63,9 +62,8 @@ pub async fn run(
         ))
     };
     let on_orders = {
-        let spec = ConsumerSpec::new(orders::stream().name, "notifications-orders")
-            .filter([orders::CREATED, orders::CANCELLED])
-            .idempotent(REMEMBER);
+        let spec =
+            contracts::access::declared_consumer("notifications-orders")?.idempotent(REMEMBER);
         tokio::spawn(events::consumer::run(
             js,
             spec,
