@@ -368,3 +368,84 @@ fn scopeguard(pid: u32) -> impl Drop {
     }
     Kill(pid)
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_running_system_matches_the_declared_contract() -> TestResult {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir()?;
+    let _system = start(dir.path(), free_port()?, free_port()?);
+    let client = admin(dir.path()).await?;
+    let declared = contracts::access::system();
+    let docs = contracts::document::endpoints();
+
+    // Endpoints, via discovery.
+    let infos =
+        switchboard::discovery::info(client.nats(), None, Duration::from_millis(500)).await?;
+    for service in &declared {
+        let info = infos
+            .iter()
+            .find(|i| i.name == service.user)
+            .ok_or(format!("{} does not answer discovery", service.user))?;
+        let mut running: Vec<&str> = info.endpoints.iter().map(|e| e.subject.as_str()).collect();
+        let mut wanted: Vec<&str> = service.serves.clone();
+        running.sort_unstable();
+        wanted.sort_unstable();
+        assert_eq!(running, wanted, "{}'s endpoints", service.user);
+        for endpoint in &info.endpoints {
+            let doc = docs
+                .iter()
+                .find(|d| d.subject == endpoint.subject)
+                .ok_or(format!("{} is not in subjects.md", endpoint.subject))?;
+            let idempotent = endpoint
+                .metadata
+                .as_ref()
+                .and_then(|m| m.get("idempotent"))
+                .is_some_and(|v| v == "true");
+            assert_eq!(
+                idempotent, doc.idempotent,
+                "idempotency of {}",
+                endpoint.subject
+            );
+        }
+    }
+
+    // Streams and buckets, via the JetStream API (consumers create their
+    // buckets as they start, so give them a moment).
+    let js = async_nats::jetstream::new(client.nats().clone());
+    let mut wanted: Vec<String> = declared
+        .iter()
+        .flat_map(|s| {
+            s.streams
+                .iter()
+                .cloned()
+                .chain(s.buckets.iter().map(|b| format!("KV_{b}")))
+        })
+        .collect();
+    wanted.push("DLQ".into());
+    wanted.sort();
+    let mut names = Vec::new();
+    for _ in 0..50 {
+        names.clear();
+        let mut listing = js.stream_names();
+        while let Some(name) = listing.next().await {
+            names.push(name?);
+        }
+        names.sort();
+        if names == wanted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(names, wanted, "streams and buckets");
+    for (stream, subjects) in [
+        contracts::users::stream(),
+        contracts::orders::stream(),
+        contracts::inventory::stream(),
+    ]
+    .map(|s| (s.name, s.subjects))
+    {
+        let mut live = js.get_stream(&stream).await?;
+        assert_eq!(live.info().await?.config.subjects, subjects, "{stream}");
+    }
+    Ok(())
+}
