@@ -203,13 +203,7 @@ where
     let stream = loop {
         match js.get_stream(&spec.stream).await {
             Ok(stream) => break stream,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    jetstream::context::GetStreamErrorKind::JetStream(ref j)
-                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-                ) =>
-            {
+            Err(e) if super::stream::is_not_found(&e) => {
                 tracing::info!(stream = %spec.stream, consumer = %spec.durable, "waiting for the stream to be declared");
                 tokio::select! {
                     () = &mut shutdown => return Ok(()),

@@ -64,6 +64,29 @@ impl<T: Serialize> Event<T> {
     pub fn event_id(&self) -> &str {
         &self.id
     }
+
+    /// Headers and body in CloudEvents binary mode, stamped now.
+    pub(crate) fn encode(
+        &self,
+        source: &str,
+        nats_subject: &str,
+    ) -> Result<(async_nats::HeaderMap, bytes::Bytes), EventError> {
+        let attributes = EventAttributes {
+            id: self.id.clone(),
+            source: source.to_owned(),
+            event_type: self
+                .event_type
+                .clone()
+                .unwrap_or_else(|| type_for(nats_subject)),
+            time: super::now_rfc3339(),
+            subject: self.subject.clone(),
+        };
+        let payload = codec::encode(&self.data)?;
+        Ok((
+            codec::event_headers(&attributes, self.trace.as_ref()),
+            payload,
+        ))
+    }
 }
 
 /// Where a received event came from in JetStream.

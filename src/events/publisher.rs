@@ -12,8 +12,8 @@ use async_nats::jetstream::{self, context::PublishErrorKind};
 use serde::Serialize;
 
 use super::EventError;
-use super::event::{Event, type_for};
-use crate::codec::{self, EventAttributes};
+use super::event::Event;
+use crate::codec;
 
 /// A stored event's acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,21 +54,7 @@ impl Publisher {
         subject: &str,
         event: &Event<T>,
     ) -> Result<(async_nats::HeaderMap, bytes::Bytes), EventError> {
-        let attributes = EventAttributes {
-            id: event.id.clone(),
-            source: self.source.clone(),
-            event_type: event
-                .event_type
-                .clone()
-                .unwrap_or_else(|| type_for(subject)),
-            time: now_rfc3339(),
-            subject: event.subject.clone(),
-        };
-        let payload = codec::encode(&event.data)?;
-        Ok((
-            codec::event_headers(&attributes, event.trace.as_ref()),
-            payload,
-        ))
+        event.encode(&self.source, subject)
     }
 
     async fn send(

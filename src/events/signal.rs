@@ -9,9 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::EventError;
-use super::event::{Event, ReceivedEvent, type_for};
-use super::publisher::now_rfc3339;
-use crate::codec::{self, EventAttributes};
+use super::event::{Event, ReceivedEvent};
 
 /// Publishes a signal; returns once it is handed to the connection.
 ///
@@ -24,18 +22,7 @@ pub async fn publish<T: Serialize>(
     subject: &str,
     event: &Event<T>,
 ) -> Result<(), EventError> {
-    let attributes = EventAttributes {
-        id: event.id.clone(),
-        source: source.to_owned(),
-        event_type: event
-            .event_type
-            .clone()
-            .unwrap_or_else(|| type_for(subject)),
-        time: now_rfc3339(),
-        subject: event.subject.clone(),
-    };
-    let headers = codec::event_headers(&attributes, event.trace.as_ref());
-    let payload = codec::encode(&event.data)?;
+    let (headers, payload) = event.encode(source, subject)?;
     nats.publish_with_headers(subject.to_owned(), headers, payload)
         .await
         .map_err(|e| EventError::js(format!("publish signal to {subject}"))(&e))

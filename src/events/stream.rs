@@ -114,13 +114,7 @@ impl StreamSpec {
         let wanted = self.config();
         let mut live = match js.get_stream(&self.name).await {
             Ok(stream) => stream,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    jetstream::context::GetStreamErrorKind::JetStream(ref j)
-                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-                ) =>
-            {
+            Err(e) if is_not_found(&e) => {
                 js.create_stream(wanted)
                     .await
                     .map_err(|e| EventError::js(format!("create stream {}", self.name))(&e))?;
@@ -208,4 +202,13 @@ fn differences(live: &stream::Config, wanted: &stream::Config) -> Vec<String> {
         wanted.allow_atomic_publish.to_string(),
     );
     out
+}
+
+/// Whether a stream lookup failed because the stream does not exist.
+pub(crate) fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(ref j)
+            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
 }

@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod document;
+pub mod generated;
 pub mod inventory;
 pub mod notifications;
 pub mod orders;
