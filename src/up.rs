@@ -63,6 +63,8 @@ pub struct UpConfig {
     pub context_dir: Option<PathBuf>,
     /// Restart and stop behaviour of services.
     pub restart: RestartPolicy,
+    /// Extra environment for every service (e.g. `SWITCHBOARD_HTTP_ADDR`).
+    pub service_env: Vec<(String, String)>,
 }
 
 impl Default for UpConfig {
@@ -82,6 +84,7 @@ impl Default for UpConfig {
             services: SERVICES.iter().map(|s| s.to_string()).collect(),
             context_dir: nats_context::context_dir(),
             restart: RestartPolicy::default(),
+            service_env: Vec::new(),
         }
     }
 }
@@ -226,6 +229,7 @@ impl System {
                     (NATS_URL_ENV.to_owned(), url.clone()),
                     (LOG_ANSI_ENV.to_owned(), ansi.to_owned()),
                 ];
+                env.extend(config.service_env.iter().cloned());
                 if let Some(password) = credentials.password(&name) {
                     env.push((NATS_USER_ENV.to_owned(), name.clone()));
                     env.push((NATS_PASSWORD_ENV.to_owned(), password.to_owned()));

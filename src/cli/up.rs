@@ -37,6 +37,9 @@ pub struct UpArgs {
     /// Seconds to wait for every service to answer $SRV.PING.
     #[arg(long, default_value_t = 30)]
     ready_timeout: u64,
+    /// Address of the HTTP gateway (sets SWITCHBOARD_HTTP_ADDR for it).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http_addr: std::net::SocketAddr,
     /// Do not write the `nats` CLI context.
     #[arg(long)]
     no_context: bool,
@@ -65,6 +68,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if let Some(services) = args.services {
         config.services = services;
     }
+    config.service_env.push((
+        "SWITCHBOARD_HTTP_ADDR".to_owned(),
+        args.http_addr.to_string(),
+    ));
     if args.no_context {
         config.context_dir = None;
     }

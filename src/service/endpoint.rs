@@ -17,6 +17,13 @@ use crate::micro::Metadata;
 pub(crate) type ErasedHandler =
     Arc<dyn Fn(Context, Bytes) -> BoxFuture<'static, Result<Bytes, ServiceError>> + Send + Sync>;
 
+/// Endpoint metadata key: HTTP method the gateway exposes.
+pub const HTTP_METHOD: &str = "http_method";
+/// Endpoint metadata key: HTTP path template the gateway exposes.
+pub const HTTP_PATH: &str = "http_path";
+/// Endpoint metadata key: HTTP status of a success.
+pub const HTTP_STATUS: &str = "http_status";
+
 /// Default concurrent requests per endpoint.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
 /// Default requests waiting for a slot before 429s are answered.
@@ -138,6 +145,21 @@ impl Endpoint {
     pub fn max_queued(mut self, limit: usize) -> Self {
         self.max_queued = limit;
         self
+    }
+
+    /// Exposes the endpoint through the HTTP gateway: `method` and a path
+    /// template whose `{name}` parts fill request fields of the same name,
+    /// e.g. `.http("GET", "/users/{id}")`. The gateway learns it from
+    /// discovery; no gateway change is needed.
+    pub fn http(self, method: &str, path: &str) -> Self {
+        self.metadata(HTTP_METHOD, method.to_uppercase())
+            .metadata(HTTP_PATH, path)
+    }
+
+    /// The HTTP status of a success through the gateway (default 200;
+    /// 201 for endpoints that create).
+    pub fn http_status(self, status: u16) -> Self {
+        self.metadata(HTTP_STATUS, status.to_string())
     }
 
     /// Extra metadata (e.g. the HTTP route the gateway should expose).

@@ -57,7 +57,9 @@ use crate::client::Client;
 use crate::micro::Metadata;
 
 pub use context::Context;
-pub use endpoint::{DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_QUEUED, Endpoint};
+pub use endpoint::{
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_QUEUED, Endpoint, HTTP_METHOD, HTTP_PATH, HTTP_STATUS,
+};
 
 /// Queue group shared by all instances of an endpoint.
 pub const QUEUE_GROUP: &str = "q";

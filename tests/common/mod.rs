@@ -171,7 +171,14 @@ pub fn up_args(port: u16, http_port: u16, data_dir: &Path) -> Vec<String> {
         http_port.to_string(),
         "--data-dir".to_owned(),
         data_dir.display().to_string(),
+        // The gateway's HTTP port must not collide with parallel tests.
+        "--http-addr".to_owned(),
+        format!("127.0.0.1:{}", free_http_port()),
     ]
+}
+
+fn free_http_port() -> u16 {
+    switchboard::testing::free_port().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// PIDs whose parent chain leads to `root`, from `/proc`.

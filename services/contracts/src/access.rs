@@ -26,6 +26,8 @@ pub struct ServiceAccess {
     /// Whether it answers `$SRV` discovery (every service does; the
     /// gateway additionally asks).
     pub discovery_client: bool,
+    /// Whether it may watch the live event stream (the gateway's `/events`).
+    pub watches_events: bool,
 }
 
 /// A durable consumer as declared: services build their `ConsumerSpec`
@@ -147,6 +149,7 @@ pub fn system() -> Vec<ServiceAccess> {
             user: "gateway",
             calls: public_endpoints(),
             discovery_client: true,
+            watches_events: true,
             ..ServiceAccess::default()
         },
     ]
@@ -225,6 +228,9 @@ impl ServiceAccess {
             allow.push(format!("$SRV.{verb}"));
             allow.push(format!("$SRV.{verb}.{}", self.user));
             allow.push(format!("$SRV.{verb}.{}.*", self.user));
+        }
+        if self.watches_events {
+            allow.push("events.>".into());
         }
         for Consumer {
             stream, durable, ..

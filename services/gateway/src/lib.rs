@@ -1,24 +1,306 @@
-//! The `gateway` service of the reference system: HTTP gateway: REST in front of the NATS services.
+//! The HTTP gateway: REST in front of the NATS services.
 //!
-//! For now it joins discovery (`$SRV.PING|INFO|STATS`) and waits for
-//! shutdown; its endpoints and events arrive with the reference system.
+//! It knows no service address and almost no route: the routing table is
+//! built from discovery (`$SRV.INFO` endpoint metadata `http_method` and
+//! `http_path`) and refreshed periodically, so a new endpoint with HTTP
+//! metadata is reachable without touching or restarting the gateway; if
+//! discovery briefly fails, the last known table keeps serving.
+//!
+//! Its own routes: `GET /services` (live discovery), `/healthz`, `/readyz`,
+//! `/metrics` (Prometheus), `/openapi.json` (generated), `/events` (SSE).
+//! [`app`] returns the `Router`, so it is testable without sockets.
+
+mod live;
+mod metrics;
+mod openapi;
+mod proxy;
+pub mod routes;
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use switchboard::service::{DrainReport, ServeError, Service, ServiceBuilder};
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use switchboard::app::AppError;
+use switchboard::client::Client;
+use switchboard::discovery::{self, Target};
+use switchboard::service::Service;
 
-/// The service as discovery reports it.
-pub fn service() -> ServiceBuilder {
-    Service::builder("gateway", env!("CARGO_PKG_VERSION"))
-        .description("HTTP gateway: REST in front of the NATS services")
+pub use proxy::DEFAULT_TIMEOUT;
+pub use routes::{Route, RouteTable};
+
+/// Largest request body accepted (larger: 413).
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// Settings; `Default` reads nothing, [`GatewayConfig::from_env`] reads
+/// `SWITCHBOARD_HTTP_ADDR` and `SWITCHBOARD_HTTP_TIMEOUT_MS`.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Where to listen.
+    pub addr: SocketAddr,
+    /// Deadline of one HTTP request, propagated to the services.
+    pub request_timeout: Duration,
+    /// How often the routing table is rebuilt from discovery.
+    pub refresh_every: Duration,
+    /// Services that must be discoverable for `/readyz`.
+    pub required_services: Vec<String>,
 }
 
-/// Runs the service with the connection settings from the environment until
-/// `shutdown` resolves, then drains it.
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            request_timeout: DEFAULT_TIMEOUT,
+            refresh_every: Duration::from_secs(2),
+            required_services: ["users", "inventory", "orders", "notifications"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Defaults overridden by the environment.
+    ///
+    /// # Errors
+    ///
+    /// A message naming a variable that does not parse.
+    pub fn from_env() -> Result<Self, String> {
+        let mut config = GatewayConfig::default();
+        if let Ok(addr) = std::env::var("SWITCHBOARD_HTTP_ADDR") {
+            config.addr = addr
+                .parse()
+                .map_err(|e| format!("SWITCHBOARD_HTTP_ADDR={addr:?}: {e}"))?;
+        }
+        if let Ok(ms) = std::env::var("SWITCHBOARD_HTTP_TIMEOUT_MS") {
+            let ms: u64 = ms
+                .parse()
+                .map_err(|e| format!("SWITCHBOARD_HTTP_TIMEOUT_MS={ms:?}: {e}"))?;
+            config.request_timeout = Duration::from_millis(ms);
+        }
+        Ok(config)
+    }
+}
+
+/// The gateway's shared state; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    nats: async_nats::Client,
+    client: Client,
+    routes: Arc<RwLock<Arc<RouteTable>>>,
+    known_services: Arc<RwLock<Vec<String>>>,
+    config: Arc<GatewayConfig>,
+}
+
+impl Gateway {
+    /// A gateway on this connection, with an empty routing table.
+    pub fn new(nats: async_nats::Client, config: GatewayConfig) -> Self {
+        Gateway {
+            client: Client::new(nats.clone()),
+            nats,
+            routes: Arc::default(),
+            known_services: Arc::default(),
+            config: Arc::new(config),
+        }
+    }
+
+    /// The current routing table.
+    pub fn routes(&self) -> Arc<RouteTable> {
+        self.routes.read().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Rebuilds the routing table from discovery; returns the route count.
+    ///
+    /// # Errors
+    ///
+    /// When discovery cannot be asked; the previous table stays.
+    pub async fn refresh(&self) -> Result<usize, discovery::DiscoveryError> {
+        let instances = discovery::info(&self.nats, None, Duration::from_millis(300)).await?;
+        let table = RouteTable::from_discovery(&instances);
+        let count = table.routes().len();
+        if let Ok(mut routes) = self.routes.write() {
+            if **routes != table {
+                tracing::info!(routes = count, "routing table updated from discovery");
+            }
+            *routes = Arc::new(table);
+        }
+        if let Ok(mut known) = self.known_services.write() {
+            *known = discovery::summarize(&instances)
+                .into_iter()
+                .map(|s| s.name)
+                .collect();
+        }
+        Ok(count)
+    }
+}
+
+/// The HTTP application.
+pub fn app(gateway: Gateway) -> Router {
+    // Install the recorder before the first request is counted.
+    let _ = metrics::handle();
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/services", get(services))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi_json))
+        .route("/events", get(live::events))
+        .fallback(proxy::forward)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(gateway)
+}
+
+async fn readyz(State(gateway): State<Gateway>) -> Response {
+    let connected = gateway.nats.connection_state() == async_nats::connection::State::Connected;
+    metrics::connection_state(connected);
+    let known = gateway
+        .known_services
+        .read()
+        .map(|k| k.clone())
+        .unwrap_or_default();
+    let missing: Vec<&String> = gateway
+        .config
+        .required_services
+        .iter()
+        .filter(|s| !known.contains(s))
+        .collect();
+    let ready = connected && missing.is_empty();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(
+            json!({ "ready": ready, "nats_connected": connected, "missing_services": missing }),
+        ),
+    )
+        .into_response()
+}
+
+async fn services(State(gateway): State<Gateway>) -> Response {
+    let window = Duration::from_millis(300);
+    let (info, stats) = tokio::join!(
+        discovery::info(&gateway.nats, None, window),
+        discovery::stats(&gateway.nats, Target::all(), window)
+    );
+    match (info, stats) {
+        (Ok(info), Ok(stats)) => axum::Json(json!({
+            "services": discovery::summarize(&info).into_iter().map(|s| json!({
+                "name": s.name, "versions": s.versions, "instances": s.instances, "endpoints": s.endpoints,
+            })).collect::<Vec<_>>(),
+            "instances": info,
+            "stats": stats,
+        }))
+        .into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "error": { "code": 503, "message": "discovery unavailable" } }))).into_response(),
+    }
+}
+
+async fn metrics_text(State(gateway): State<Gateway>) -> Response {
+    metrics::connection_state(
+        gateway.nats.connection_state() == async_nats::connection::State::Connected,
+    );
+    if let Ok(stats) =
+        discovery::stats(&gateway.nats, Target::all(), Duration::from_millis(200)).await
+    {
+        metrics::service_stats(&stats);
+    }
+    match metrics::handle() {
+        Some(handle) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4",
+            )],
+            handle.render(),
+        )
+            .into_response(),
+        None => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics recorder unavailable",
+        )
+            .into_response(),
+    }
+}
+
+async fn openapi_json(State(gateway): State<Gateway>) -> Response {
+    axum::Json(openapi::document(&gateway.routes())).into_response()
+}
+
+/// Errors of [`run`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// The listen address is taken or not allowed.
+    #[error("cannot listen on {addr}: {source} (set SWITCHBOARD_HTTP_ADDR to another address)")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Serving HTTP failed.
+    #[error("HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+    /// Joining discovery failed.
+    #[error(transparent)]
+    App(#[from] AppError),
+}
+
+/// Serves HTTP and refreshes routes until `shutdown`; in-flight HTTP
+/// requests finish before it returns.
 ///
 /// # Errors
 ///
-/// When NATS cannot be reached or the service cannot register.
-pub async fn run(shutdown: impl Future<Output = ()>) -> Result<DrainReport, ServeError> {
-    service().serve_from_env(shutdown).await
+/// [`GatewayError`] when the address cannot be bound or the gateway cannot
+/// join discovery.
+pub async fn run(
+    nats: async_nats::Client,
+    config: GatewayConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    let addr = config.addr;
+    let refresh_every = config.refresh_every;
+    let gateway = Gateway::new(nats.clone(), config);
+    if let Err(error) = gateway.refresh().await {
+        tracing::warn!(%error, "discovery failed; starting with no routes");
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| GatewayError::Bind { addr, source })?;
+    tracing::info!(%addr, "HTTP gateway listening");
+    let service = Service::builder("gateway", env!("CARGO_PKG_VERSION"))
+        .description("HTTP gateway: REST in front of the NATS services")
+        .metadata("http_addr", addr.to_string())
+        .start(nats)
+        .await
+        .map_err(AppError::from)?;
+
+    let refresher = {
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(refresh_every);
+            loop {
+                tick.tick().await;
+                if let Err(error) = gateway.refresh().await {
+                    tracing::warn!(%error, "discovery failed; keeping the last routing table");
+                }
+            }
+        })
+    };
+    let served = axum::serve(listener, app(gateway))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(GatewayError::Serve);
+    refresher.abort();
+    service.drain().await;
+    served
 }

@@ -55,10 +55,12 @@ pub async fn run(
         .description("Stock levels: restock, reserve and release items")
         .endpoint(
             Endpoint::with_state("restock", state.clone(), restock)
+                .http("POST", "/inventory/{sku}/restock")
                 .description("Add stock of a sku"),
         )
         .endpoint(
             Endpoint::with_state("stock", state.clone(), stock)
+                .http("GET", "/inventory/{sku}")
                 .description("Stock of a sku")
                 .idempotent(true),
         )

@@ -37,6 +37,7 @@ pub async fn run(
         .description("Notifications recorded from user and order events")
         .endpoint(
             Endpoint::with_state("list", store.clone(), list)
+                .http("GET", "/users/{user_id}/notifications")
                 .description("A user's notifications, oldest first")
                 .idempotent(true),
         )

@@ -41,15 +41,20 @@ pub async fn run(
     let service = Service::builder("orders", env!("CARGO_PKG_VERSION"))
         .description("Orders: create, look up and cancel orders")
         .endpoint(
-            Endpoint::with_state("create", state.clone(), create).description("Place an order"),
+            Endpoint::with_state("create", state.clone(), create)
+                .http("POST", "/orders")
+                .http_status(201)
+                .description("Place an order"),
         )
         .endpoint(
             Endpoint::with_state("get", state.clone(), get)
+                .http("GET", "/orders/{id}")
                 .description("Look up an order")
                 .idempotent(true),
         )
         .endpoint(
             Endpoint::with_state("cancel", state, cancel)
+                .http("POST", "/orders/{id}/cancel")
                 .description("Cancel an order")
                 .idempotent(true),
         )

@@ -40,10 +40,13 @@ pub async fn run(
         .description("User accounts: create and look up users")
         .endpoint(
             Endpoint::with_state("create", state.clone(), create)
+                .http("POST", "/users")
+                .http_status(201)
                 .description("Create a user (unique e-mail)"),
         )
         .endpoint(
             Endpoint::with_state("get", state, get)
+                .http("GET", "/users/{id}")
                 .description("Look up a user by id")
                 .idempotent(true),
         )

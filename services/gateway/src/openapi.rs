@@ -1,0 +1,132 @@
+//! OpenAPI 3.1 from the same endpoint metadata and JSON Schemas the
+//! services publish in discovery — never written by hand.
+
+use serde_json::{Map, Value, json};
+
+use crate::routes::RouteTable;
+
+/// The document for the current routing table.
+pub fn document(table: &RouteTable) -> Value {
+    let mut paths = Map::new();
+    let mut components = Map::new();
+    components.insert(
+        "Error".into(),
+        json!({
+            "type": "object",
+            "required": ["error"],
+            "properties": { "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": { "type": "integer" },
+                    "message": { "type": "string" },
+                    "details": {},
+                    "trace_id": { "type": "string" }
+                }
+            }}
+        }),
+    );
+    for route in table.routes() {
+        let params: Vec<String> = route
+            .path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(str::to_owned)
+            .collect();
+        let mut operation = Map::new();
+        operation.insert("operationId".into(), json!(route.subject));
+        operation.insert("summary".into(), json!(route.description));
+        operation.insert("tags".into(), json!([route.service]));
+        if !params.is_empty() {
+            let parameters: Vec<Value> = params
+                .iter()
+                .map(|p| json!({ "name": p, "in": "path", "required": true, "schema": { "type": "string" } }))
+                .collect();
+            operation.insert("parameters".into(), Value::Array(parameters));
+        }
+        if let Some(schema) = &route.request_schema {
+            let mut body = hoist(schema, &mut components);
+            // Path parameters come from the path, not the body.
+            if let Some(properties) = body.get_mut("properties").and_then(Value::as_object_mut) {
+                for p in &params {
+                    properties.remove(p);
+                }
+            }
+            if let Some(required) = body.get_mut("required").and_then(Value::as_array_mut) {
+                required.retain(|r| !r.as_str().is_some_and(|r| params.iter().any(|p| p == r)));
+            }
+            let has_fields = body["properties"]
+                .as_object()
+                .is_some_and(|p| !p.is_empty());
+            if has_fields && route.method != "GET" {
+                operation.insert(
+                    "requestBody".into(),
+                    json!({ "required": true, "content": { "application/json": { "schema": body } } }),
+                );
+            }
+        }
+        let response = route
+            .response_schema
+            .as_ref()
+            .map(|s| hoist(s, &mut components))
+            .unwrap_or_else(|| json!({}));
+        let error = json!({ "description": "error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } });
+        let mut responses = Map::new();
+        responses.insert(
+            route.status.to_string(),
+            json!({ "description": "success", "content": { "application/json": { "schema": response } } }),
+        );
+        for code in ["400", "404", "409", "422", "429", "500", "503", "504"] {
+            responses.insert(code.into(), error.clone());
+        }
+        operation.insert("responses".into(), Value::Object(responses));
+        let item = paths.entry(route.path.clone()).or_insert_with(|| json!({}));
+        if let Some(item) = item.as_object_mut() {
+            item.insert(route.method.to_lowercase(), Value::Object(operation));
+        }
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Switchboard gateway",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Generated from the services' discovery metadata."
+        },
+        "paths": paths,
+        "components": { "schemas": components }
+    })
+}
+
+/// Moves a schema's `$defs` into `components/schemas` and points its
+/// references there, so schemas can be embedded anywhere in the document.
+fn hoist(schema: &Value, components: &mut Map<String, Value>) -> Value {
+    let mut schema = schema.clone();
+    if let Some(object) = schema.as_object_mut() {
+        object.remove("$schema");
+        object.remove("title");
+        if let Some(Value::Object(defs)) = object.remove("$defs") {
+            for (name, def) in defs {
+                let mut def = def;
+                rewrite_refs(&mut def);
+                components.insert(name, def);
+            }
+        }
+    }
+    rewrite_refs(&mut schema);
+    schema
+}
+
+fn rewrite_refs(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            if let Some(Value::String(reference)) = object.get_mut("$ref")
+                && let Some(name) = reference.strip_prefix("#/$defs/")
+            {
+                *reference = format!("#/components/schemas/{name}");
+            }
+            object.values_mut().for_each(rewrite_refs);
+        }
+        Value::Array(items) => items.iter_mut().for_each(rewrite_refs),
+        _ => {}
+    }
+}

@@ -1,0 +1,168 @@
+//! Forwarding an HTTP request to the endpoint its route names.
+//!
+//! The JSON body and the path parameters merge into the NATS request; the
+//! call carries a deadline and the caller's trace; the service's error code
+//! becomes the HTTP status. 500s never carry internals: the details are
+//! logged with the trace id, which the response also carries.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use switchboard::ServiceError;
+use switchboard::client::{CallError, CallOptions};
+use switchboard::trace_context::TraceContext;
+
+use crate::Gateway;
+use crate::routes::Lookup;
+
+/// Seconds a client should wait before retrying a 503.
+const RETRY_AFTER_SECONDS: &str = "1";
+
+pub(crate) async fn forward(
+    State(gateway): State<Gateway>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    let trace = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceContext::parse)
+        .map(|t| t.child())
+        .unwrap_or_else(TraceContext::new_root);
+    let table = gateway.routes();
+    let (route, params) = match table.find(method.as_str(), uri.path()) {
+        Lookup::Found(route, params) => (route.clone(), params),
+        Lookup::MethodNotAllowed(allowed) => {
+            let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed", &trace);
+            if let Ok(value) = HeaderValue::from_str(&allowed.join(", ")) {
+                response.headers_mut().insert(header::ALLOW, value);
+            }
+            return response;
+        }
+        Lookup::NotFound => return error(StatusCode::NOT_FOUND, "no such route", &trace),
+    };
+    let label = format!("{} {}", route.method, route.path);
+
+    let response = match request_body(&body, params) {
+        Err(message) => error(StatusCode::BAD_REQUEST, &message, &trace),
+        Ok(request) => {
+            let options = CallOptions::default()
+                .timeout(gateway.config.request_timeout)
+                .trace(trace)
+                .max_retries(0);
+            let result = gateway
+                .client
+                .call_with::<Value, Value>(&route.subject, &request, options)
+                .await;
+            match result {
+                Ok(reply) => {
+                    let status = StatusCode::from_u16(route.status).unwrap_or(StatusCode::OK);
+                    with_trace((status, axum::Json(reply)).into_response(), &trace)
+                }
+                Err(e) => call_error(&e, &trace),
+            }
+        }
+    };
+    crate::metrics::record(&label, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// The body (an object, or nothing) with the path parameters merged in.
+fn request_body(
+    body: &Bytes,
+    params: std::collections::BTreeMap<String, String>,
+) -> Result<Value, String> {
+    let mut object = if body.iter().all(u8::is_ascii_whitespace) {
+        Map::new()
+    } else {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(object)) => object,
+            Ok(_) => return Err("the body must be a JSON object".to_owned()),
+            Err(e) => return Err(format!("the body is not JSON: {e}")),
+        }
+    };
+    for (name, value) in params {
+        // The path wins: `/orders/o-1` with `{"id":"o-2"}` is about o-1.
+        object.insert(name, Value::String(value));
+    }
+    Ok(Value::Object(object))
+}
+
+fn call_error(e: &CallError, trace: &TraceContext) -> Response {
+    match e {
+        CallError::Rejected(rejection) => rejected(rejection, trace),
+        CallError::TimedOut { .. } => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "the service did not answer in time",
+            trace,
+        ),
+        CallError::NoResponders { .. } | CallError::CircuitOpen { .. } => {
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service is unavailable; retry later",
+                trace,
+            );
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+            response
+        }
+        other => {
+            tracing::error!(trace_id = %trace.trace_id(), error = %other, "call failed");
+            error(StatusCode::BAD_GATEWAY, "internal error", trace)
+        }
+    }
+}
+
+fn rejected(rejection: &ServiceError, trace: &TraceContext) -> Response {
+    let status = StatusCode::from_u16(rejection.code)
+        .ok()
+        .filter(|s| s.is_client_error() || s.is_server_error())
+        .unwrap_or(StatusCode::BAD_GATEWAY);
+    if status.is_server_error()
+        && status != StatusCode::SERVICE_UNAVAILABLE
+        && status != StatusCode::GATEWAY_TIMEOUT
+    {
+        // Internals stay in the log.
+        tracing::error!(trace_id = %trace.trace_id(), code = rejection.code, message = %rejection.message, "service error");
+        return error(status, "internal error", trace);
+    }
+    let mut response = with_trace(
+        (status, axum::Json(json!({ "error": rejection }))).into_response(),
+        trace,
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(RETRY_AFTER_SECONDS),
+        );
+    }
+    response
+}
+
+/// A JSON error in the same shape services use.
+pub(crate) fn error(status: StatusCode, message: &str, trace: &TraceContext) -> Response {
+    let body = json!({ "error": { "code": status.as_u16(), "message": message, "trace_id": trace.trace_id() } });
+    with_trace((status, axum::Json(body)).into_response(), trace)
+}
+
+fn with_trace(mut response: Response, trace: &TraceContext) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&trace.to_string()) {
+        response.headers_mut().insert("traceparent", value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&trace.trace_id()) {
+        response.headers_mut().insert("x-trace-id", value);
+    }
+    response
+}
+
+/// Default deadline of one HTTP request.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,0 +1,179 @@
+//! The routing table, learned from discovery.
+//!
+//! Every endpoint whose `$SRV.INFO` metadata carries `http_method` and
+//! `http_path` becomes a route. Path templates like `/orders/{id}/cancel`
+//! match segment by segment; `{name}` segments fill the request field of
+//! the same name.
+
+use std::collections::BTreeMap;
+
+use switchboard::discovery::InstanceInfo;
+use switchboard::service::{HTTP_METHOD, HTTP_PATH, HTTP_STATUS};
+
+/// One route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// HTTP method, upper case.
+    pub method: String,
+    /// The path template, e.g. `/orders/{id}`.
+    pub path: String,
+    /// NATS subject of the endpoint.
+    pub subject: String,
+    /// Service name.
+    pub service: String,
+    /// Success status (200 unless declared).
+    pub status: u16,
+    /// Endpoint description.
+    pub description: String,
+    /// JSON Schema of the request, if published.
+    pub request_schema: Option<serde_json::Value>,
+    /// JSON Schema of the response, if published.
+    pub response_schema: Option<serde_json::Value>,
+}
+
+/// All routes, most specific first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// Builds the table from every instance's INFO answer.
+    pub fn from_discovery(instances: &[InstanceInfo]) -> Self {
+        let mut by_key: BTreeMap<(String, String), Route> = BTreeMap::new();
+        for instance in instances {
+            for endpoint in &instance.endpoints {
+                let Some(metadata) = &endpoint.metadata else {
+                    continue;
+                };
+                let (Some(method), Some(path)) =
+                    (metadata.get(HTTP_METHOD), metadata.get(HTTP_PATH))
+                else {
+                    continue;
+                };
+                let schema =
+                    |key: &str| metadata.get(key).and_then(|s| serde_json::from_str(s).ok());
+                by_key.insert(
+                    (path.clone(), method.to_uppercase()),
+                    Route {
+                        method: method.to_uppercase(),
+                        path: path.clone(),
+                        subject: endpoint.subject.clone(),
+                        service: instance.name.clone(),
+                        status: metadata
+                            .get(HTTP_STATUS)
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or(200),
+                        description: metadata.get("description").cloned().unwrap_or_default(),
+                        request_schema: schema("request_schema"),
+                        response_schema: schema("response_schema"),
+                    },
+                );
+            }
+        }
+        let mut routes: Vec<Route> = by_key.into_values().collect();
+        // Literal segments beat parameters: `/users/{id}/notifications`
+        // is tried before anything shorter or more generic.
+        routes.sort_by_key(|r| {
+            let params = r.path.split('/').filter(|s| s.starts_with('{')).count();
+            (
+                std::cmp::Reverse(r.path.split('/').count()),
+                params,
+                r.path.clone(),
+            )
+        });
+        RouteTable { routes }
+    }
+
+    /// Every route.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The route for `method` and `path`, with its path parameters; or,
+    /// when only the method differs, the allowed methods (for a 405).
+    pub fn find(&self, method: &str, path: &str) -> Lookup<'_> {
+        let mut allowed = Vec::new();
+        for route in &self.routes {
+            if let Some(params) = match_path(&route.path, path) {
+                if route.method == method {
+                    return Lookup::Found(route, params);
+                }
+                allowed.push(route.method.clone());
+            }
+        }
+        if allowed.is_empty() {
+            Lookup::NotFound
+        } else {
+            Lookup::MethodNotAllowed(allowed)
+        }
+    }
+}
+
+/// Result of [`RouteTable::find`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup<'a> {
+    /// A route and its path parameters.
+    Found(&'a Route, BTreeMap<String, String>),
+    /// The path exists with other methods.
+    MethodNotAllowed(Vec<String>),
+    /// No such path.
+    NotFound,
+}
+
+fn match_path(template: &str, path: &str) -> Option<BTreeMap<String, String>> {
+    let template: Vec<&str> = template.trim_matches('/').split('/').collect();
+    let actual: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if template.len() != actual.len() {
+        return None;
+    }
+    let mut params = BTreeMap::new();
+    for (t, a) in template.iter().zip(&actual) {
+        match t.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
+            Some(name) if !a.is_empty() => {
+                params.insert(name.to_owned(), percent_decode(a)?);
+            }
+            Some(_) => return None,
+            None if t == a => {}
+            None => return None,
+        }
+    }
+    Some(params)
+}
+
+/// Decodes `%XX` escapes; `None` for a malformed escape or non-UTF-8.
+fn percent_decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = segment.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_match_segment_by_segment() {
+        let p = match_path("/orders/{id}/cancel", "/orders/o-1/cancel");
+        assert_eq!(p.and_then(|p| p.get("id").cloned()).as_deref(), Some("o-1"));
+        assert!(match_path("/orders/{id}", "/orders/o-1/cancel").is_none());
+        assert!(match_path("/orders/{id}", "/orders/").is_none());
+        let p = match_path("/inventory/{sku}", "/inventory/red%20mug");
+        assert_eq!(
+            p.and_then(|p| p.get("sku").cloned()).as_deref(),
+            Some("red mug")
+        );
+        assert!(match_path("/inventory/{sku}", "/inventory/%zz").is_none());
+    }
+}
