@@ -102,6 +102,13 @@ impl Switchboard {
                 self.remember_descendants();
                 return;
             }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100)); // let the readers finish
+                panic!(
+                    "exited ({status}) before printing {needle:?}; output:\n{}",
+                    self.output()
+                );
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 panic!(

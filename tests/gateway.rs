@@ -1,0 +1,240 @@
+//! The HTTP gateway over a real socket, in front of the real services
+//! started by `switchboard up`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use switchboard::testing::free_port;
+
+use common::{Signal, Switchboard, exe_name};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+struct Http {
+    addr: String,
+}
+
+impl Http {
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, hyper::HeaderMap, Value), Box<dyn std::error::Error>> {
+        let stream = tokio::net::TcpStream::connect(&self.addr).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.addr)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(bytes)))?;
+        let response = sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await?.to_bytes();
+        let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        Ok((status, headers, value))
+    }
+}
+
+async fn system(dir: &std::path::Path) -> Result<(Switchboard, Http), Box<dyn std::error::Error>> {
+    let http_addr = format!("127.0.0.1:{}", free_port()?);
+    let mut args = common::up_args(free_port()?, free_port()?, &dir.join("data"));
+    let at = args
+        .iter()
+        .position(|a| a == "--http-addr")
+        .ok_or("no --http-addr")?;
+    args[at + 1] = http_addr.clone();
+    let env = vec![("XDG_CONFIG_HOME".to_owned(), dir.display().to_string())];
+    let mut up = Switchboard::spawn(&args, &env);
+    up.wait_for("switchboard: ready", Duration::from_secs(60));
+    let http = Http { addr: http_addr };
+    // The gateway learns routes from discovery within its refresh interval.
+    for _ in 0..100 {
+        if let Ok((200, _, _)) = http.send("GET", "/readyz", None).await {
+            let (_, _, doc) = http.send("GET", "/openapi.json", None).await?;
+            if doc["paths"]["/orders"].is_object() {
+                return Ok((up, http));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err("the gateway never became ready with routes".into())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reference_flow_through_http() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (_up, http) = system(dir.path()).await?;
+
+    let (status, _, user) = http
+        .send(
+            "POST",
+            "/users",
+            Some(json!({"name": "Ann", "email": "ann@example.com"})),
+        )
+        .await?;
+    assert_eq!(status, 201, "{user}");
+    let user_id = user["id"].as_str().ok_or("no id")?.to_owned();
+    let (status, _, _) = http.send("GET", &format!("/users/{user_id}"), None).await?;
+    assert_eq!(status, 200);
+    let (status, _, stock) = http
+        .send(
+            "POST",
+            "/inventory/widget/restock",
+            Some(json!({"quantity": 5})),
+        )
+        .await?;
+    assert_eq!((status, &stock["available"]), (200, &json!(5)));
+
+    // Watch the live events while ordering.
+    let events = tokio::spawn(first_sse_event(http.addr.clone(), "events.orders.created"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ordered_at = Instant::now();
+    let (status, _, order) = http
+        .send(
+            "POST",
+            "/orders",
+            Some(json!({"user_id": user_id, "items": [{"sku": "widget", "quantity": 2}]})),
+        )
+        .await?;
+    assert_eq!(status, 201, "{order}");
+    let (event, received_at) = tokio::time::timeout(Duration::from_secs(5), events).await???;
+    let delay = received_at.saturating_duration_since(ordered_at);
+    assert!(delay < Duration::from_secs(1), "the event took {delay:?}");
+    assert_eq!(event["data"]["id"], order["id"]);
+    assert_eq!(event["attributes"]["type"], "orders.created");
+
+    let (status, _, body) = http
+        .send(
+            "POST",
+            "/orders",
+            Some(json!({"user_id": user_id, "items": [{"sku": "widget", "quantity": 9}]})),
+        )
+        .await?;
+    assert_eq!(status, 409, "{body}");
+    let order_id = order["id"].as_str().ok_or("no id")?;
+    let (status, _, cancelled) = http
+        .send("POST", &format!("/orders/{order_id}/cancel"), None)
+        .await?;
+    assert_eq!((status, &cancelled["status"]), (200, &json!("cancelled")));
+    let mut notifications = Value::Null;
+    for _ in 0..50 {
+        let (_, _, list) = http
+            .send("GET", &format!("/users/{user_id}/notifications"), None)
+            .await?;
+        notifications = list;
+        if notifications["notifications"]
+            .as_array()
+            .is_some_and(|n| n.len() == 3)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        notifications["notifications"].as_array().map(Vec::len),
+        Some(3),
+        "{notifications}"
+    );
+    let (status, _, body) = http
+        .send("POST", "/users", Some(json!({"name": 1})))
+        .await?;
+    assert_eq!(status, 400, "{body}");
+    Ok(())
+}
+
+/// Reads `/events?subject=…` until the first `event`; returns its JSON and
+/// when it arrived.
+async fn first_sse_event(addr: String, subject: &'static str) -> Result<(Value, Instant), String> {
+    let run = async {
+        let stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        let request = hyper::Request::get(format!("/events?subject={subject}"))
+            .header("host", &addr)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let mut body = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_body();
+        let mut text = String::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| e.to_string())?;
+            if let Some(data) = frame.data_ref() {
+                text.push_str(&String::from_utf8_lossy(data));
+            }
+            if let Some(at) = text.find("event: event\n") {
+                let rest = &text[at..];
+                if let Some(line) = rest.lines().find_map(|l| l.strip_prefix("data: ")) {
+                    if rest.contains("\n\n") {
+                        let arrived = Instant::now();
+                        return serde_json::from_str(line)
+                            .map(|v| (v, arrived))
+                            .map_err(|e| e.to_string());
+                    }
+                }
+            }
+        }
+        Err("the event stream ended".to_owned())
+    };
+    run.await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_service_answers_503_quickly_and_recovers_without_a_gateway_restart() -> TestResult
+{
+    let dir = tempfile::tempdir()?;
+    let (mut up, http) = system(dir.path()).await?;
+    let users = up
+        .descendants()
+        .into_iter()
+        .find(|p| exe_name(*p).as_deref() == Some("users"))
+        .ok_or("no users process")?;
+    let gateway = up
+        .descendants()
+        .into_iter()
+        .find(|p| exe_name(*p).as_deref() == Some("gateway"))
+        .ok_or("no gateway process")?;
+    switchboard::process::send(users, Signal::SIGKILL);
+    let asked = Instant::now();
+    let (status, headers, _) = http.send("GET", "/users/u-1", None).await?;
+    assert_eq!(status, 503);
+    assert!(headers.get("retry-after").is_some());
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "503 took {:?}",
+        asked.elapsed()
+    );
+
+    // `up` restarts users; the gateway's routes work again by themselves.
+    let mut recovered = false;
+    for _ in 0..100 {
+        if let Ok((404, _, _)) = http.send("GET", "/users/u-1", None).await {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "users never came back through the gateway");
+    assert!(
+        up.descendants().contains(&gateway),
+        "the gateway was not restarted"
+    );
+    Ok(())
+}
