@@ -130,6 +130,7 @@ impl Service {
             description: String::new(),
             metadata: Metadata::new(),
             endpoints: Vec::new(),
+            events: Vec::new(),
             drain_timeout: Duration::from_secs(10),
             client: None,
         }
@@ -145,9 +146,13 @@ pub struct ServiceBuilder {
     description: String,
     metadata: Metadata,
     endpoints: Vec<Endpoint>,
+    events: Vec<serde_json::Value>,
     drain_timeout: Duration,
     client: Option<Client>,
 }
+
+/// Service metadata key listing the events a service publishes (JSON).
+pub const EVENTS_METADATA: &str = "events";
 
 impl ServiceBuilder {
     /// One line for `nats micro ls`.
@@ -160,6 +165,23 @@ impl ServiceBuilder {
         self.metadata.insert(key.into(), value.into());
         self
     }
+    /// Declares an event this service publishes, with the JSON Schema of its
+    /// data (from the Rust type). Discovery carries the list (service
+    /// metadata `events`), so the gateway documents events (AsyncAPI)
+    /// without a registry.
+    pub fn publishes<T: schemars::JsonSchema>(
+        mut self,
+        subject: impl Into<String>,
+        description: impl Into<String>,
+    ) -> Self {
+        self.events.push(serde_json::json!({
+            "subject": subject.into(),
+            "description": description.into(),
+            "schema": schemars::schema_for!(T).to_value(),
+        }));
+        self
+    }
+
     /// Adds an endpoint.
     pub fn endpoint(mut self, endpoint: Endpoint) -> Self {
         self.endpoints.push(endpoint);
@@ -234,7 +256,16 @@ impl ServiceBuilder {
             id: nuid::next().to_string(),
             version: self.version.clone(),
             description: self.description.clone(),
-            metadata: self.metadata.clone(),
+            metadata: {
+                let mut metadata = self.metadata.clone();
+                if !self.events.is_empty() {
+                    metadata.insert(
+                        EVENTS_METADATA.to_owned(),
+                        serde_json::Value::Array(self.events.clone()).to_string(),
+                    );
+                }
+                metadata
+            },
             started: time::OffsetDateTime::now_utc()
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),

@@ -7,9 +7,11 @@
 //! discovery briefly fails, the last known table keeps serving.
 //!
 //! Its own routes: `GET /services` (live discovery), `/healthz`, `/readyz`,
-//! `/metrics` (Prometheus), `/openapi.json` (generated), `/events` (SSE).
+//! `/metrics` (Prometheus), `/openapi.json` and `/asyncapi.json` (generated),
+//! `/events` (SSE).
 //! [`app`] returns the `Router`, so it is testable without sockets.
 
+mod asyncapi;
 mod live;
 mod metrics;
 mod openapi;
@@ -150,6 +152,7 @@ pub fn app(gateway: Gateway) -> Router {
         .route("/services", get(services))
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi_json))
+        .route("/asyncapi.json", get(asyncapi_json))
         .route("/events", get(live::events))
         .fallback(proxy::forward)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -232,6 +235,17 @@ async fn metrics_text(State(gateway): State<Gateway>) -> Response {
 
 async fn openapi_json(State(gateway): State<Gateway>) -> Response {
     axum::Json(openapi::document(&gateway.routes())).into_response()
+}
+
+async fn asyncapi_json(State(gateway): State<Gateway>) -> Response {
+    match discovery::info(&gateway.nats, None, Duration::from_millis(300)).await {
+        Ok(instances) => axum::Json(asyncapi::document(&instances)).into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "error": { "code": 503, "message": "discovery unavailable" } })),
+        )
+            .into_response(),
+    }
 }
 
 /// Errors of [`run`].

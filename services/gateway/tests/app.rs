@@ -34,6 +34,7 @@ struct Thing {
 
 async fn things(nats: async_nats::Client) -> Result<RunningService, Box<dyn std::error::Error>> {
     Ok(Service::builder("things", "1.0.0")
+        .publishes::<Thing>("events.things.made", "A thing was made")
         .endpoint(
             Endpoint::new("create", |_ctx: Context, req: NewThing| async move {
                 if req.name.is_empty() {
@@ -285,6 +286,24 @@ async fn openapi_metrics_health_and_services() -> TestResult {
     assert!(
         !text.contains("#/$defs/"),
         "every reference resolves inside the document"
+    );
+    let parsed =
+        oas3::from_json(&text).map_err(|e| format!("not a valid OpenAPI 3.1 document: {e}"))?;
+    assert_eq!(parsed.openapi, "3.1.0");
+    assert_eq!(parsed.paths.as_ref().map(|p| p.len()), Some(2));
+
+    let (status, _, asyncapi) = send(&gateway, get("/asyncapi.json")?).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(asyncapi["asyncapi"], "3.0.0");
+    assert_eq!(
+        asyncapi["channels"]["things_made"]["address"],
+        "events.things.made"
+    );
+    let payload = &asyncapi["components"]["messages"]["things_made"]["payload"]["schema"];
+    assert_eq!(payload["properties"]["name"]["type"], "string");
+    assert_eq!(
+        asyncapi["operations"]["receive_things_made"]["action"],
+        "receive"
     );
 
     let (status, _, metrics) = send(&gateway, get("/metrics")?).await?;

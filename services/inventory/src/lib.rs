@@ -53,6 +53,8 @@ pub async fn run(
     });
     let service = Service::builder("inventory", env!("CARGO_PKG_VERSION"))
         .description("Stock levels: restock, reserve and release items")
+        .publishes::<Reservation>(inventory::RESERVED, "An order's items were reserved")
+        .publishes::<Reservation>(inventory::RELEASED, "An order's reservation was released")
         .endpoint(
             Endpoint::with_state("restock", state.clone(), restock)
                 .http("POST", "/inventory/{sku}/restock")

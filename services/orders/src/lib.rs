@@ -40,6 +40,8 @@ pub async fn run(
     });
     let service = Service::builder("orders", env!("CARGO_PKG_VERSION"))
         .description("Orders: create, look up and cancel orders")
+        .publishes::<Order>(orders::CREATED, "An order was confirmed")
+        .publishes::<Order>(orders::CANCELLED, "An order was cancelled")
         .endpoint(
             Endpoint::with_state("create", state.clone(), create)
                 .http("POST", "/orders")

@@ -38,6 +38,7 @@ pub async fn run(
     });
     let service = Service::builder("users", env!("CARGO_PKG_VERSION"))
         .description("User accounts: create and look up users")
+        .publishes::<UserCreated>(users::CREATED, "A user was created")
         .endpoint(
             Endpoint::with_state("create", state.clone(), create)
                 .http("POST", "/users")
