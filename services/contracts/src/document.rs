@@ -43,10 +43,14 @@ pub struct EventDoc {
 
 fn fields<T: JsonSchema>() -> Vec<String> {
     let schema = schemars::schema_for!(T).to_value();
-    schema["properties"]
+    // Sorted: serde_json's map order depends on features other crates of a
+    // workspace build enable (`preserve_order`), the document must not.
+    let mut names: Vec<String> = schema["properties"]
         .as_object()
         .map(|p| p.keys().cloned().collect())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    names.sort();
+    names
 }
 
 /// Every endpoint of the reference system.
