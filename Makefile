@@ -39,7 +39,7 @@ $(TOOLS)/.nats-server-$(NATS_SERVER_VERSION):
 
 # Benchmarks (not part of `make test`): ratios against a same-run baseline.
 bench: tools
-	$(CARGO) run --release -p switchboard-bench -- publish
+	bench/run
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,7 +1,7 @@
 //! W3C trace context (`traceparent`) carried across NATS calls and events.
 //!
 //! A request keeps its trace id from the first caller to the last handler;
-//! each hop gets a new span id. The ids are random (OS source), formatted as
+//! each hop gets a new span id. The ids are random, formatted as
 //! `00-<32 hex trace id>-<16 hex span id>-<flags>`.
 
 use std::fmt;
@@ -82,15 +82,15 @@ impl fmt::Display for TraceContext {
 }
 
 fn random<const N: usize>() -> [u8; N] {
+    // Trace ids need to be unique, not secret: a fast thread-local PRNG
+    // (seeded from the OS) instead of a system call on every request.
     let mut bytes = [0u8; N];
-    // If the OS source fails, fall back to a nuid-derived value: an id that is
-    // only unlikely to collide is better than no trace at all.
-    if getrandom::fill(&mut bytes).is_err() || bytes == [0; N] {
-        for (b, c) in bytes.iter_mut().zip(nuid::next().bytes().cycle()) {
-            *b = c;
+    loop {
+        fastrand::fill(&mut bytes);
+        if bytes != [0; N] {
+            return bytes;
         }
     }
-    bytes
 }
 
 fn is_hex(s: &str) -> bool {

@@ -1,29 +1,91 @@
 //! Switchboard benchmarks. Each scenario starts its own nats-server and
-//! measures the baseline in the same run, printing ratios, never lone
+//! measures its baseline in the same run, printing ratios, never lone
 //! absolute numbers (machines here are shared and noisy).
 //!
-//! `cargo run --release -p switchboard-bench -- publish`
+//! `bench/run [--quick] [--json FILE] [scenario…]`
 
 mod publish;
+mod report;
+mod reqreply;
 
-use clap::{Parser, Subcommand};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Request-reply: raw async-nats vs Switchboard, and a 5 ms handler vs ideal.
+    RequestReply,
+    /// JetStream publishing: one-by-one vs window vs atomic batches, both profiles.
+    Publish,
+}
 
 #[derive(Debug, Parser)]
 #[command(about = "Switchboard benchmarks (ratios against a same-run baseline)")]
 struct Args {
-    #[command(subcommand)]
-    scenario: Scenario,
+    /// Scenarios to run [default: all].
+    #[arg(value_enum)]
+    scenarios: Vec<Scenario>,
+    /// A ~1-minute smoke run (shorter measurements, fewer points).
+    #[arg(long)]
+    quick: bool,
+    /// Save every measurement as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<std::path::PathBuf>,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 128)]
+    payload: usize,
+    /// Requests in flight (comma-separated) [default: 1,16,64,256].
+    #[arg(long, value_delimiter = ',')]
+    in_flight: Option<Vec<usize>>,
 }
 
-#[derive(Debug, Subcommand)]
-enum Scenario {
-    /// JetStream publishing: one-by-one acked vs a window of acks in flight.
-    Publish(publish::PublishArgs),
+/// What every scenario is told.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Payload size in bytes.
+    pub payload: usize,
+    /// Numbers in flight to measure.
+    pub in_flight: Vec<usize>,
+    /// Length of one timed measurement.
+    pub duration: Duration,
+    /// Events per publish measurement.
+    pub messages: usize,
+    /// Smoke run.
+    pub quick: bool,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Args::parse().scenario {
-        Scenario::Publish(args) => publish::run(args).await,
+    let args = Args::parse();
+    let settings = Settings {
+        payload: args.payload,
+        in_flight: args.in_flight.unwrap_or_else(|| {
+            if args.quick {
+                vec![1, 64]
+            } else {
+                vec![1, 16, 64, 256]
+            }
+        }),
+        duration: Duration::from_secs(if args.quick { 2 } else { 5 }),
+        messages: if args.quick { 2000 } else { 5000 },
+        quick: args.quick,
+    };
+    let scenarios = if args.scenarios.is_empty() {
+        vec![Scenario::RequestReply, Scenario::Publish]
+    } else {
+        args.scenarios
+    };
+    let mut report = report::Report::default();
+    for scenario in scenarios {
+        match scenario {
+            Scenario::RequestReply => reqreply::run(&settings, &mut report).await?,
+            Scenario::Publish => publish::run(&settings, &mut report).await?,
+        }
     }
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report.measurements)?)?;
+        println!("saved {}", path.display());
+    }
+    Ok(())
 }
