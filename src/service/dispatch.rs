@@ -146,7 +146,7 @@ struct Request {
 }
 
 impl Request {
-    async fn run(self, _slot: OwnedSemaphorePermit) {
+    async fn run(mut self, _slot: OwnedSemaphorePermit) {
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
             let error = ServiceError::deadline_exceeded(
                 "the caller's deadline passed before the request was worked on",
@@ -161,7 +161,7 @@ impl Request {
             subject: self.message.subject.to_string(),
             deadline: self.deadline,
             trace,
-            headers: self.message.headers.clone(),
+            headers: self.message.headers.take(),
             client: self.client.clone(),
         };
         let span = tracing::info_span!(
