@@ -175,7 +175,15 @@ impl System {
             specs.push((name.clone(), path));
         }
 
-        let users = std::iter::once(ADMIN_USER).chain(config.services.iter().map(String::as_str));
+        // Every user nats.conf names gets a password, also when only some
+        // services run here (the others may run elsewhere, or later).
+        let mut names: Vec<&str> = std::iter::once(ADMIN_USER).chain(SERVICES).collect();
+        for name in &config.services {
+            if !names.contains(&name.as_str()) {
+                names.push(name);
+            }
+        }
+        let users = names.iter().copied();
         let (server, url, credentials) = match &config.server {
             ServerChoice::Embedded {
                 config_file,

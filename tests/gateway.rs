@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
@@ -200,18 +201,58 @@ async fn first_sse_event(addr: String, subject: &'static str) -> Result<(Value, 
 async fn a_stopped_service_answers_503_quickly_and_recovers_without_a_gateway_restart() -> TestResult
 {
     let dir = tempfile::tempdir()?;
-    let (mut up, http) = system(dir.path()).await?;
-    let users = up
-        .descendants()
-        .into_iter()
-        .find(|p| exe_name(*p).as_deref() == Some("users"))
-        .ok_or("no users process")?;
-    let gateway = up
+    // `users` runs outside `up` here, so the test decides when it is down.
+    let passwords = common::test_passwords();
+    let nats_port = free_port()?;
+    let http_addr = format!("127.0.0.1:{}", free_port()?);
+    let mut args = common::up_args(nats_port, free_port()?, &dir.path().join("data"));
+    let at = args
+        .iter()
+        .position(|a| a == "--http-addr")
+        .ok_or("no --http-addr")?;
+    args[at + 1] = http_addr.clone();
+    args.extend([
+        "--services".into(),
+        "inventory,orders,notifications,gateway".into(),
+    ]);
+    let mut env = passwords.clone();
+    env.push((
+        "XDG_CONFIG_HOME".to_owned(),
+        dir.path().display().to_string(),
+    ));
+    let mut up = Switchboard::spawn(&args, &env);
+    up.wait_for("switchboard: ready", Duration::from_secs(60));
+    let http = Http { addr: http_addr };
+    let users_password = passwords
+        .iter()
+        .find(|(k, _)| k == "SB_USERS_PASSWORD")
+        .map(|(_, v)| v.clone())
+        .ok_or("no password")?;
+    let start_users = || {
+        std::process::Command::new(
+            Path::new(env!("CARGO_BIN_EXE_switchboard")).with_file_name("users"),
+        )
+        .env("NATS_URL", format!("nats://127.0.0.1:{nats_port}"))
+        .env("NATS_USER", "users")
+        .env("NATS_PASSWORD", &users_password)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    };
+    let mut users = start_users()?;
+    let _guard = KillOnDrop(users.id());
+    assert!(
+        eventually_status(&http, "/users/u-1", 404, "no user u-1").await,
+        "users never served through the gateway"
+    );
+    let gateway_pid = up
         .descendants()
         .into_iter()
         .find(|p| exe_name(*p).as_deref() == Some("gateway"))
         .ok_or("no gateway process")?;
-    switchboard::process::send(users, Signal::SIGKILL);
+
+    users.kill()?;
+    users.wait()?;
     let asked = Instant::now();
     let (status, headers, _) = http.send("GET", "/users/u-1", None).await?;
     assert_eq!(status, 503);
@@ -222,19 +263,44 @@ async fn a_stopped_service_answers_503_quickly_and_recovers_without_a_gateway_re
         asked.elapsed()
     );
 
-    // `up` restarts users; the gateway's routes work again by themselves.
-    let mut recovered = false;
-    for _ in 0..100 {
-        if let Ok((404, _, _)) = http.send("GET", "/users/u-1", None).await {
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(recovered, "users never came back through the gateway");
+    // Back up: the gateway's route works again by itself.
+    let users = start_users()?;
+    let _guard = KillOnDrop(users.id());
     assert!(
-        up.descendants().contains(&gateway),
+        eventually_status(&http, "/users/u-1", 404, "no user u-1").await,
+        "users never came back through the gateway"
+    );
+    assert!(
+        up.descendants().contains(&gateway_pid),
         "the gateway was not restarted"
     );
     Ok(())
+}
+
+/// Waits until `path` answers `wanted` with an error message containing
+/// `message` (the service's own 404, not the gateway's "no such route").
+async fn eventually_status(http: &Http, path: &str, wanted: u16, message: &str) -> bool {
+    for _ in 0..100 {
+        if let Ok((status, _, body)) = http.send("GET", path, None).await
+            && status == wanted
+            && body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(message))
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Kills a process by PID when dropped (a failed assertion must not leak it).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if switchboard::process::exists(self.0) {
+            switchboard::process::send(self.0, Signal::SIGKILL);
+        }
+    }
 }

@@ -124,7 +124,7 @@ impl Gateway {
     /// When discovery cannot be asked; the previous table stays.
     pub async fn refresh(&self) -> Result<usize, discovery::DiscoveryError> {
         let instances = discovery::info(&self.nats, None, Duration::from_millis(300)).await?;
-        let table = RouteTable::from_discovery(&instances);
+        let table = RouteTable::from_discovery(&instances).keeping_absent_services(&self.routes());
         let count = table.routes().len();
         if let Ok(mut routes) = self.routes.write() {
             if **routes != table {

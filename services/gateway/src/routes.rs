@@ -71,7 +71,30 @@ impl RouteTable {
                 );
             }
         }
-        let mut routes: Vec<Route> = by_key.into_values().collect();
+        RouteTable::sorted(by_key.into_values().collect())
+    }
+
+    /// This table plus the routes of `previous` whose service is absent
+    /// now: a service that is down keeps its routes (they answer 503 until
+    /// it is back), while a service that is up is authoritative for its own.
+    pub fn keeping_absent_services(mut self, previous: &RouteTable) -> Self {
+        let present: std::collections::BTreeSet<String> =
+            self.routes.iter().map(|r| r.service.clone()).collect();
+        let kept: Vec<Route> = previous
+            .routes
+            .iter()
+            .filter(|r| !present.contains(&r.service))
+            .cloned()
+            .collect();
+        if kept.is_empty() {
+            return self;
+        }
+        let mut all = std::mem::take(&mut self.routes);
+        all.extend(kept);
+        RouteTable::sorted(all)
+    }
+
+    fn sorted(mut routes: Vec<Route>) -> Self {
         // Literal segments beat parameters: `/users/{id}/notifications`
         // is tried before anything shorter or more generic.
         routes.sort_by_key(|r| {
@@ -82,6 +105,7 @@ impl RouteTable {
                 r.path.clone(),
             )
         });
+        routes.dedup_by(|a, b| a.path == b.path && a.method == b.method);
         RouteTable { routes }
     }
 
