@@ -227,7 +227,7 @@ async fn requests_run_concurrently_and_a_slow_endpoint_does_not_block_its_siblin
         "100 × 100 ms took {all_took:?}: not concurrent"
     );
     assert!(
-        sibling_took < Duration::from_millis(100),
+        sibling_took < Duration::from_millis(500),
         "sibling waited {sibling_took:?}"
     );
     Ok(())
