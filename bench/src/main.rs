@@ -4,6 +4,7 @@
 //!
 //! `bench/run [--quick] [--json FILE] [scenario…]`
 
+mod footprint;
 mod publish;
 mod report;
 mod reqreply;
@@ -18,6 +19,8 @@ enum Scenario {
     RequestReply,
     /// JetStream publishing: one-by-one vs window vs atomic batches, both profiles.
     Publish,
+    /// Resident memory of idle processes and time from `up` to ready.
+    Footprint,
 }
 
 #[derive(Debug, Parser)]
@@ -72,7 +75,11 @@ async fn main() -> anyhow::Result<()> {
         quick: args.quick,
     };
     let scenarios = if args.scenarios.is_empty() {
-        vec![Scenario::RequestReply, Scenario::Publish]
+        vec![
+            Scenario::RequestReply,
+            Scenario::Publish,
+            Scenario::Footprint,
+        ]
     } else {
         args.scenarios
     };
@@ -81,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
         match scenario {
             Scenario::RequestReply => reqreply::run(&settings, &mut report).await?,
             Scenario::Publish => publish::run(&settings, &mut report).await?,
+            Scenario::Footprint => footprint::run(&mut report).await?,
         }
     }
     if let Some(path) = args.json {

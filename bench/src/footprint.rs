@@ -1,0 +1,138 @@
+//! Footprint: resident memory of each idle service process and of the whole
+//! `switchboard up` tree, and the time from `up` to ready — measured on the
+//! release binaries next to this one.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use switchboard::testing::free_port;
+
+use crate::report::Report;
+
+pub async fn run(report: &mut Report) -> anyhow::Result<()> {
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .ok_or_else(|| anyhow::anyhow!("no folder for the benchmark binary"))?;
+    let switchboard = bin_dir.join("switchboard");
+    anyhow::ensure!(
+        switchboard.is_file(),
+        "{} is missing: build with `cargo build --release --workspace --bins`",
+        switchboard.display()
+    );
+    let dir = tempfile_dir()?;
+    println!("footprint (release binaries, idle)");
+    let started = Instant::now();
+    let mut up = Command::new(&switchboard)
+        .args(["up", "--no-context", "--port", &free_port()?.to_string()])
+        .args(["--http-port", &free_port()?.to_string()])
+        .args(["--http-addr", &format!("127.0.0.1:{}", free_port()?)])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = up
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut ready = None;
+    for line in lines.by_ref() {
+        if line?.contains("switchboard: ready") {
+            ready = Some(started.elapsed());
+            break;
+        }
+    }
+    // Keep draining stdout so `up` never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let ready = ready.ok_or_else(|| anyhow::anyhow!("up never became ready"))?;
+    tokio::time::sleep(Duration::from_secs(2)).await; // idle
+    let mut total = rss_kib(up.id());
+    println!(
+        "  {:<34} {:>8.0} ms",
+        "switchboard up → ready",
+        ready.as_secs_f64() * 1000.0
+    );
+    for pid in children(up.id()) {
+        let name = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_default();
+        let rss = rss_kib(pid);
+        total += rss;
+        println!("  {:<34} {:>8.1} MB RSS", name, rss as f64 / 1024.0);
+        report.measurements.push(crate::report::Measurement {
+            scenario: "footprint".into(),
+            variant: format!("{name} RSS MB"),
+            throughput: rss as f64 / 1024.0,
+            latency_us: None,
+            ratio: 1.0,
+        });
+    }
+    println!(
+        "  {:<34} {:>8.1} MB RSS",
+        "total (up + server + services)",
+        total as f64 / 1024.0
+    );
+    report.measurements.push(crate::report::Measurement {
+        scenario: "footprint".into(),
+        variant: "up to ready ms".into(),
+        throughput: ready.as_secs_f64() * 1000.0,
+        latency_us: None,
+        ratio: 1.0,
+    });
+    switchboard::process::send(up.id(), nix_sigint());
+    let _ = up.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn nix_sigint() -> nix::sys::signal::Signal {
+    nix::sys::signal::Signal::SIGINT
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("switchboard-footprint-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn children(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(parent) {
+                out.push(pid);
+            }
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// VmRSS of a process in KiB (0 if unreadable).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
