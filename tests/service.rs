@@ -375,31 +375,30 @@ async fn drain_answers_every_accepted_request_then_leaves_discovery() -> TestRes
     let (results, report) = tokio::join!(burst, shutdown);
     assert_eq!(report.unfinished, 0);
     let answered = results.iter().filter(|r| r.is_ok()).count();
-    // Not accepted: nobody listened any more (and after a few of those the
-    // client's breaker stops even trying).
-    let not_accepted = |e: &CallError| {
-        matches!(
-            e,
-            CallError::NoResponders { .. } | CallError::CircuitOpen { .. }
-        )
-    };
-    let refused = results
-        .iter()
-        .filter(|r| r.as_ref().err().is_some_and(not_accepted))
-        .count();
     assert!(
-        answered > 0 && refused > 0,
+        answered > 0 && answered < 200,
         "shutdown happened mid-burst ({answered} answered)"
     );
-    assert_eq!(
-        answered + refused,
-        200,
-        "every request was either answered or never accepted: {:?}",
-        results
-            .iter()
-            .filter_map(|r| r.as_ref().err())
-            .find(|e| !not_accepted(e))
-    );
+    // Every request the service accepted was answered, and every answer
+    // reached its caller.
+    assert_eq!(report.answered, report.accepted, "accepted but unanswered");
+    assert_eq!(answered as u64, report.answered, "answers lost on the way");
+    // The rest were refused at once (nobody listening any more; after a few
+    // of those the client's breaker stops even trying) — except requests
+    // the server routed to the instance while it unsubscribed, which
+    // async-nats drops inside its subscription drain (see the note in
+    // `dispatch::serve`): those time out without ever being accepted.
+    for error in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(
+            matches!(
+                error,
+                CallError::NoResponders { .. }
+                    | CallError::CircuitOpen { .. }
+                    | CallError::TimedOut { .. }
+            ),
+            "unexpected {error:?}"
+        );
+    }
     let left = discovery::ping(&nats, Target::service("items"), Duration::from_millis(200)).await?;
     assert!(left.is_empty(), "a drained instance leaves discovery");
     Ok(())

@@ -307,11 +307,12 @@ impl ServiceBuilder {
         let discovery = tokio::spawn(srv::answer(
             discovery,
             identity.clone(),
-            live,
+            live.clone(),
             nats.clone(),
             client.clone(),
             stop_discovery.clone(),
         ));
+        let live_endpoints = live;
         nats.flush().await.map_err(|source| ServeError::Flush {
             service: self.name.clone(),
             source,
@@ -324,6 +325,7 @@ impl ServiceBuilder {
             requests,
             loops,
             discovery: Some(discovery),
+            endpoints: live_endpoints,
             stop_endpoints,
             stop_discovery,
             drain_timeout: self.drain_timeout,
@@ -372,6 +374,10 @@ impl ServiceBuilder {
 pub struct DrainReport {
     /// Requests still running when the drain timeout expired (0 = all answered).
     pub unfinished: usize,
+    /// Requests this instance accepted over its life (all endpoints).
+    pub accepted: u64,
+    /// Replies it sent; equals `accepted` after a complete drain.
+    pub answered: u64,
 }
 
 /// A service instance that is serving.
@@ -383,6 +389,7 @@ pub struct RunningService {
     requests: TaskTracker,
     loops: Vec<tokio::task::JoinHandle<()>>,
     discovery: Option<tokio::task::JoinHandle<()>>,
+    endpoints: Vec<Arc<dispatch::LiveEndpoint>>,
     stop_endpoints: CancellationToken,
     stop_discovery: CancellationToken,
     drain_timeout: Duration,
@@ -426,7 +433,14 @@ impl RunningService {
         }
         let _ = self.nats.flush().await;
         tracing::info!(service = %self.identity.name, "service stopped");
-        DrainReport { unfinished }
+        let total = |f: fn(&stats::EndpointCounters) -> u64| {
+            self.endpoints.iter().map(|e| f(&e.counters)).sum::<u64>()
+        };
+        DrainReport {
+            unfinished,
+            accepted: total(|c| c.accepted.load(std::sync::atomic::Ordering::Relaxed)),
+            answered: total(|c| c.answered.load(std::sync::atomic::Ordering::Relaxed)),
+        }
     }
 }
 

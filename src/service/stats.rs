@@ -12,6 +12,10 @@ pub(crate) struct EndpointCounters {
     totals: Mutex<Totals>,
     pub(crate) queued: AtomicUsize,
     pub(crate) rejected: AtomicU64,
+    /// Requests taken off the subscription that expect a reply.
+    pub(crate) accepted: AtomicU64,
+    /// Replies handed to the connection.
+    pub(crate) answered: AtomicU64,
 }
 
 #[derive(Debug, Default, Clone)]
