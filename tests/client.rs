@@ -34,22 +34,31 @@ fn once() -> CallOptions {
 async fn no_responders_fails_at_once_not_after_the_timeout() -> TestResult {
     let server = TestServer::start().await?;
     let client = Client::new(server.client().await?);
+    let five_seconds = CallOptions::default().timeout(Duration::from_secs(5));
     let asked = Instant::now();
     let result = client
-        .call_with::<_, Pong>(
-            "nobody.home",
-            &Ping {},
-            CallOptions::default().timeout(Duration::from_secs(5)),
-        )
+        .call_with::<_, Pong>("nobody.home", &Ping {}, five_seconds.clone().max_retries(0))
         .await;
     let took = asked.elapsed();
     assert!(
         matches!(result, Err(CallError::NoResponders { .. })),
         "{result:?}"
     );
+    assert!(took < Duration::from_millis(100), "took {took:?}");
+    // With the default retries (safe here: nothing was sent anywhere) it
+    // still fails in milliseconds, not after the 5 s timeout.
+    let asked = Instant::now();
+    let result = client
+        .call_with::<_, Pong>("nobody.home", &Ping {}, five_seconds)
+        .await;
     assert!(
-        took < Duration::from_millis(100),
-        "took {took:?} (with retries)"
+        matches!(result, Err(CallError::NoResponders { .. })),
+        "{result:?}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        asked.elapsed()
     );
     Ok(())
 }

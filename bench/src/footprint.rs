@@ -56,7 +56,7 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
         "switchboard up → ready",
         ready.as_secs_f64() * 1000.0
     );
-    for pid in children(up.id()) {
+    for pid in switchboard::process::children(up.id()) {
         let name = std::fs::read_link(format!("/proc/{pid}/exe"))
             .ok()
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
@@ -98,31 +98,6 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("switchboard-footprint-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
-}
-
-fn children(parent: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            if ppid == Some(parent) {
-                out.push(pid);
-            }
-        }
-    }
-    out.sort_unstable();
-    out
 }
 
 /// VmRSS of a process in KiB (0 if unreadable).

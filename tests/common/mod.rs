@@ -200,7 +200,7 @@ pub fn descendants_of(root: u32) -> BTreeSet<u32> {
             else {
                 continue;
             };
-            if let Some(ppid) = parent_of(pid) {
+            if let Some(ppid) = switchboard::process::parent_of(pid) {
                 parents.push((pid, ppid));
             }
         }
@@ -215,13 +215,6 @@ pub fn descendants_of(root: u32) -> BTreeSet<u32> {
         }
     }
     found
-}
-
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // `pid (comm) state ppid …`; comm may contain spaces and parentheses.
-    let after = stat.rsplit_once(')')?.1;
-    after.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The executable's file name of a running process.
