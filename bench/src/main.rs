@@ -4,6 +4,7 @@
 //!
 //! `bench/run [--quick] [--json FILE] [scenario…]`
 
+mod consume;
 mod footprint;
 mod publish;
 mod report;
@@ -19,6 +20,8 @@ enum Scenario {
     RequestReply,
     /// JetStream publishing: one-by-one vs window vs atomic batches, both profiles.
     Publish,
+    /// JetStream consuming: raw pull consumer vs Switchboard consumer (± idempotency).
+    Consume,
     /// Resident memory of idle processes and time from `up` to ready.
     Footprint,
 }
@@ -78,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
         vec![
             Scenario::RequestReply,
             Scenario::Publish,
+            Scenario::Consume,
             Scenario::Footprint,
         ]
     } else {
@@ -88,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
         match scenario {
             Scenario::RequestReply => reqreply::run(&settings, &mut report).await?,
             Scenario::Publish => publish::run(&settings, &mut report).await?,
+            Scenario::Consume => consume::run(&settings, &mut report).await?,
             Scenario::Footprint => footprint::run(&mut report).await?,
         }
     }

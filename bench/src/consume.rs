@@ -1,0 +1,122 @@
+//! JetStream consuming: a raw async-nats pull consumer with explicit acks
+//! (the baseline) against a Switchboard consumer, with and without the
+//! idempotency helper (one KV claim and one record per event).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::pull};
+use futures::StreamExt;
+use switchboard::events::{
+    self, ConsumerSpec, Event, HandlerError, Publisher, ReceivedEvent, StreamSpec,
+};
+use switchboard::testing::TestServer;
+use tokio::sync::Notify;
+
+use crate::Settings;
+use crate::report::Report;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Sample {
+    data: String,
+}
+
+pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
+    let n = settings.messages;
+    let scenario = "consume";
+    println!(
+        "{scenario} ({n} events of {} bytes, fast profile)",
+        settings.payload
+    );
+    let server = TestServer::start().await?;
+    let js = jetstream::new(server.client().await?);
+    StreamSpec::new("BENCH", ["events.bench.>"])
+        .atomic_batches(true)
+        .ensure(&js)
+        .await?;
+    let publisher = Publisher::new(js.clone(), "bench");
+    let events: Vec<_> = (0..n)
+        .map(|_| {
+            Event::new(Sample {
+                data: "x".repeat(settings.payload),
+            })
+        })
+        .collect();
+    publisher
+        .publish_atomic("events.bench.sampled", &events)
+        .await?;
+
+    // Baseline: raw pull consumer, explicit ack per message.
+    let stream = js.get_stream("BENCH").await?;
+    let raw = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("raw".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await?;
+    let started = Instant::now();
+    let mut messages = raw.messages().await?;
+    let mut seen = 0;
+    while seen < n {
+        let Some(message) = messages.next().await else {
+            break;
+        };
+        let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
+        message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        seen += 1;
+    }
+    let baseline = report.add(
+        scenario,
+        "raw pull consumer",
+        seen as u64,
+        started.elapsed(),
+        None,
+        None,
+    );
+
+    for (variant, durable, idempotent) in [
+        ("switchboard consumer", "plain", false),
+        ("switchboard consumer + idempotency", "idem", true),
+    ] {
+        let count = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(Notify::new());
+        let stop = Arc::new(Notify::new());
+        let mut spec = ConsumerSpec::new("BENCH", durable).concurrency(64);
+        if idempotent {
+            spec = spec.idempotent(Duration::from_secs(600));
+        }
+        let (counted, finished) = (count.clone(), done.clone());
+        let total = n as u64;
+        let started = Instant::now();
+        let stopped = stop.clone();
+        let task = tokio::spawn(events::consumer::run(
+            js.clone(),
+            spec,
+            move |_event: ReceivedEvent<Sample>| {
+                let (counted, finished) = (counted.clone(), finished.clone());
+                async move {
+                    if counted.fetch_add(1, Ordering::Relaxed) + 1 == total {
+                        finished.notify_one();
+                    }
+                    Ok::<(), HandlerError>(())
+                }
+            },
+            async move { stopped.notified().await },
+        ));
+        tokio::time::timeout(Duration::from_secs(120), done.notified()).await?;
+        let took = started.elapsed();
+        stop.notify_one();
+        task.await??;
+        report.add(
+            scenario,
+            variant,
+            count.load(Ordering::Relaxed),
+            took,
+            None,
+            Some(baseline),
+        );
+    }
+    Ok(())
+}
