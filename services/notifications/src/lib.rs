@@ -63,8 +63,10 @@ pub async fn run(
         ))
     };
     let on_orders = {
-        let spec =
-            contracts::access::declared_consumer("notifications-orders")?.idempotent(REMEMBER);
+        let spec = contracts::access::declared_consumer("notifications-orders")?
+            // An order's "confirmed" must not be listed after its "cancelled".
+            .ordered_by_subject()
+            .idempotent(REMEMBER);
         tokio::spawn(events::consumer::run(
             js,
             spec,
