@@ -187,6 +187,61 @@ fn percent_decode(segment: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    fn route(service: &str, method: &str, path: &str) -> Route {
+        Route {
+            method: method.into(),
+            path: path.into(),
+            subject: format!("{service}.x"),
+            service: service.into(),
+            status: 200,
+            description: String::new(),
+            request_schema: None,
+            response_schema: None,
+        }
+    }
+
+    #[test]
+    fn a_service_that_is_down_keeps_its_routes_and_one_that_is_up_is_authoritative() {
+        let before = RouteTable::sorted(vec![
+            route("users", "GET", "/users/{id}"),
+            route("orders", "GET", "/orders/{id}"),
+            route("orders", "POST", "/orders/old"),
+        ]);
+        // Discovery now sees orders (without the old endpoint) but not users.
+        let now = RouteTable::sorted(vec![route("orders", "GET", "/orders/{id}")]);
+        let merged = now.keeping_absent_services(&before);
+        let paths: Vec<&str> = merged.routes().iter().map(|r| r.path.as_str()).collect();
+        assert!(
+            paths.contains(&"/users/{id}"),
+            "users is down: its route stays (503)"
+        );
+        assert!(
+            !paths.contains(&"/orders/old"),
+            "orders is up: its current endpoints rule"
+        );
+        assert_eq!(merged.routes().len(), 2);
+    }
+
+    #[test]
+    fn literal_segments_win_over_parameters() {
+        let table = RouteTable::sorted(vec![
+            route("users", "GET", "/users/{id}"),
+            route("notifications", "GET", "/users/{user_id}/notifications"),
+            route("users", "GET", "/users/me"),
+        ]);
+        match table.find("GET", "/users/me") {
+            Lookup::Found(r, _) => assert_eq!(r.path, "/users/me"),
+            other => panic!("{other:?}"),
+        }
+        match table.find("GET", "/users/u-1/notifications") {
+            Lookup::Found(r, params) => {
+                assert_eq!(r.service, "notifications");
+                assert_eq!(params.get("user_id").map(String::as_str), Some("u-1"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn templates_match_segment_by_segment() {
         let p = match_path("/orders/{id}/cancel", "/orders/o-1/cancel");
