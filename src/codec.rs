@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_nats::header::HeaderName;
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -25,6 +26,13 @@ pub const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
 pub const TIMEOUT_MS: &str = "Switchboard-Timeout-Ms";
 /// W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
+// The same names as `HeaderName`s for the per-request path: looking a
+// header up by `&str` validates and copies the name on every call.
+const TIMEOUT_MS_NAME: HeaderName = HeaderName::from_static(TIMEOUT_MS);
+const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT);
+const SERVICE_ERROR_NAME: HeaderName = HeaderName::from_static(SERVICE_ERROR);
+const SERVICE_ERROR_CODE_NAME: HeaderName = HeaderName::from_static(SERVICE_ERROR_CODE);
+
 /// Content type of every payload.
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 
@@ -298,8 +306,8 @@ pub fn error_reply(error: &ServiceError) -> (HeaderMap, Bytes) {
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    headers.insert(SERVICE_ERROR, description.as_str());
-    headers.insert(SERVICE_ERROR_CODE, error.code.to_string().as_str());
+    headers.insert(SERVICE_ERROR_NAME, description);
+    headers.insert(SERVICE_ERROR_CODE_NAME, error.code.to_string());
     let body = encode(&ErrorBody {
         error: error.clone(),
     })
@@ -315,7 +323,7 @@ pub fn error_reply(error: &ServiceError) -> (HeaderMap, Bytes) {
 pub fn read_error(headers: Option<&HeaderMap>, payload: &[u8]) -> Option<ServiceError> {
     let headers = headers?;
     let code = headers
-        .get(SERVICE_ERROR_CODE)?
+        .get(SERVICE_ERROR_CODE_NAME)?
         .as_str()
         .trim()
         .parse::<u16>()
@@ -324,7 +332,7 @@ pub fn read_error(headers: Option<&HeaderMap>, payload: &[u8]) -> Option<Service
         return Some(ServiceError { code, ..error });
     }
     let message = headers
-        .get(SERVICE_ERROR)
+        .get(SERVICE_ERROR_NAME)
         .map(|v| v.as_str().to_owned())
         .unwrap_or_default();
     Some(ServiceError::new(code, message))
@@ -333,7 +341,7 @@ pub fn read_error(headers: Option<&HeaderMap>, payload: &[u8]) -> Option<Service
 /// The caller's remaining time, if it sent one. Unparseable values are
 /// ignored rather than failing the request.
 pub fn read_timeout(headers: Option<&HeaderMap>) -> Option<Duration> {
-    let value = headers?.get(TIMEOUT_MS)?;
+    let value = headers?.get(TIMEOUT_MS_NAME)?;
     value
         .as_str()
         .trim()
@@ -344,7 +352,7 @@ pub fn read_timeout(headers: Option<&HeaderMap>) -> Option<Duration> {
 
 /// The caller's trace context, if valid.
 pub fn read_trace(headers: Option<&HeaderMap>) -> Option<TraceContext> {
-    TraceContext::parse(headers?.get(TRACEPARENT)?.as_str())
+    TraceContext::parse(headers?.get(TRACEPARENT_NAME)?.as_str())
 }
 
 /// Request headers for a call: remaining time and trace context.
@@ -352,8 +360,8 @@ pub fn request_headers(remaining: Duration, trace: &TraceContext) -> HeaderMap {
     let mut headers = HeaderMap::new();
     // Round up: "1 ms left" must not become "0 ms, already expired".
     let millis = remaining.as_micros().div_ceil(1000);
-    headers.insert(TIMEOUT_MS, millis.to_string().as_str());
-    headers.insert(TRACEPARENT, trace.to_string().as_str());
+    headers.insert(TIMEOUT_MS_NAME, millis.to_string());
+    headers.insert(TRACEPARENT_NAME, trace.to_string());
     headers
 }
 

@@ -90,3 +90,15 @@ pub mod trace_context;
 pub mod up;
 
 pub use error::ServiceError;
+
+/// The global allocator our binaries use (feature `mimalloc`, on by
+/// default): a request allocates a few dozen small blocks, freed on other
+/// threads than they were made, which glibc's malloc serialises and mimalloc
+/// does not (see BENCHMARKS.md). In a binary:
+///
+/// ```ignore
+/// #[global_allocator]
+/// static ALLOCATOR: switchboard::Allocator = switchboard::Allocator;
+/// ```
+#[cfg(feature = "mimalloc")]
+pub use mimalloc::MiMalloc as Allocator;

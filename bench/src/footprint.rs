@@ -70,6 +70,7 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
             throughput: rss as f64 / 1024.0,
             latency_us: None,
             ratio: 1.0,
+            cpu_us_per_op: None,
         });
     }
     println!(
@@ -83,6 +84,7 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
         throughput: ready.as_secs_f64() * 1000.0,
         latency_us: None,
         ratio: 1.0,
+        cpu_us_per_op: None,
     });
     switchboard::process::send(up.id(), nix_sigint());
     let _ = up.wait();

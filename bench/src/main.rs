@@ -4,6 +4,10 @@
 //!
 //! `bench/run [--quick] [--json FILE] [scenario…]`
 
+// The allocator of the services: measured as they ship.
+#[global_allocator]
+static ALLOCATOR: switchboard::Allocator = switchboard::Allocator;
+
 mod consume;
 mod footprint;
 mod publish;

@@ -18,6 +18,83 @@ pub struct Measurement {
     pub latency_us: Option<[u64; 4]>,
     /// Ratio to the scenario's baseline (1.0 for the baseline itself).
     pub ratio: f64,
+    /// CPU time per operation in microseconds: this process (clients and
+    /// services of the scenario), and nats-server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_op: Option<CpuPerOp>,
+}
+
+/// CPU time per operation, in microseconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CpuPerOp {
+    /// The benchmark process: the clients and services it runs.
+    pub process: f64,
+    /// The nats-server process.
+    pub server: f64,
+}
+
+/// CPU time used by this process and the server since [`CpuClock::start`]:
+/// a throughput ratio says how much faster, this says where the cycles go
+/// (on 2 shared cores, CPU per operation is what bounds throughput).
+#[derive(Debug, Clone, Copy)]
+pub struct CpuClock {
+    server_pid: Option<u32>,
+    process: Duration,
+    server: Duration,
+}
+
+impl CpuClock {
+    /// Starts counting.
+    pub fn start(server_pid: Option<u32>) -> Self {
+        CpuClock {
+            server_pid,
+            process: cpu_time("self"),
+            server: server_pid.map_or(Duration::ZERO, |p| cpu_time(&p.to_string())),
+        }
+    }
+
+    /// CPU per operation since the start.
+    pub fn per_op(&self, ops: u64) -> Option<CpuPerOp> {
+        let ops = ops.max(1) as f64;
+        let server_pid = self.server_pid?;
+        let process = cpu_time("self").saturating_sub(self.process);
+        let server = cpu_time(&server_pid.to_string()).saturating_sub(self.server);
+        Some(CpuPerOp {
+            process: process.as_secs_f64() * 1e6 / ops,
+            server: server.as_secs_f64() * 1e6 / ops,
+        })
+    }
+}
+
+/// User + system CPU time of a process, from `/proc/<pid>/stat`.
+fn cpu_time(pid: &str) -> Duration {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name, which may hold spaces: utime and
+            // stime are the 12th and 13th of them.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: u64 = fields.get(11)?.parse().ok()?;
+            let stime: u64 = fields.get(12)?.parse().ok()?;
+            Some(utime + stime)
+        })
+        .unwrap_or(0);
+    // USER_HZ is 100 on every Linux ABI that matters here.
+    Duration::from_millis(ticks * 10)
+}
+
+/// One timed run: operations done, wall time, latencies, CPU.
+#[derive(Debug)]
+pub struct Run {
+    /// Operations completed.
+    pub ops: u64,
+    /// Wall time.
+    pub took: Duration,
+    /// Latency of each operation.
+    pub latency: Option<Histogram<u64>>,
+    /// CPU per operation.
+    pub cpu: Option<CpuPerOp>,
 }
 
 /// Collects measurements and prints them as they come.
@@ -39,6 +116,12 @@ pub fn record(histogram: &mut Histogram<u64>, took: Duration) {
 }
 
 impl Report {
+    /// Prints a ratio between two variants measured in this run (both
+    /// already added).
+    pub fn compare(&self, scenario: &str, what: &str, ratio: f64) {
+        println!("ratio {scenario}: {what} = {ratio:.2}x");
+    }
+
     /// Adds a measurement; `baseline` is the throughput it is compared with
     /// (`None`: it is the baseline).
     pub fn add(
@@ -50,6 +133,24 @@ impl Report {
         latency: Option<&Histogram<u64>>,
         baseline: Option<f64>,
     ) -> f64 {
+        let run = Run {
+            ops,
+            took: elapsed,
+            latency: latency.cloned(),
+            cpu: None,
+        };
+        self.add_run(scenario, variant, &run, baseline)
+    }
+
+    /// Adds a timed run; `baseline` as for [`Report::add`].
+    pub fn add_run(
+        &mut self,
+        scenario: &str,
+        variant: &str,
+        run: &Run,
+        baseline: Option<f64>,
+    ) -> f64 {
+        let (ops, elapsed, latency) = (run.ops, run.took, run.latency.as_ref());
         let throughput = ops as f64 / elapsed.as_secs_f64().max(1e-9);
         let ratio = baseline.map_or(1.0, |b| throughput / b.max(1e-9));
         let latency_us = latency.filter(|h| !h.is_empty()).map(|h| {
@@ -63,7 +164,11 @@ impl Report {
         let lat = latency_us
             .map(|[a, b, c, d]| format!("p50 {a}µs p90 {b}µs p99 {c}µs p99.9 {d}µs"))
             .unwrap_or_default();
-        println!("  {variant:<34} {throughput:>11.0} ops/s  {lat}");
+        let cpu = run
+            .cpu
+            .map(|c| format!("  cpu/op {:.1}µs + server {:.1}µs", c.process, c.server))
+            .unwrap_or_default();
+        println!("  {variant:<38} {throughput:>11.0} ops/s  {lat}{cpu}");
         if baseline.is_some() {
             println!("ratio {scenario}: {variant} = {ratio:.2}x");
         }
@@ -73,6 +178,7 @@ impl Report {
             throughput,
             latency_us,
             ratio,
+            cpu_us_per_op: run.cpu,
         });
         throughput
     }

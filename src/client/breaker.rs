@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -70,6 +71,9 @@ struct Breaker {
 pub struct Breakers {
     config: BreakerConfig,
     by_subject: Mutex<BTreeMap<String, Breaker>>,
+    /// Whether any call ever failed: until then every call may go and no
+    /// call needs the lock (the common, healthy case stays lock-free).
+    any_failed: AtomicBool,
 }
 
 impl Breakers {
@@ -78,11 +82,15 @@ impl Breakers {
         Breakers {
             config,
             by_subject: Mutex::new(BTreeMap::new()),
+            any_failed: AtomicBool::new(false),
         }
     }
 
     /// Whether a call to `subject` may go out now.
     pub fn allow(&self, subject: &str) -> bool {
+        if !self.any_failed.load(Ordering::Acquire) {
+            return true;
+        }
         let Ok(mut all) = self.by_subject.lock() else {
             return true;
         };
@@ -105,9 +113,15 @@ impl Breakers {
 
     /// Records a call's outcome.
     pub fn record(&self, subject: &str, success: bool) {
+        if success && !self.any_failed.load(Ordering::Acquire) {
+            return;
+        }
         let Ok(mut all) = self.by_subject.lock() else {
             return;
         };
+        if !success {
+            self.any_failed.store(true, Ordering::Release);
+        }
         if success && !all.contains_key(subject) {
             return; // healthy targets need no entry
         }

@@ -6,7 +6,7 @@
 //! Finagle's and Linkerd's retry budgets, without their time windows: the
 //! balance is capped instead.)
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Settings of a [`RetryBudget`]; `Default`: 20 % extra load, reserve 10.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -29,18 +29,15 @@ impl Default for RetryBudgetConfig {
     }
 }
 
-/// A shared balance of retry tokens.
+/// A shared balance of retry tokens. Lock-free: every call deposits, so
+/// under load this is touched by every request.
 #[derive(Debug)]
 pub struct RetryBudget {
     config: RetryBudgetConfig,
-    state: Mutex<State>,
-}
-
-#[derive(Debug)]
-struct State {
-    balance: f64,
-    retries: u64,
-    refused: u64,
+    /// The balance, as the bits of an `f64`.
+    balance: AtomicU64,
+    retries: AtomicU64,
+    refused: AtomicU64,
 }
 
 impl RetryBudget {
@@ -48,42 +45,51 @@ impl RetryBudget {
     pub fn new(config: RetryBudgetConfig) -> Self {
         RetryBudget {
             config,
-            state: Mutex::new(State {
-                balance: config.reserve,
-                retries: 0,
-                refused: 0,
-            }),
+            balance: AtomicU64::new(config.reserve.to_bits()),
+            retries: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
         }
+    }
+
+    fn balance(&self) -> f64 {
+        f64::from_bits(self.balance.load(Ordering::Relaxed))
     }
 
     /// Records a call (first attempt).
     pub fn deposit(&self) {
-        if let Ok(mut s) = self.state.lock() {
-            s.balance = (s.balance + self.config.ratio).min(self.config.max_balance);
+        // A full budget (the healthy steady state) needs no write at all.
+        if self.balance() >= self.config.max_balance {
+            return;
         }
+        let _ = self
+            .balance
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                let next = (f64::from_bits(bits) + self.config.ratio).min(self.config.max_balance);
+                Some(next.to_bits())
+            });
     }
 
     /// Takes a token for a retry; `false` when the budget is spent.
     pub fn try_withdraw(&self) -> bool {
-        let Ok(mut s) = self.state.lock() else {
-            return false;
-        };
-        if s.balance >= 1.0 {
-            s.balance -= 1.0;
-            s.retries += 1;
-            true
-        } else {
-            s.refused += 1;
-            false
-        }
+        let taken = self
+            .balance
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                let balance = f64::from_bits(bits);
+                (balance >= 1.0).then(|| (balance - 1.0).to_bits())
+            })
+            .is_ok();
+        let counter = if taken { &self.retries } else { &self.refused };
+        counter.fetch_add(1, Ordering::Relaxed);
+        taken
     }
 
     /// `(retries granted, retries refused, balance)`, for statistics.
     pub fn snapshot(&self) -> (u64, u64, f64) {
-        self.state
-            .lock()
-            .map(|s| (s.retries, s.refused, s.balance))
-            .unwrap_or_default()
+        (
+            self.retries.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+            self.balance(),
+        )
     }
 }
 

@@ -49,13 +49,19 @@ pub use error::CallError;
 pub use options::CallOptions;
 
 /// A NATS client with deadlines, retries, a retry budget and breakers.
-/// Cheap to clone; clones share breakers and budget.
+/// Cheap to clone (one reference count: every request handler gets one);
+/// clones share the connection, breakers and budget.
 #[derive(Debug, Clone)]
 pub struct Client {
-    nats: async_nats::Client,
-    breakers: Arc<Breakers>,
-    budget: Arc<RetryBudget>,
+    shared: Arc<Shared>,
     defaults: CallOptions,
+}
+
+#[derive(Debug)]
+struct Shared {
+    nats: async_nats::Client,
+    breakers: Breakers,
+    budget: RetryBudget,
 }
 
 impl Client {
@@ -71,9 +77,11 @@ impl Client {
         budget: RetryBudgetConfig,
     ) -> Self {
         Client {
-            nats,
-            breakers: Arc::new(Breakers::new(breaker)),
-            budget: Arc::new(RetryBudget::new(budget)),
+            shared: Arc::new(Shared {
+                nats,
+                breakers: Breakers::new(breaker),
+                budget: RetryBudget::new(budget),
+            }),
             defaults: CallOptions::default(),
         }
     }
@@ -86,17 +94,17 @@ impl Client {
 
     /// The underlying connection.
     pub fn nats(&self) -> &async_nats::Client {
-        &self.nats
+        &self.shared.nats
     }
 
     /// The circuit breakers.
     pub fn breakers(&self) -> &Breakers {
-        &self.breakers
+        &self.shared.breakers
     }
 
     /// The retry budget.
     pub fn retry_budget(&self) -> &RetryBudget {
-        &self.budget
+        &self.shared.budget
     }
 
     /// Calls `subject` with the default options.
@@ -131,13 +139,11 @@ impl Client {
         let started = Instant::now();
         let deadline = options.effective_deadline(started);
         let trace = options.trace.unwrap_or_else(TraceContext::new_root);
-        let mut delays = ExponentialBuilder::new()
-            .with_min_delay(options.retry_min_delay)
-            .with_max_delay(options.retry_max_delay)
-            .with_jitter()
-            .with_max_times(options.max_retries as usize)
-            .build();
-        self.budget.deposit();
+        // Built on the first failure: most calls never need it.
+        let mut delays = None;
+        let breakers = &self.shared.breakers;
+        let budget = &self.shared.budget;
+        budget.deposit();
         loop {
             // Each attempt may be capped so an idempotent call has time to retry.
             let attempt_deadline = options
@@ -148,7 +154,7 @@ impl Client {
                 .await;
             let error = match outcome {
                 Ok(reply) => {
-                    self.breakers.record(subject, true);
+                    breakers.record(subject, true);
                     return codec::decode_response(&reply).map_err(|source| CallError::Decode {
                         subject: subject.to_owned(),
                         source,
@@ -157,7 +163,7 @@ impl Client {
                 Err(error) => error,
             };
             if !matches!(error, CallError::CircuitOpen { .. }) {
-                self.breakers.record(subject, !error.is_target_failure());
+                breakers.record(subject, !error.is_target_failure());
             }
             let retryable = match &error {
                 CallError::NoResponders { .. } | CallError::Transport { .. } => true,
@@ -167,10 +173,18 @@ impl Client {
             if !retryable {
                 return Err(error);
             }
+            let delays = delays.get_or_insert_with(|| {
+                ExponentialBuilder::new()
+                    .with_min_delay(options.retry_min_delay)
+                    .with_max_delay(options.retry_max_delay)
+                    .with_jitter()
+                    .with_max_times(options.max_retries as usize)
+                    .build()
+            });
             let Some(delay) = delays.next() else {
                 return Err(error);
             };
-            if Instant::now() + delay >= deadline || !self.budget.try_withdraw() {
+            if Instant::now() + delay >= deadline || !budget.try_withdraw() {
                 return Err(error);
             }
             tracing::debug!(%subject, ?delay, %error, "retrying");
@@ -186,7 +200,7 @@ impl Client {
         deadline: Instant,
         trace: &TraceContext,
     ) -> Result<bytes::Bytes, CallError> {
-        if !self.breakers.allow(subject) {
+        if !self.shared.breakers.allow(subject) {
             return Err(CallError::CircuitOpen {
                 subject: subject.to_owned(),
             });
@@ -204,7 +218,12 @@ impl Client {
             .payload(payload)
             .headers(codec::request_headers(remaining, &trace.child()))
             .timeout(Some(remaining));
-        match self.nats.send_request(subject.to_owned(), request).await {
+        match self
+            .shared
+            .nats
+            .send_request(subject.to_owned(), request)
+            .await
+        {
             Ok(message) => match codec::read_error(message.headers.as_ref(), &message.payload) {
                 Some(rejection) => Err(CallError::Rejected(rejection)),
                 None => Ok(message.payload),

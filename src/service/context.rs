@@ -16,7 +16,7 @@ use crate::trace_context::TraceContext;
 #[derive(Debug, Clone)]
 pub struct Context {
     pub(crate) endpoint: std::sync::Arc<str>,
-    pub(crate) subject: String,
+    pub(crate) subject: async_nats::Subject,
     pub(crate) deadline: Option<Instant>,
     pub(crate) trace: TraceContext,
     pub(crate) headers: Option<HeaderMap>,

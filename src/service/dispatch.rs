@@ -37,6 +37,10 @@ pub(crate) struct LiveEndpoint {
     pub(crate) queue_group: String,
     pub(crate) counters: EndpointCounters,
     pub(crate) slots: Arc<Semaphore>,
+    /// The connection replies go out on.
+    pub(crate) nats: async_nats::Client,
+    /// The client handlers call other endpoints with.
+    pub(crate) client: Client,
 }
 
 impl LiveEndpoint {
@@ -53,8 +57,6 @@ impl LiveEndpoint {
 pub(crate) async fn serve(
     live: Arc<LiveEndpoint>,
     mut subscription: async_nats::Subscriber,
-    nats: async_nats::Client,
-    client: Client,
     tracker: TaskTracker,
     stop: CancellationToken,
 ) {
@@ -63,7 +65,7 @@ pub(crate) async fn serve(
             biased;
             () = stop.cancelled() => break,
             message = subscription.next() => match message {
-                Some(message) => accept(&live, message, &nats, &client, &tracker).await,
+                Some(message) => accept(&live, message, &tracker).await,
                 None => return,
             },
         }
@@ -79,19 +81,13 @@ pub(crate) async fn serve(
         return;
     }
     while let Some(message) = subscription.next().await {
-        accept(&live, message, &nats, &client, &tracker).await;
+        accept(&live, message, &tracker).await;
     }
 }
 
-async fn accept(
-    live: &Arc<LiveEndpoint>,
-    message: Message,
-    nats: &async_nats::Client,
-    client: &Client,
-    tracker: &TaskTracker,
-) {
+async fn accept(live: &Arc<LiveEndpoint>, mut message: Message, tracker: &TaskTracker) {
     let received = Instant::now();
-    let Some(reply) = message.reply.clone() else {
+    let Some(reply) = message.reply.take() else {
         // Nobody waits for an answer: nothing to reply to, but count it.
         let error = ServiceError::bad_request("request without a reply subject");
         tracing::warn!(endpoint = %live.name, "dropping a request without a reply subject");
@@ -103,15 +99,22 @@ async fn accept(
     let request = Request {
         live: live.clone(),
         message,
-        reply: reply.to_string(),
+        reply,
         deadline,
         received,
-        nats: nats.clone(),
-        client: client.clone(),
     };
     match live.slots.clone().try_acquire_owned() {
         Ok(permit) => {
-            tracker.spawn(request.run(permit));
+            // The first poll runs here, on the endpoint's loop: a handler
+            // that finishes without waiting (most do) is answered without
+            // a task, and the replies of a burst of requests leave in one
+            // write instead of one write each. Only a handler that has to
+            // wait becomes a task of its own; boxed first, so the future
+            // may move after it was polled.
+            let mut work = Box::pin(request.run(permit));
+            if futures::poll!(work.as_mut()).is_pending() {
+                tracker.spawn(work);
+            }
         }
         Err(_) if live.counters.queued() < live.endpoint.max_queued => {
             live.counters.queued.fetch_add(1, Ordering::Relaxed);
@@ -140,14 +143,14 @@ async fn accept(
     }
 }
 
+/// One accepted request: all it owns besides the message is a reference
+/// to its endpoint, so accepting costs one reference count.
 struct Request {
     live: Arc<LiveEndpoint>,
     message: Message,
-    reply: String,
+    reply: async_nats::Subject,
     deadline: Option<Instant>,
     received: Instant,
-    nats: async_nats::Client,
-    client: Client,
 }
 
 impl Request {
@@ -163,11 +166,11 @@ impl Request {
             .unwrap_or_else(TraceContext::new_root);
         let ctx = Context {
             endpoint: self.live.name.clone(),
-            subject: self.message.subject.to_string(),
+            subject: self.message.subject.clone(),
             deadline: self.deadline,
             trace,
             headers: self.message.headers.take(),
-            client: self.client.clone(),
+            client: self.live.client.clone(),
         };
         let span = tracing::info_span!(
             "request",
@@ -205,10 +208,11 @@ impl Request {
 
     async fn answer(self, result: Result<bytes::Bytes, ServiceError>) {
         let published = match &result {
-            Ok(body) => self.nats.publish(self.reply, body.clone()).await,
+            Ok(body) => self.live.nats.publish(self.reply, body.clone()).await,
             Err(error) => {
                 let (headers, body) = codec::error_reply(error);
-                self.nats
+                self.live
+                    .nats
                     .publish_with_headers(self.reply, headers, body)
                     .await
             }

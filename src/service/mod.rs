@@ -290,12 +290,12 @@ impl ServiceBuilder {
                 counters: Default::default(),
                 slots: Arc::new(Semaphore::new(endpoint.max_in_flight)),
                 endpoint,
+                nats: nats.clone(),
+                client: client.clone(),
             });
             loops.push(tokio::spawn(dispatch::serve(
                 endpoint_live.clone(),
                 subscription,
-                nats.clone(),
-                client.clone(),
                 requests.clone(),
                 stop_endpoints.clone(),
             )));

@@ -7,9 +7,14 @@ use std::time::Duration;
 use crate::error::ServiceError;
 
 /// Counters of one endpoint; updated by request tasks, read by STATS.
+/// Atomics, so answering a request never waits on a lock; only the text
+/// of the last error sits behind one.
 #[derive(Debug, Default)]
 pub(crate) struct EndpointCounters {
-    totals: Mutex<Totals>,
+    requests: AtomicU64,
+    errors: AtomicU64,
+    processing_nanos: AtomicU64,
+    last_error: Mutex<String>,
     pub(crate) queued: AtomicUsize,
     pub(crate) rejected: AtomicU64,
     /// Requests taken off the subscription that expect a reply.
@@ -29,18 +34,28 @@ pub(crate) struct Totals {
 impl EndpointCounters {
     /// Records one answered request.
     pub(crate) fn record(&self, took: Duration, error: Option<&ServiceError>) {
-        if let Ok(mut t) = self.totals.lock() {
-            t.requests += 1;
-            t.processing += took;
-            if let Some(e) = error {
-                t.errors += 1;
-                t.last_error = format!("{}:{}", e.code, e.message);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.processing_nanos
+            .fetch_add(nanos(took), Ordering::Relaxed);
+        if let Some(e) = error {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut last) = self.last_error.lock() {
+                *last = format!("{}:{}", e.code, e.message);
             }
         }
     }
 
     pub(crate) fn totals(&self) -> Totals {
-        self.totals.lock().map(|t| t.clone()).unwrap_or_default()
+        Totals {
+            requests: self.requests.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            last_error: self
+                .last_error
+                .lock()
+                .map(|l| l.clone())
+                .unwrap_or_default(),
+            processing: Duration::from_nanos(self.processing_nanos.load(Ordering::Relaxed)),
+        }
     }
 
     pub(crate) fn queued(&self) -> usize {

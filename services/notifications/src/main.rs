@@ -1,5 +1,8 @@
 //! The `notifications` binary: configuration from `NATS_URL`, `NATS_USER`, `NATS_PASSWORD`.
 
+#[global_allocator]
+static ALLOCATOR: switchboard::Allocator = switchboard::Allocator;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     switchboard::telemetry::init();
