@@ -32,6 +32,14 @@ pub enum EventError {
     /// A message is not a CloudEvent.
     #[error(transparent)]
     Envelope(#[from] crate::codec::EnvelopeError),
+    /// An attribute cannot travel as a header (a line break would end it).
+    #[error("event attribute {name} must be one line, got {value:?}")]
+    InvalidAttribute {
+        /// The attribute, e.g. `ce-subject`.
+        name: &'static str,
+        /// Its value.
+        value: String,
+    },
     /// A dead letter with this id does not exist.
     #[error("no dead letter {0}")]
     UnknownDeadLetter(u64),

@@ -81,6 +81,19 @@ impl<T: Serialize> Event<T> {
             time: super::now_rfc3339(),
             subject: self.subject.clone(),
         };
+        for (name, value) in [
+            (codec::CE_ID, Some(&attributes.id)),
+            (codec::CE_SOURCE, Some(&attributes.source)),
+            (codec::CE_TYPE, Some(&attributes.event_type)),
+            (codec::CE_SUBJECT, attributes.subject.as_ref()),
+        ] {
+            if let Some(value) = value.filter(|v| v.contains(['\r', '\n'])) {
+                return Err(EventError::InvalidAttribute {
+                    name,
+                    value: value.clone(),
+                });
+            }
+        }
         let payload = codec::encode(&self.data)?;
         Ok((
             codec::event_headers(&attributes, self.trace.as_ref()),
@@ -143,4 +156,25 @@ pub(crate) fn type_for(subject: &str) -> String {
         .strip_prefix("events.")
         .unwrap_or(subject)
         .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_break_in_an_attribute_is_an_error_not_a_panic() {
+        let event = Event::new(serde_json::json!({})).subject("o-1\r\nce-type: forged");
+        match event.encode("orders", "events.orders.created") {
+            Err(EventError::InvalidAttribute { name, .. }) => assert_eq!(name, codec::CE_SUBJECT),
+            other => panic!("expected InvalidAttribute, got {other:?}"),
+        }
+        let event = Event::new(serde_json::json!({})).id("a\nb");
+        assert!(matches!(
+            event.encode("orders", "events.orders.created"),
+            Err(EventError::InvalidAttribute { name: "ce-id", .. })
+        ));
+        let fine = Event::new(serde_json::json!({})).subject("o-1");
+        assert!(fine.encode("orders", "events.orders.created").is_ok());
+    }
 }
