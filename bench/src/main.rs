@@ -10,6 +10,7 @@ static ALLOCATOR: switchboard::Allocator = switchboard::Allocator;
 
 mod consume;
 mod footprint;
+mod http;
 mod publish;
 mod report;
 mod reqreply;
@@ -26,6 +27,8 @@ enum Scenario {
     Publish,
     /// JetStream consuming: raw pull consumer vs Switchboard consumer (± idempotency).
     Consume,
+    /// Against HTTP: direct axum + hyper vs Switchboard over NATS vs the gateway path.
+    Http,
     /// Resident memory of idle processes and time from `up` to ready.
     Footprint,
 }
@@ -86,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::RequestReply,
             Scenario::Publish,
             Scenario::Consume,
+            Scenario::Http,
             Scenario::Footprint,
         ]
     } else {
@@ -97,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::RequestReply => reqreply::run(&settings, &mut report).await?,
             Scenario::Publish => publish::run(&settings, &mut report).await?,
             Scenario::Consume => consume::run(&settings, &mut report).await?,
+            Scenario::Http => http::run(&settings, &mut report).await?,
             Scenario::Footprint => footprint::run(&mut report).await?,
         }
     }

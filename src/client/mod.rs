@@ -136,6 +136,29 @@ impl Client {
             subject: subject.to_owned(),
             source,
         })?;
+        let reply = self.call_bytes(subject, payload, options).await?;
+        codec::decode_response(&reply).map_err(|source| CallError::Decode {
+            subject: subject.to_owned(),
+            source,
+        })
+    }
+
+    /// [`Client::call_with`] for a body that is already JSON, returning the
+    /// reply's body as it came: for code that passes JSON through without
+    /// looking inside (the HTTP gateway), which saves a parse and a
+    /// re-encode each way. Deadline, trace, retries and breaker as for
+    /// typed calls.
+    ///
+    /// # Errors
+    ///
+    /// A [`CallError`] naming what failed (never `Decode`: nothing is
+    /// decoded).
+    pub async fn call_bytes(
+        &self,
+        subject: &str,
+        payload: bytes::Bytes,
+        options: CallOptions,
+    ) -> Result<bytes::Bytes, CallError> {
         let started = Instant::now();
         let deadline = options.effective_deadline(started);
         let trace = options.trace.unwrap_or_else(TraceContext::new_root);
@@ -155,10 +178,7 @@ impl Client {
             let error = match outcome {
                 Ok(reply) => {
                     breakers.record(subject, true);
-                    return codec::decode_response(&reply).map_err(|source| CallError::Decode {
-                        subject: subject.to_owned(),
-                        source,
-                    });
+                    return Ok(reply);
                 }
                 Err(error) => error,
             };

@@ -90,31 +90,43 @@ impl GatewayConfig {
     }
 }
 
-/// The gateway's shared state; cheap to clone.
+/// The gateway's shared state; cheap to clone (axum clones it for every
+/// request: one reference count).
 #[derive(Debug, Clone)]
 pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
     nats: async_nats::Client,
     client: Client,
-    routes: Arc<RwLock<Arc<RouteTable>>>,
-    known_services: Arc<RwLock<Vec<String>>>,
-    config: Arc<GatewayConfig>,
+    routes: RwLock<Arc<RouteTable>>,
+    known_services: RwLock<Vec<String>>,
+    config: GatewayConfig,
 }
 
 impl Gateway {
     /// A gateway on this connection, with an empty routing table.
     pub fn new(nats: async_nats::Client, config: GatewayConfig) -> Self {
         Gateway {
-            client: Client::new(nats.clone()),
-            nats,
-            routes: Arc::default(),
-            known_services: Arc::default(),
-            config: Arc::new(config),
+            shared: Arc::new(Shared {
+                client: Client::new(nats.clone()),
+                nats,
+                routes: RwLock::default(),
+                known_services: RwLock::default(),
+                config,
+            }),
         }
     }
 
     /// The current routing table.
     pub fn routes(&self) -> Arc<RouteTable> {
-        self.routes.read().map(|r| r.clone()).unwrap_or_default()
+        self.shared
+            .routes
+            .read()
+            .map(|r| r.clone())
+            .unwrap_or_default()
     }
 
     /// Rebuilds the routing table from discovery; returns the route count.
@@ -123,16 +135,17 @@ impl Gateway {
     ///
     /// When discovery cannot be asked; the previous table stays.
     pub async fn refresh(&self) -> Result<usize, discovery::DiscoveryError> {
-        let instances = discovery::info(&self.nats, None, Duration::from_millis(300)).await?;
+        let instances =
+            discovery::info(&self.shared.nats, None, Duration::from_millis(300)).await?;
         let table = RouteTable::from_discovery(&instances).keeping_absent_services(&self.routes());
         let count = table.routes().len();
-        if let Ok(mut routes) = self.routes.write() {
+        if let Ok(mut routes) = self.shared.routes.write() {
             if **routes != table {
                 tracing::info!(routes = count, "routing table updated from discovery");
             }
             *routes = Arc::new(table);
         }
-        if let Ok(mut known) = self.known_services.write() {
+        if let Ok(mut known) = self.shared.known_services.write() {
             *known = discovery::summarize(&instances)
                 .into_iter()
                 .map(|s| s.name)
@@ -160,14 +173,17 @@ pub fn app(gateway: Gateway) -> Router {
 }
 
 async fn readyz(State(gateway): State<Gateway>) -> Response {
-    let connected = gateway.nats.connection_state() == async_nats::connection::State::Connected;
+    let connected =
+        gateway.shared.nats.connection_state() == async_nats::connection::State::Connected;
     metrics::connection_state(connected);
     let known = gateway
+        .shared
         .known_services
         .read()
         .map(|k| k.clone())
         .unwrap_or_default();
     let missing: Vec<&String> = gateway
+        .shared
         .config
         .required_services
         .iter()
@@ -191,8 +207,8 @@ async fn readyz(State(gateway): State<Gateway>) -> Response {
 async fn services(State(gateway): State<Gateway>) -> Response {
     let window = Duration::from_millis(300);
     let (info, stats) = tokio::join!(
-        discovery::info(&gateway.nats, None, window),
-        discovery::stats(&gateway.nats, Target::all(), window)
+        discovery::info(&gateway.shared.nats, None, window),
+        discovery::stats(&gateway.shared.nats, Target::all(), window)
     );
     match (info, stats) {
         (Ok(info), Ok(stats)) => axum::Json(json!({
@@ -209,10 +225,14 @@ async fn services(State(gateway): State<Gateway>) -> Response {
 
 async fn metrics_text(State(gateway): State<Gateway>) -> Response {
     metrics::connection_state(
-        gateway.nats.connection_state() == async_nats::connection::State::Connected,
+        gateway.shared.nats.connection_state() == async_nats::connection::State::Connected,
     );
-    if let Ok(stats) =
-        discovery::stats(&gateway.nats, Target::all(), Duration::from_millis(200)).await
+    if let Ok(stats) = discovery::stats(
+        &gateway.shared.nats,
+        Target::all(),
+        Duration::from_millis(200),
+    )
+    .await
     {
         metrics::service_stats(&stats);
     }
@@ -238,7 +258,7 @@ async fn openapi_json(State(gateway): State<Gateway>) -> Response {
 }
 
 async fn asyncapi_json(State(gateway): State<Gateway>) -> Response {
-    match discovery::info(&gateway.nats, None, Duration::from_millis(300)).await {
+    match discovery::info(&gateway.shared.nats, None, Duration::from_millis(300)).await {
         Ok(instances) => axum::Json(asyncapi::document(&instances)).into_response(),
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -40,7 +40,7 @@ pub(crate) async fn events(
             &trace,
         );
     }
-    let mut subscription = match gateway.nats.subscribe(subject).await {
+    let mut subscription = match gateway.shared.nats.subscribe(subject).await {
         Ok(subscription) => subscription,
         Err(e) => {
             tracing::error!(error = %e, "cannot subscribe for SSE");

@@ -11,6 +11,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use serde::de::IgnoredAny;
 use serde_json::{Map, Value, json};
 use switchboard::ServiceError;
 use switchboard::client::{CallError, CallOptions};
@@ -38,7 +39,7 @@ pub(crate) async fn forward(
         .unwrap_or_else(TraceContext::new_root);
     let table = gateway.routes();
     let (route, params) = match table.find(method.as_str(), uri.path()) {
-        Lookup::Found(route, params) => (route.clone(), params),
+        Lookup::Found(route, params) => (route, params),
         Lookup::MethodNotAllowed(allowed) => {
             let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed", &trace);
             if let Ok(value) = HeaderValue::from_str(&allowed.join(", ")) {
@@ -54,17 +55,27 @@ pub(crate) async fn forward(
         Err(message) => error(StatusCode::BAD_REQUEST, &message, &trace),
         Ok(request) => {
             let options = CallOptions::default()
-                .timeout(gateway.config.request_timeout)
+                .timeout(gateway.shared.config.request_timeout)
                 .trace(trace)
                 .max_retries(0);
             let result = gateway
+                .shared
                 .client
-                .call_with::<Value, Value>(&route.subject, &request, options)
+                .call_bytes(&route.subject, request, options)
                 .await;
             match result {
-                Ok(reply) => {
+                // Passed through as it came, once checked to be JSON.
+                Ok(reply) if is_json(&reply) => {
                     let status = StatusCode::from_u16(route.status).unwrap_or(StatusCode::OK);
-                    with_trace((status, axum::Json(reply)).into_response(), &trace)
+                    let content_type = [(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    )];
+                    with_trace((status, content_type, reply).into_response(), &trace)
+                }
+                Ok(_) => {
+                    tracing::error!(trace_id = %trace.trace_id(), subject = %route.subject, "the service's reply is not JSON");
+                    error(StatusCode::BAD_GATEWAY, "internal error", &trace)
                 }
                 Err(e) => call_error(&e, &trace),
             }
@@ -75,11 +86,26 @@ pub(crate) async fn forward(
 }
 
 /// The body (an object, or nothing) with the path parameters merged in.
+/// Without parameters a body is passed on as it came: checked to be one JSON
+/// object, not parsed into a tree and encoded again.
 fn request_body(
     body: &Bytes,
     params: std::collections::BTreeMap<String, String>,
-) -> Result<Value, String> {
-    let mut object = if body.iter().all(u8::is_ascii_whitespace) {
+) -> Result<Bytes, String> {
+    let empty = body.iter().all(u8::is_ascii_whitespace);
+    if params.is_empty() {
+        if empty {
+            return Ok(Bytes::from_static(b"{}"));
+        }
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err("the body must be a JSON object".to_owned());
+        }
+        return match serde_json::from_slice::<IgnoredAny>(body) {
+            Ok(_) => Ok(body.clone()),
+            Err(e) => Err(format!("the body is not JSON: {e}")),
+        };
+    }
+    let mut object = if empty {
         Map::new()
     } else {
         match serde_json::from_slice::<Value>(body) {
@@ -92,7 +118,14 @@ fn request_body(
         // The path wins: `/orders/o-1` with `{"id":"o-2"}` is about o-1.
         object.insert(name, Value::String(value));
     }
-    Ok(Value::Object(object))
+    serde_json::to_vec(&Value::Object(object))
+        .map(Bytes::from)
+        .map_err(|e| format!("the body cannot be encoded: {e}"))
+}
+
+/// Whether `bytes` are one JSON value (validated without building it).
+fn is_json(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<IgnoredAny>(bytes).is_ok()
 }
 
 fn call_error(e: &CallError, trace: &TraceContext) -> Response {

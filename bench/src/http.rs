@@ -1,0 +1,148 @@
+//! Against HTTP: the same typed call (JSON `Payload` in, the same back) done
+//! as direct HTTP — an axum server and a keep-alive hyper client pool at
+//! the same concurrency — against Switchboard over NATS; and the gateway
+//! path (HTTP → gateway → NATS → service) against direct axum.
+//!
+//! Every server and client runs in this process, as in the request-reply
+//! scenario; nats-server is the only other process.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::post;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use switchboard::ServiceError;
+use switchboard::client::Client;
+use switchboard::service::{Context, Endpoint, Service};
+use switchboard::testing::TestServer;
+
+use crate::Settings;
+use crate::report::Report;
+use crate::reqreply::drive;
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+struct Payload {
+    data: String,
+}
+
+type Http = HttpClient<HttpConnector, Full<Bytes>>;
+
+pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let pid = server.pid();
+    let nats = server.client().await?;
+    let _service = Service::builder("bench", "1.0.0")
+        .endpoint(
+            Endpoint::new("echo", |_ctx: Context, req: Payload| async move {
+                Ok::<_, ServiceError>(req)
+            })
+            .http("POST", "/echo"),
+        )
+        .start(nats.clone())
+        .await?;
+    nats.flush().await?;
+
+    // Direct: axum with the same JSON extractor and response as a handler.
+    let direct = listen(Router::new().route(
+        "/echo",
+        post(|axum::Json(req): axum::Json<Payload>| async move { axum::Json(req) }),
+    ))
+    .await?;
+    // The gateway, on its own connection, routing from discovery.
+    let gateway = gateway::Gateway::new(
+        server.client().await?,
+        gateway::GatewayConfig {
+            required_services: Vec::new(),
+            ..gateway::GatewayConfig::default()
+        },
+    );
+    anyhow::ensure!(
+        gateway.refresh().await? > 0,
+        "the gateway found no route to the benchmark service"
+    );
+    let gateway = listen(gateway::app(gateway)).await?;
+
+    let requester = server.client().await?;
+    let client = Client::new(requester);
+    let http: Http = HttpClient::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build_http();
+    let typed = Payload {
+        data: "x".repeat(settings.payload),
+    };
+
+    for &in_flight in &settings.in_flight {
+        let scenario = format!("http c={in_flight}");
+        println!("{scenario} ({} bytes)", settings.payload);
+        let run = drive(pid, in_flight, settings.duration, {
+            let (http, typed) = (http.clone(), typed.clone());
+            move || {
+                let (http, typed) = (http.clone(), typed.clone());
+                async move { post_json(&http, direct, &typed).await.is_ok() }
+            }
+        })
+        .await?;
+        let baseline = report.add_run(&scenario, "direct HTTP (axum + hyper)", &run, None);
+        let run = drive(pid, in_flight, settings.duration, {
+            let (client, typed) = (client.clone(), typed.clone());
+            move || {
+                let (client, typed) = (client.clone(), typed.clone());
+                async move {
+                    client
+                        .call::<_, Payload>("bench.echo", &typed)
+                        .await
+                        .is_ok()
+                }
+            }
+        })
+        .await?;
+        report.add_run(&scenario, "switchboard over NATS", &run, Some(baseline));
+        let run = drive(pid, in_flight, settings.duration, {
+            let (http, typed) = (http.clone(), typed.clone());
+            move || {
+                let (http, typed) = (http.clone(), typed.clone());
+                async move { post_json(&http, gateway, &typed).await.is_ok() }
+            }
+        })
+        .await?;
+        report.add_run(
+            &scenario,
+            "HTTP → gateway → NATS → service",
+            &run,
+            Some(baseline),
+        );
+    }
+    Ok(())
+}
+
+/// Serves `app` on a free loopback port.
+async fn listen(app: Router) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            eprintln!("bench HTTP server on {addr} stopped: {error}");
+        }
+    });
+    Ok(addr)
+}
+
+/// POSTs `payload` as JSON to `/echo` and decodes the typed answer, as a
+/// typed HTTP client would.
+async fn post_json(http: &Http, addr: SocketAddr, payload: &Payload) -> anyhow::Result<Payload> {
+    let body = Bytes::from(serde_json::to_vec(payload)?);
+    let request = hyper::Request::post(format!("http://{addr}/echo"))
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body))?;
+    let response = http.request(request).await?;
+    anyhow::ensure!(response.status().is_success(), "HTTP {}", response.status());
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok(serde_json::from_slice(&body)?)
+}
