@@ -116,6 +116,23 @@ pub async fn info(
     gather(client, &target.subject("INFO")?, window).await
 }
 
+/// [`info`] that returns as soon as `enough` says the answers so far
+/// suffice (say, every expected service answered) instead of always
+/// waiting out the window.
+///
+/// # Errors
+///
+/// [`DiscoveryError`] when the request cannot be sent.
+pub async fn info_until(
+    client: &async_nats::Client,
+    name: Option<&str>,
+    window: Duration,
+    enough: impl FnMut(&[InfoResponse]) -> bool,
+) -> Result<Vec<InfoResponse>, DiscoveryError> {
+    let target = Target { name, id: None };
+    gather_until(client, &target.subject("INFO")?, window, enough).await
+}
+
 /// Gathers `$SRV.STATS` answers.
 ///
 /// # Errors
@@ -140,6 +157,20 @@ pub async fn gather<T: DeserializeOwned>(
     subject: &str,
     window: Duration,
 ) -> Result<Vec<T>, DiscoveryError> {
+    gather_until(client, subject, window, |_| false).await
+}
+
+/// [`gather`] that stops early once `enough(answers so far)` is true.
+///
+/// # Errors
+///
+/// [`DiscoveryError`] when the request cannot be sent.
+pub async fn gather_until<T: DeserializeOwned>(
+    client: &async_nats::Client,
+    subject: &str,
+    window: Duration,
+    mut enough: impl FnMut(&[T]) -> bool,
+) -> Result<Vec<T>, DiscoveryError> {
     let inbox = client.new_inbox();
     let mut replies = client.subscribe(inbox.clone()).await?;
     client
@@ -155,7 +186,12 @@ pub async fn gather<T: DeserializeOwned>(
                 // A status message (no responders) carries no answer.
                 Some(message) if message.status.is_some() => {}
                 Some(message) => match serde_json::from_slice::<T>(&message.payload) {
-                    Ok(answer) => found.push(answer),
+                    Ok(answer) => {
+                        found.push(answer);
+                        if enough(&found) {
+                            break;
+                        }
+                    }
                     Err(error) => tracing::warn!(%subject, %error, "ignoring a malformed discovery reply"),
                 },
                 None => break,

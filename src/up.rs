@@ -292,8 +292,17 @@ impl System {
     /// [`UpError::NotReady`] naming the silent services after `timeout`.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<Vec<ServiceSummary>, UpError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let all_answered = |answers: &[discovery::InstanceInfo]| {
+            self.expected
+                .iter()
+                .all(|name| answers.iter().any(|a| &a.name == name))
+        };
         loop {
-            let answers = discovery::info(&self.admin, None, Duration::from_millis(250)).await?;
+            // Returns as soon as every expected service has answered; a
+            // short window when some have not yet subscribed.
+            let answers =
+                discovery::info_until(&self.admin, None, Duration::from_millis(100), all_answered)
+                    .await?;
             let summaries = discovery::summarize(&answers);
             let missing: Vec<String> = self
                 .expected

@@ -1,12 +1,14 @@
 //! Footprint: resident memory of each idle service process and of the whole
 //! `switchboard up` tree, and the time from `up` to ready — measured on the
-//! release binaries next to this one.
+//! release binaries next to this one. Baselines from the same run: a bare
+//! nats-server's own start to ready (what `up` cannot beat), and the
+//! issue's 15 MB per idle service.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use switchboard::testing::free_port;
+use switchboard::testing::{TestServer, free_port};
 
 use crate::report::Report;
 
@@ -23,6 +25,10 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
     );
     let dir = tempfile_dir()?;
     println!("footprint (release binaries, idle)");
+    let started = Instant::now();
+    let mut bare = TestServer::start().await?;
+    let bare_ready = started.elapsed();
+    bare.stop().await?;
     let started = Instant::now();
     let mut up = Command::new(&switchboard)
         .args(["up", "--no-context", "--port", &free_port()?.to_string()])
@@ -51,8 +57,14 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
     let ready = ready.ok_or_else(|| anyhow::anyhow!("up never became ready"))?;
     tokio::time::sleep(Duration::from_secs(2)).await; // idle
     let mut total = rss_kib(up.id());
+    let mut largest_service_kib = 0;
     println!(
-        "  {:<34} {:>8.0} ms",
+        "  {:<38} {:>8.0} ms",
+        "nats-server alone → ready",
+        bare_ready.as_secs_f64() * 1000.0
+    );
+    println!(
+        "  {:<38} {:>8.0} ms",
         "switchboard up → ready",
         ready.as_secs_f64() * 1000.0
     );
@@ -63,7 +75,10 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
             .unwrap_or_default();
         let rss = rss_kib(pid);
         total += rss;
-        println!("  {:<34} {:>8.1} MB RSS", name, rss as f64 / 1024.0);
+        if name != "nats-server" {
+            largest_service_kib = largest_service_kib.max(rss);
+        }
+        println!("  {:<38} {:>8.1} MB RSS", name, rss as f64 / 1024.0);
         report.measurements.push(crate::report::Measurement {
             scenario: "footprint".into(),
             variant: format!("{name} RSS MB"),
@@ -74,9 +89,21 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
         });
     }
     println!(
-        "  {:<34} {:>8.1} MB RSS",
+        "  {:<38} {:>8.1} MB RSS",
         "total (up + server + services)",
         total as f64 / 1024.0
+    );
+    // Time and memory: smaller is better, so these ratios are "how many
+    // times the baseline", not speed-ups.
+    report.compare(
+        "footprint",
+        "up → ready vs nats-server alone → ready (time)",
+        ready.as_secs_f64() / bare_ready.as_secs_f64().max(1e-9),
+    );
+    report.compare(
+        "footprint",
+        "largest idle service RSS vs the 15 MB target",
+        largest_service_kib as f64 / (15.0 * 1024.0),
     );
     report.measurements.push(crate::report::Measurement {
         scenario: "footprint".into(),

@@ -16,35 +16,31 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-use switchboard::ServiceError;
 use switchboard::client::Client;
-use switchboard::service::{Context, Endpoint, Service};
+use switchboard::service::Service;
 use switchboard::testing::TestServer;
 
 use crate::Settings;
+use crate::echo::{self, Payload};
 use crate::report::Report;
 use crate::reqreply::drive;
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-struct Payload {
-    data: String,
-}
+/// A keep-alive HTTP/1 client pool.
+pub type Http = HttpClient<HttpConnector, Full<Bytes>>;
 
-type Http = HttpClient<HttpConnector, Full<Bytes>>;
+/// A client pool that keeps connections open between calls.
+pub fn http_client() -> Http {
+    HttpClient::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build_http()
+}
 
 pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
     let server = TestServer::start().await?;
     let pid = server.pid();
     let nats = server.client().await?;
     let _service = Service::builder("bench", "1.0.0")
-        .endpoint(
-            Endpoint::new("echo", |_ctx: Context, req: Payload| async move {
-                Ok::<_, ServiceError>(req)
-            })
-            .http("POST", "/echo"),
-        )
+        .endpoint(echo::endpoint())
         .start(nats.clone())
         .await?;
     nats.flush().await?;
@@ -71,12 +67,8 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
 
     let requester = server.client().await?;
     let client = Client::new(requester);
-    let http: Http = HttpClient::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build_http();
-    let typed = Payload {
-        data: "x".repeat(settings.payload),
-    };
+    let http = http_client();
+    let typed = Payload::of(settings.payload);
 
     for &in_flight in &settings.in_flight {
         let scenario = format!("http c={in_flight}");
@@ -136,7 +128,11 @@ async fn listen(app: Router) -> anyhow::Result<SocketAddr> {
 
 /// POSTs `payload` as JSON to `/echo` and decodes the typed answer, as a
 /// typed HTTP client would.
-async fn post_json(http: &Http, addr: SocketAddr, payload: &Payload) -> anyhow::Result<Payload> {
+pub async fn post_json(
+    http: &Http,
+    addr: SocketAddr,
+    payload: &Payload,
+) -> anyhow::Result<Payload> {
     let body = Bytes::from(serde_json::to_vec(payload)?);
     let request = hyper::Request::post(format!("http://{addr}/echo"))
         .header(hyper::header::CONTENT_TYPE, "application/json")

@@ -9,8 +9,10 @@
 static ALLOCATOR: switchboard::Allocator = switchboard::Allocator;
 
 mod consume;
+mod echo;
 mod footprint;
 mod http;
+mod peers;
 mod publish;
 mod report;
 mod reqreply;
@@ -29,6 +31,8 @@ enum Scenario {
     Consume,
     /// Against HTTP: direct axum + hyper vs Switchboard over NATS vs the gateway path.
     Http,
+    /// Against peers: Express, Moleculer (NATS transporter), @nats-io/services.
+    Peers,
     /// Resident memory of idle processes and time from `up` to ready.
     Footprint,
 }
@@ -90,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Publish,
             Scenario::Consume,
             Scenario::Http,
+            Scenario::Peers,
             Scenario::Footprint,
         ]
     } else {
@@ -102,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Publish => publish::run(&settings, &mut report).await?,
             Scenario::Consume => consume::run(&settings, &mut report).await?,
             Scenario::Http => http::run(&settings, &mut report).await?,
+            Scenario::Peers => peers::run(&settings, &mut report).await?,
             Scenario::Footprint => footprint::run(&mut report).await?,
         }
     }

@@ -91,8 +91,8 @@ pub struct Run {
     pub ops: u64,
     /// Wall time.
     pub took: Duration,
-    /// Latency of each operation.
-    pub latency: Option<Histogram<u64>>,
+    /// Latency percentiles in microseconds: p50, p90, p99, p99.9.
+    pub latency_us: Option<[u64; 4]>,
     /// CPU per operation.
     pub cpu: Option<CpuPerOp>,
 }
@@ -107,6 +107,11 @@ pub struct Report {
 /// A latency histogram in microseconds, 1 µs to 60 s, 3 significant digits.
 pub fn histogram() -> anyhow::Result<Histogram<u64>> {
     Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
+}
+
+/// p50, p90, p99 and p99.9 of a histogram (`None` when empty).
+pub fn percentiles(h: &Histogram<u64>) -> Option<[u64; 4]> {
+    (!h.is_empty()).then(|| [0.5, 0.9, 0.99, 0.999].map(|q| h.value_at_quantile(q)))
 }
 
 /// Records a latency.
@@ -136,7 +141,7 @@ impl Report {
         let run = Run {
             ops,
             took: elapsed,
-            latency: latency.cloned(),
+            latency_us: latency.and_then(percentiles),
             cpu: None,
         };
         self.add_run(scenario, variant, &run, baseline)
@@ -150,17 +155,9 @@ impl Report {
         run: &Run,
         baseline: Option<f64>,
     ) -> f64 {
-        let (ops, elapsed, latency) = (run.ops, run.took, run.latency.as_ref());
+        let (ops, elapsed, latency_us) = (run.ops, run.took, run.latency_us);
         let throughput = ops as f64 / elapsed.as_secs_f64().max(1e-9);
         let ratio = baseline.map_or(1.0, |b| throughput / b.max(1e-9));
-        let latency_us = latency.filter(|h| !h.is_empty()).map(|h| {
-            [
-                h.value_at_quantile(0.5),
-                h.value_at_quantile(0.9),
-                h.value_at_quantile(0.99),
-                h.value_at_quantile(0.999),
-            ]
-        });
         let lat = latency_us
             .map(|[a, b, c, d]| format!("p50 {a}µs p90 {b}µs p99 {c}µs p99.9 {d}µs"))
             .unwrap_or_default();

@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use switchboard::ServiceError;
 use switchboard::client::Client;
 use switchboard::codec;
@@ -24,15 +22,11 @@ use switchboard::testing::TestServer;
 use switchboard::trace_context::TraceContext;
 
 use crate::Settings;
+use crate::echo::{self, Payload};
 use crate::report::{self, CpuClock, Report, Run};
 
 /// The simulated I/O of the slow handler.
 const IO: Duration = Duration::from_millis(5);
-
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-struct Payload {
-    data: String,
-}
 
 pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
     let server = TestServer::start().await?;
@@ -44,10 +38,7 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
     spawn_raw_responder(&responder, "bench.raw", None).await?;
     spawn_raw_responder(&responder, "bench.raw-io", Some(IO)).await?;
     let _service = Service::builder("bench", "1.0.0")
-        .endpoint(Endpoint::new(
-            "echo",
-            |_ctx: Context, req: Payload| async move { Ok::<_, ServiceError>(req) },
-        ))
+        .endpoint(echo::endpoint())
         .endpoint(
             Endpoint::new("io", |_ctx: Context, req: Payload| async move {
                 tokio::time::sleep(IO).await;
@@ -63,9 +54,7 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
     // neither is charged for cloning a connection per call.
     let raw = Arc::new(requester.clone());
     let client = Client::new(requester.clone());
-    let typed = Payload {
-        data: String::from_utf8_lossy(&payload).into_owned(),
-    };
+    let typed = Payload::of(settings.payload);
     let json = Bytes::from(serde_json::to_vec(&typed)?);
     let split_at = settings
         .in_flight
@@ -262,7 +251,7 @@ where
     Ok(Run {
         ops,
         took,
-        latency: Some(merged),
+        latency_us: report::percentiles(&merged),
         cpu: cpu.per_op(ops),
     })
 }

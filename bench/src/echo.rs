@@ -1,0 +1,30 @@
+//! The typed call every scenario makes: a JSON `Payload` echoed back.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use switchboard::ServiceError;
+use switchboard::service::{Context, Endpoint};
+
+/// The request and the reply.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Payload {
+    /// `bytes` of filler.
+    pub data: String,
+}
+
+impl Payload {
+    /// A payload of `bytes` characters.
+    pub fn of(bytes: usize) -> Self {
+        Payload {
+            data: "x".repeat(bytes),
+        }
+    }
+}
+
+/// The Switchboard endpoint `echo` (POST /echo through the gateway).
+pub fn endpoint() -> Endpoint {
+    Endpoint::new("echo", |_ctx: Context, req: Payload| async move {
+        Ok::<_, ServiceError>(req)
+    })
+    .http("POST", "/echo")
+}
