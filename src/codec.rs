@@ -33,6 +33,12 @@ const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT);
 const SERVICE_ERROR_NAME: HeaderName = HeaderName::from_static(SERVICE_ERROR);
 const SERVICE_ERROR_CODE_NAME: HeaderName = HeaderName::from_static(SERVICE_ERROR_CODE);
 
+/// A header name known at compile time, without the validation and copy
+/// that a `&str` name costs on every insert and lookup.
+fn static_name(name: &'static str) -> HeaderName {
+    HeaderName::from_static(name)
+}
+
 /// Content type of every payload.
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 
@@ -81,18 +87,18 @@ pub struct EnvelopeError(pub String);
 /// JetStream drops a re-publish of the same fact.
 pub fn event_headers(attributes: &EventAttributes, trace: Option<&TraceContext>) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    headers.insert(CE_SPECVERSION, SPEC_VERSION);
-    headers.insert(CE_ID, attributes.id.as_str());
-    headers.insert(CE_SOURCE, attributes.source.as_str());
-    headers.insert(CE_TYPE, attributes.event_type.as_str());
-    headers.insert(CE_TIME, attributes.time.as_str());
+    headers.insert(static_name(CE_SPECVERSION), SPEC_VERSION);
+    headers.insert(static_name(CE_ID), attributes.id.as_str());
+    headers.insert(static_name(CE_SOURCE), attributes.source.as_str());
+    headers.insert(static_name(CE_TYPE), attributes.event_type.as_str());
+    headers.insert(static_name(CE_TIME), attributes.time.as_str());
     if let Some(subject) = &attributes.subject {
-        headers.insert(CE_SUBJECT, subject.as_str());
+        headers.insert(static_name(CE_SUBJECT), subject.as_str());
     }
-    headers.insert(CONTENT_TYPE, CONTENT_TYPE_JSON);
-    headers.insert(NATS_MSG_ID, attributes.id.as_str());
+    headers.insert(static_name(CONTENT_TYPE), CONTENT_TYPE_JSON);
+    headers.insert(static_name(NATS_MSG_ID), attributes.id.as_str());
     if let Some(trace) = trace {
-        headers.insert(TRACEPARENT, trace.to_string().as_str());
+        headers.insert(static_name(TRACEPARENT), trace.to_string().as_str());
     }
     headers
 }
@@ -107,8 +113,13 @@ pub fn read_event_attributes(
     headers: Option<&HeaderMap>,
 ) -> Result<EventAttributes, EnvelopeError> {
     let headers = headers.ok_or_else(|| EnvelopeError("no headers".into()))?;
-    let get = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
-    let required = |name: &str| get(name).ok_or_else(|| EnvelopeError(format!("no {name}")));
+    let get = |name: &'static str| {
+        headers
+            .get(static_name(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    let required =
+        |name: &'static str| get(name).ok_or_else(|| EnvelopeError(format!("no {name}")));
     let version = required(CE_SPECVERSION)?;
     if version != SPEC_VERSION {
         return Err(EnvelopeError(format!(
