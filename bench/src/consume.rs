@@ -23,7 +23,9 @@ struct Sample {
 }
 
 pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
-    let n = settings.messages;
+    // Consuming runs at ~100k/s: 10x the publish count keeps a run long
+    // enough to measure.
+    let n = settings.messages * 10;
     let scenario = "consume";
     println!(
         "{scenario} ({n} events of {} bytes, fast profile)",
