@@ -3,7 +3,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use switchboard::ServiceError;
-use switchboard::service::{Context, Endpoint};
+use switchboard::service::{Context, Endpoint, RunningService, Service};
 
 /// The request and the reply.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -27,4 +27,15 @@ pub fn endpoint() -> Endpoint {
         Ok::<_, ServiceError>(req)
     })
     .http("POST", "/echo")
+}
+
+/// The service `bench` with only [`endpoint`], on `nats`, subscribed when
+/// this returns.
+pub async fn start_service(nats: &async_nats::Client) -> anyhow::Result<RunningService> {
+    let service = Service::builder("bench", "1.0.0")
+        .endpoint(endpoint())
+        .start(nats.clone())
+        .await?;
+    nats.flush().await?;
+    Ok(service)
 }

@@ -17,13 +17,12 @@ use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use switchboard::client::Client;
-use switchboard::service::Service;
 use switchboard::testing::TestServer;
 
 use crate::Settings;
+use crate::drive::{Caller, TypedCall, drive};
 use crate::echo::{self, Payload};
 use crate::report::Report;
-use crate::reqreply::drive;
 
 /// A keep-alive HTTP/1 client pool.
 pub type Http = HttpClient<HttpConnector, Full<Bytes>>;
@@ -38,12 +37,7 @@ pub fn http_client() -> Http {
 pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
     let server = TestServer::start().await?;
     let pid = server.pid();
-    let nats = server.client().await?;
-    let _service = Service::builder("bench", "1.0.0")
-        .endpoint(echo::endpoint())
-        .start(nats.clone())
-        .await?;
-    nats.flush().await?;
+    let _service = echo::start_service(&server.client().await?).await?;
 
     // Direct: axum with the same JSON extractor and response as a handler.
     let direct = listen(Router::new().route(
@@ -65,45 +59,25 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
     );
     let gateway = listen(gateway::app(gateway)).await?;
 
-    let requester = server.client().await?;
-    let client = Client::new(requester);
-    let http = http_client();
-    let typed = Payload::of(settings.payload);
+    let typed = TypedCall {
+        client: Client::new(server.client().await?),
+        subject: "bench.echo",
+        payload: Payload::of(settings.payload),
+    };
+    let http = |addr| HttpCall {
+        http: http_client(),
+        addr,
+        payload: Payload::of(settings.payload),
+    };
 
     for &in_flight in &settings.in_flight {
         let scenario = format!("http c={in_flight}");
         println!("{scenario} ({} bytes)", settings.payload);
-        let run = drive(pid, in_flight, settings.duration, {
-            let (http, typed) = (http.clone(), typed.clone());
-            move || {
-                let (http, typed) = (http.clone(), typed.clone());
-                async move { post_json(&http, direct, &typed).await.is_ok() }
-            }
-        })
-        .await?;
+        let run = drive(pid, in_flight, settings.duration, http(direct)).await?;
         let baseline = report.add_run(&scenario, "direct HTTP (axum + hyper)", &run, None);
-        let run = drive(pid, in_flight, settings.duration, {
-            let (client, typed) = (client.clone(), typed.clone());
-            move || {
-                let (client, typed) = (client.clone(), typed.clone());
-                async move {
-                    client
-                        .call::<_, Payload>("bench.echo", &typed)
-                        .await
-                        .is_ok()
-                }
-            }
-        })
-        .await?;
+        let run = drive(pid, in_flight, settings.duration, typed.clone()).await?;
         report.add_run(&scenario, "switchboard over NATS", &run, Some(baseline));
-        let run = drive(pid, in_flight, settings.duration, {
-            let (http, typed) = (http.clone(), typed.clone());
-            move || {
-                let (http, typed) = (http.clone(), typed.clone());
-                async move { post_json(&http, gateway, &typed).await.is_ok() }
-            }
-        })
-        .await?;
+        let run = drive(pid, in_flight, settings.duration, http(gateway)).await?;
         report.add_run(
             &scenario,
             "HTTP → gateway → NATS → service",
@@ -112,6 +86,23 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         );
     }
     Ok(())
+}
+
+/// A typed JSON POST to `/echo` over a keep-alive client pool, as a typed
+/// HTTP client would make it.
+#[derive(Debug, Clone)]
+pub struct HttpCall {
+    pub http: Http,
+    pub addr: SocketAddr,
+    pub payload: Payload,
+}
+
+impl Caller for HttpCall {
+    async fn call(&self) -> bool {
+        post_json(&self.http, self.addr, &self.payload)
+            .await
+            .is_ok()
+    }
 }
 
 /// Serves `app` on a free loopback port.
@@ -126,13 +117,8 @@ async fn listen(app: Router) -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// POSTs `payload` as JSON to `/echo` and decodes the typed answer, as a
-/// typed HTTP client would.
-pub async fn post_json(
-    http: &Http,
-    addr: SocketAddr,
-    payload: &Payload,
-) -> anyhow::Result<Payload> {
+/// POSTs `payload` as JSON to `/echo` and decodes the typed answer.
+async fn post_json(http: &Http, addr: SocketAddr, payload: &Payload) -> anyhow::Result<Payload> {
     let body = Bytes::from(serde_json::to_vec(payload)?);
     let request = hyper::Request::post(format!("http://{addr}/echo"))
         .header(hyper::header::CONTENT_TYPE, "application/json")

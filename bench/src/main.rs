@@ -9,6 +9,7 @@
 static ALLOCATOR: switchboard::Allocator = switchboard::Allocator;
 
 mod consume;
+mod drive;
 mod echo;
 mod footprint;
 mod http;

@@ -18,16 +18,15 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde::Deserialize;
 use switchboard::client::Client;
-use switchboard::service::Service;
 use switchboard::testing::{TestServer, free_port};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::Settings;
+use crate::drive::{TypedCall, drive};
 use crate::echo::{self, Payload};
-use crate::http::{http_client, post_json};
+use crate::http::{HttpCall, http_client};
 use crate::report::{Report, Run};
-use crate::reqreply::drive;
 
 /// How long a peer may take to say "ready".
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -44,14 +43,13 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
     let server = TestServer::start().await?;
     let pid = server.pid();
     let url = server.url();
-    let nats = server.client().await?;
-    let _service = Service::builder("bench", "1.0.0")
-        .endpoint(echo::endpoint())
-        .start(nats.clone())
-        .await?;
-    nats.flush().await?;
+    let _service = echo::start_service(&server.client().await?).await?;
     let client = Client::new(server.client().await?);
-    let typed = Payload::of(settings.payload);
+    let call = |subject: &'static str| TypedCall {
+        client: client.clone(),
+        subject,
+        payload: Payload::of(settings.payload),
+    };
     let in_flight = settings
         .in_flight
         .iter()
@@ -61,13 +59,6 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
     let scenario = format!("peers c={in_flight}");
     println!("{scenario} ({} bytes)", settings.payload);
 
-    let call = |subject: &'static str| {
-        let (client, typed) = (client.clone(), typed.clone());
-        move || {
-            let (client, typed) = (client.clone(), typed.clone());
-            async move { client.call::<_, Payload>(subject, &typed).await.is_ok() }
-        }
-    };
     let run = drive(pid, in_flight, settings.duration, call("bench.echo")).await?;
     let switchboard = report.add_run(&scenario, "switchboard endpoint + client", &run, None);
 
@@ -75,15 +66,12 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
     let port = free_port()?;
     let mut express = Peer::start(&dir, "express.js", &[&port.to_string()]).await?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let http = http_client();
-    let run = drive(None, in_flight, settings.duration, {
-        let (http, typed) = (http.clone(), typed.clone());
-        move || {
-            let (http, typed) = (http.clone(), typed.clone());
-            async move { post_json(&http, addr, &typed).await.is_ok() }
-        }
-    })
-    .await;
+    let http = HttpCall {
+        http: http_client(),
+        addr,
+        payload: Payload::of(settings.payload),
+    };
+    let run = drive(None, in_flight, settings.duration, http).await;
     express.stop().await;
     let express = report.add_run(&scenario, "express (node)", &run?, None);
     report.compare(

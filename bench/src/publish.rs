@@ -6,7 +6,7 @@
 //! profile (the server's lazy fsync).
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use switchboard::events::{Event, Publisher, StreamSpec};
 use switchboard::testing::{TestServer, TestServerConfig};
@@ -75,54 +75,25 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
             Some(baseline),
         );
 
-        let started = Instant::now();
-        let mut acks = VecDeque::with_capacity(WINDOW);
-        for _ in 0..n {
-            if acks.len() >= WINDOW
-                && let Some(ack) = acks.pop_front()
-            {
-                ack.await?;
-            }
-            acks.push_back(js.publish("events.bench.raw", raw_body.clone()).await?);
-        }
-        for ack in acks {
-            ack.await?;
-        }
-        let raw_window = report.add(
+        let took = raw_window(&js, &raw_body, n, false).await?;
+        let raw_window_rate = report.add(
             &scenario,
             &format!("raw window {WINDOW} (vs raw one-by-one)"),
             n as u64,
-            started.elapsed(),
+            took,
             None,
             Some(baseline),
         );
         // Part of the difference: the server's de-duplication by message id
         // (every Switchboard event has one, so a retried publish is stored once).
-        let started = Instant::now();
-        let mut acks = VecDeque::with_capacity(WINDOW);
-        for _ in 0..n {
-            if acks.len() >= WINDOW
-                && let Some(ack) = acks.pop_front()
-            {
-                ack.await?;
-            }
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", nuid::next().as_str());
-            acks.push_back(
-                js.publish_with_headers("events.bench.raw", headers, raw_body.clone())
-                    .await?,
-            );
-        }
-        for ack in acks {
-            ack.await?;
-        }
+        let took = raw_window(&js, &raw_body, n, true).await?;
         report.add(
             &scenario,
             "part: raw window + Nats-Msg-Id (vs raw window)",
             n as u64,
-            started.elapsed(),
+            took,
             None,
-            Some(raw_window),
+            Some(raw_window_rate),
         );
 
         let started = Instant::now();
@@ -143,7 +114,7 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
             n as u64,
             started.elapsed(),
             None,
-            Some(raw_window),
+            Some(raw_window_rate),
         );
 
         let events: Vec<_> = (0..n).map(|_| event()).collect();
@@ -161,4 +132,36 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         );
     }
     Ok(())
+}
+
+/// Publishes `n` raw messages with up to [`WINDOW`] acks outstanding (each
+/// with a fresh `Nats-Msg-Id` if `message_ids`); the time it took.
+async fn raw_window(
+    js: &async_nats::jetstream::Context,
+    body: &bytes::Bytes,
+    n: usize,
+    message_ids: bool,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut acks = VecDeque::with_capacity(WINDOW);
+    for _ in 0..n {
+        if acks.len() >= WINDOW
+            && let Some(ack) = acks.pop_front()
+        {
+            ack.await?;
+        }
+        let ack = if message_ids {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", nuid::next().as_str());
+            js.publish_with_headers("events.bench.raw", headers, body.clone())
+                .await?
+        } else {
+            js.publish("events.bench.raw", body.clone()).await?
+        };
+        acks.push_back(ack);
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    Ok(started.elapsed())
 }

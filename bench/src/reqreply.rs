@@ -8,22 +8,19 @@
 //! the gap: what the two request headers alone cost, what the endpoint side
 //! costs, and what the client side costs — each against the same baseline.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use switchboard::ServiceError;
 use switchboard::client::Client;
-use switchboard::codec;
 use switchboard::service::{Context, Endpoint, Service};
 use switchboard::testing::TestServer;
-use switchboard::trace_context::TraceContext;
 
 use crate::Settings;
+use crate::drive::{RawCall, TypedCall, drive};
 use crate::echo::{self, Payload};
-use crate::report::{self, CpuClock, Report, Run};
+use crate::report::Report;
 
 /// The simulated I/O of the slow handler.
 const IO: Duration = Duration::from_millis(5);
@@ -50,12 +47,19 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         .await?;
     responder.flush().await?;
 
-    // Both sides share one handle per connection across their loops, so
-    // neither is charged for cloning a connection per call.
-    let raw = Arc::new(requester.clone());
+    let raw = |subject: &'static str, body: &Bytes, with_headers: bool| RawCall {
+        nats: requester.clone(),
+        subject,
+        body: body.clone(),
+        with_headers,
+    };
     let client = Client::new(requester.clone());
-    let typed = Payload::of(settings.payload);
-    let json = Bytes::from(serde_json::to_vec(&typed)?);
+    let typed = |subject: &'static str| TypedCall {
+        client: client.clone(),
+        subject,
+        payload: Payload::of(settings.payload),
+    };
+    let json = Bytes::from(serde_json::to_vec(&Payload::of(settings.payload))?);
     let split_at = settings
         .in_flight
         .iter()
@@ -66,28 +70,11 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
     for &in_flight in &settings.in_flight {
         let scenario = format!("request-reply c={in_flight}");
         println!("{scenario} ({} bytes)", settings.payload);
-        let run = drive(pid, in_flight, settings.duration, {
-            let (raw, body) = (raw.clone(), payload.clone());
-            move || {
-                let (raw, body) = (raw.clone(), body.clone());
-                async move { raw.request("bench.raw", body).await.is_ok() }
-            }
-        })
-        .await?;
+        // Raw calls only: every `measure` here is a raw async-nats request.
+        let measure = |caller: RawCall| drive(pid, in_flight, settings.duration, caller);
+        let run = measure(raw("bench.raw", &payload, false)).await?;
         let baseline = report.add_run(&scenario, "raw async-nats", &run, None);
-        let run = drive(pid, in_flight, settings.duration, {
-            let (client, typed) = (client.clone(), typed.clone());
-            move || {
-                let (client, typed) = (client.clone(), typed.clone());
-                async move {
-                    client
-                        .call::<_, Payload>("bench.echo", &typed)
-                        .await
-                        .is_ok()
-                }
-            }
-        })
-        .await?;
+        let run = drive(pid, in_flight, settings.duration, typed("bench.echo")).await?;
         report.add_run(
             &scenario,
             "switchboard endpoint + client",
@@ -98,47 +85,21 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
             continue;
         }
         // Where the difference goes, each part against the same baseline.
-        let run = drive(pid, in_flight, settings.duration, {
-            let (raw, body) = (raw.clone(), payload.clone());
-            move || {
-                let (raw, body) = (raw.clone(), body.clone());
-                async move {
-                    let headers =
-                        codec::request_headers(Duration::from_secs(5), &TraceContext::new_root());
-                    let request = async_nats::Request::new().payload(body).headers(headers);
-                    raw.send_request("bench.raw", request).await.is_ok()
-                }
-            }
-        })
-        .await?;
+        let run = measure(raw("bench.raw", &payload, true)).await?;
         report.add_run(
             &scenario,
             "part: raw + deadline/trace headers",
             &run,
             Some(baseline),
         );
-        let run = drive(pid, in_flight, settings.duration, {
-            let (raw, body) = (raw.clone(), json.clone());
-            move || {
-                let (raw, body) = (raw.clone(), body.clone());
-                async move { raw.request("bench.echo", body).await.is_ok() }
-            }
-        })
-        .await?;
+        let run = measure(raw("bench.echo", &json, false)).await?;
         report.add_run(
             &scenario,
             "part: raw → switchboard endpoint",
             &run,
             Some(baseline),
         );
-        let run = drive(pid, in_flight, settings.duration, {
-            let (client, typed) = (client.clone(), typed.clone());
-            move || {
-                let (client, typed) = (client.clone(), typed.clone());
-                async move { client.call::<_, Payload>("bench.raw", &typed).await.is_ok() }
-            }
-        })
-        .await?;
+        let run = drive(pid, in_flight, settings.duration, typed("bench.raw")).await?;
         report.add_run(
             &scenario,
             "part: switchboard client → raw",
@@ -152,23 +113,15 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
     println!("{scenario}");
     let ideal = in_flight as f64 / IO.as_secs_f64();
     println!("  {:<38} {ideal:>11.0} ops/s  (in flight ÷ 5 ms)", "ideal");
-    let run = drive(pid, in_flight, settings.duration, {
-        let (raw, body) = (raw.clone(), payload.clone());
-        move || {
-            let (raw, body) = (raw.clone(), body.clone());
-            async move { raw.request("bench.raw-io", body).await.is_ok() }
-        }
-    })
+    let run = drive(
+        pid,
+        in_flight,
+        settings.duration,
+        raw("bench.raw-io", &payload, false),
+    )
     .await?;
     let raw_io = report.add_run(&scenario, "raw responder, same 5 ms", &run, Some(ideal));
-    let run = drive(pid, in_flight, settings.duration, {
-        let (client, typed) = (client.clone(), typed.clone());
-        move || {
-            let (client, typed) = (client.clone(), typed.clone());
-            async move { client.call::<_, Payload>("bench.io", &typed).await.is_ok() }
-        }
-    })
-    .await?;
+    let run = drive(pid, in_flight, settings.duration, typed("bench.io")).await?;
     let switchboard_io = report.add_run(&scenario, "switchboard 5 ms handler", &run, Some(ideal));
     report.compare(
         &scenario,
@@ -206,52 +159,4 @@ async fn spawn_raw_responder(
         }
     });
     Ok(())
-}
-
-/// Runs `in_flight` loops of `call` for `duration`; counts successes and
-/// records each call's latency and the CPU spent (here and in the server
-/// `server_pid`).
-pub async fn drive<F, Fut>(
-    server_pid: Option<u32>,
-    in_flight: usize,
-    duration: Duration,
-    call: F,
-) -> anyhow::Result<Run>
-where
-    F: Fn() -> Fut + Send + Sync + 'static + Clone,
-    Fut: std::future::Future<Output = bool> + Send,
-{
-    let done = Arc::new(AtomicU64::new(0));
-    let cpu = CpuClock::start(server_pid);
-    let started = Instant::now();
-    let deadline = started + duration;
-    let mut tasks = Vec::with_capacity(in_flight);
-    for _ in 0..in_flight {
-        let call = call.clone();
-        let done = done.clone();
-        let mut hist = report::histogram()?;
-        tasks.push(tokio::spawn(async move {
-            while Instant::now() < deadline {
-                let asked = Instant::now();
-                if call().await {
-                    report::record(&mut hist, asked.elapsed());
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            hist
-        }));
-    }
-    let mut merged = report::histogram()?;
-    for task in tasks {
-        let hist = task.await?;
-        let _ = merged.add(&hist);
-    }
-    let took = started.elapsed();
-    let ops = done.load(Ordering::Relaxed);
-    Ok(Run {
-        ops,
-        took,
-        latency_us: report::percentiles(&merged),
-        cpu: cpu.per_op(ops),
-    })
 }

@@ -1,0 +1,108 @@
+//! The load loop every request scenario shares, and the calls it makes.
+//!
+//! `in_flight` loops each hold their own clone of a [`Caller`] and call it
+//! back to back for a fixed time, so exactly that many requests are in
+//! flight and neither side is charged for cloning per call.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use switchboard::client::Client;
+use switchboard::codec;
+use switchboard::trace_context::TraceContext;
+
+use crate::echo::Payload;
+use crate::report::{self, CpuClock, Run};
+
+/// One kind of request; `true` when it got a good answer.
+pub trait Caller: Clone + Send + Sync + 'static {
+    /// Makes one request.
+    fn call(&self) -> impl Future<Output = bool> + Send;
+}
+
+/// A raw async-nats request with opaque bytes, optionally with the two
+/// headers a Switchboard call carries (deadline and trace).
+#[derive(Debug, Clone)]
+pub struct RawCall {
+    pub nats: async_nats::Client,
+    pub subject: &'static str,
+    pub body: Bytes,
+    pub with_headers: bool,
+}
+
+impl Caller for RawCall {
+    async fn call(&self) -> bool {
+        let mut request = async_nats::Request::new().payload(self.body.clone());
+        if self.with_headers {
+            request = request.headers(codec::request_headers(
+                Duration::from_secs(5),
+                &TraceContext::new_root(),
+            ));
+        }
+        self.nats.send_request(self.subject, request).await.is_ok()
+    }
+}
+
+/// A typed Switchboard call.
+#[derive(Debug, Clone)]
+pub struct TypedCall {
+    pub client: Client,
+    pub subject: &'static str,
+    pub payload: Payload,
+}
+
+impl Caller for TypedCall {
+    async fn call(&self) -> bool {
+        self.client
+            .call::<_, Payload>(self.subject, &self.payload)
+            .await
+            .is_ok()
+    }
+}
+
+/// Runs `in_flight` loops of `caller` for `duration`; counts successes and
+/// records each call's latency and the CPU spent (here and in the server
+/// `server_pid`).
+pub async fn drive<C: Caller>(
+    server_pid: Option<u32>,
+    in_flight: usize,
+    duration: Duration,
+    caller: C,
+) -> anyhow::Result<Run> {
+    let done = Arc::new(AtomicU64::new(0));
+    let cpu = CpuClock::start(server_pid);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::with_capacity(in_flight);
+    for _ in 0..in_flight {
+        let caller = caller.clone();
+        let done = done.clone();
+        let mut hist = report::histogram()?;
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let asked = Instant::now();
+                if caller.call().await {
+                    report::record(&mut hist, asked.elapsed());
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            hist
+        }));
+    }
+    let mut merged = report::histogram()?;
+    for task in tasks {
+        let hist = task.await?;
+        let _ = merged.add(&hist);
+    }
+    let took = started.elapsed();
+    let ops = done.load(Ordering::Relaxed);
+    Ok(Run {
+        ops,
+        took,
+        latency_us: report::percentiles(&merged),
+        cpu: cpu.per_op(ops),
+    })
+}
