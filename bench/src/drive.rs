@@ -5,6 +5,7 @@
 //! flight and neither side is charged for cloning per call.
 
 use std::future::Future;
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -92,12 +93,15 @@ pub async fn drive<C: Caller>(
             hist
         }));
     }
+    let progress = tokio::spawn(progress(done.clone(), started, duration));
     let mut merged = report::histogram()?;
     for task in tasks {
         let hist = task.await?;
         let _ = merged.add(&hist);
     }
     let took = started.elapsed();
+    progress.abort();
+    clear_progress();
     let ops = done.load(Ordering::Relaxed);
     Ok(Run {
         ops,
@@ -105,4 +109,28 @@ pub async fn drive<C: Caller>(
         latency_us: report::percentiles(&merged),
         cpu: cpu.per_op(ops),
     })
+}
+
+/// A progress line on a terminal's stderr while a measurement runs (nothing
+/// when stderr is a file or pipe, so saved output stays clean).
+async fn progress(done: Arc<AtomicU64>, started: Instant, duration: Duration) {
+    if !std::io::stderr().is_terminal() {
+        return;
+    }
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let elapsed = started.elapsed().min(duration);
+        eprint!(
+            "\r  … {:.1}/{:.0} s, {} requests",
+            elapsed.as_secs_f64(),
+            duration.as_secs_f64(),
+            done.load(Ordering::Relaxed)
+        );
+    }
+}
+
+fn clear_progress() {
+    if std::io::stderr().is_terminal() {
+        eprint!("\r\x1b[2K");
+    }
 }
