@@ -96,9 +96,11 @@ pub use error::ServiceError;
 /// threads than they were made, which glibc's malloc serialises and mimalloc
 /// does not (see BENCHMARKS.md). In a binary:
 ///
-/// ```ignore
+/// ```no_run
 /// #[global_allocator]
 /// static ALLOCATOR: switchboard::Allocator = switchboard::Allocator;
+///
+/// fn main() {}
 /// ```
 #[cfg(feature = "mimalloc")]
 pub use mimalloc::MiMalloc as Allocator;
