@@ -1,6 +1,6 @@
 //! JetStream consuming: a raw async-nats pull consumer with explicit acks
-//! (the baseline) against a Switchboard consumer, with and without the
-//! idempotency helper (one KV claim and one record per event).
+//! (the baseline) against a Switchboard consumer with 64 and 256 handlers,
+//! and with the idempotency helper (one KV claim and one record per event).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,14 +78,17 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         None,
     );
 
-    for (variant, durable, idempotent) in [
-        ("switchboard consumer", "plain", false),
-        ("switchboard consumer + idempotency", "idem", true),
+    // The consumer pulls only as many events as it has free handlers (so
+    // nothing waits in a local buffer): more handlers, fewer pull requests.
+    for (variant, durable, handlers, idempotent) in [
+        ("switchboard consumer", "plain", 64, false),
+        ("switchboard consumer, 256 handlers", "wide", 256, false),
+        ("switchboard consumer + idempotency", "idem", 64, true),
     ] {
         let count = Arc::new(AtomicU64::new(0));
         let done = Arc::new(Notify::new());
         let stop = Arc::new(Notify::new());
-        let mut spec = ConsumerSpec::new("BENCH", durable).concurrency(64);
+        let mut spec = ConsumerSpec::new("BENCH", durable).concurrency(handlers);
         if idempotent {
             spec = spec.idempotent(Duration::from_secs(600));
         }
