@@ -15,7 +15,7 @@ use switchboard::testing::TestServer;
 use tokio::sync::Notify;
 
 use crate::Settings;
-use crate::report::Report;
+use crate::report::{CpuClock, Report, Run};
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Sample {
@@ -58,6 +58,7 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
             ..Default::default()
         })
         .await?;
+    let cpu = CpuClock::start(server.pid());
     let started = Instant::now();
     let mut messages = raw.messages().await?;
     let mut seen = 0;
@@ -69,14 +70,13 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         seen += 1;
     }
-    let baseline = report.add(
-        scenario,
-        "raw pull consumer",
-        seen as u64,
-        started.elapsed(),
-        None,
-        None,
-    );
+    let run = Run {
+        ops: seen as u64,
+        took: started.elapsed(),
+        latency_us: None,
+        cpu: cpu.per_op(seen as u64),
+    };
+    let baseline = report.add_run(scenario, "raw pull consumer", &run, None);
 
     // The consumer pulls only as many events as it has free handlers (so
     // nothing waits in a local buffer): more handlers, fewer pull requests.
@@ -94,6 +94,7 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         }
         let (counted, finished) = (count.clone(), done.clone());
         let total = n as u64;
+        let cpu = CpuClock::start(server.pid());
         let started = Instant::now();
         let stopped = stop.clone();
         let task = tokio::spawn(events::consumer::run(
@@ -112,16 +113,16 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         ));
         tokio::time::timeout(Duration::from_secs(120), done.notified()).await?;
         let took = started.elapsed();
+        let ops = count.load(Ordering::Relaxed);
+        let run = Run {
+            ops,
+            took,
+            latency_us: None,
+            cpu: cpu.per_op(ops),
+        };
         stop.notify_one();
         task.await??;
-        report.add(
-            scenario,
-            variant,
-            count.load(Ordering::Relaxed),
-            took,
-            None,
-            Some(baseline),
-        );
+        report.add_run(scenario, variant, &run, Some(baseline));
     }
     Ok(())
 }
