@@ -3,7 +3,9 @@
 //! Both the embedded nats-server and the supervised services are stopped the
 //! same way: SIGTERM (the signal both treat as "drain and exit"), a bounded
 //! wait, then SIGKILL. The child is always reaped, so no zombie or orphan
-//! outlives the caller.
+//! outlives the caller. What `/proc` says about a process (parent, state,
+//! CPU time, resident memory) is read here too, for `up`, the tests that
+//! check nothing is left behind, and the benchmarks.
 
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -63,12 +65,41 @@ pub fn exists(pid: u32) -> bool {
     }
 }
 
-/// The parent of a process, from `/proc/<pid>/stat` (Linux).
-pub fn parent_of(pid: u32) -> Option<u32> {
+/// Reads `/proc/<pid>/stat` (Linux) and hands `read` the fields after the
+/// command name: `[0]` state, `[1]` parent, `[11]` user and `[12]` system
+/// CPU time in clock ticks.
+fn with_stat<T>(pid: u32, read: impl FnOnce(&[&str]) -> Option<T>) -> Option<T> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // `pid (comm) state ppid …`; comm may contain spaces and parentheses.
-    let after = stat.rsplit_once(')')?.1;
-    after.split_whitespace().nth(1)?.parse().ok()
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    read(&fields)
+}
+
+/// The parent of a process (Linux).
+pub fn parent_of(pid: u32) -> Option<u32> {
+    with_stat(pid, |fields| fields.get(1)?.parse().ok())
+}
+
+/// The state letter of a process (`R`, `S`, `Z` for a zombie, …; Linux).
+pub fn state(pid: u32) -> Option<char> {
+    with_stat(pid, |fields| fields.first()?.chars().next())
+}
+
+/// User plus system CPU time a process has used (Linux).
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    with_stat(pid, |fields| {
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        // USER_HZ is 100 on every Linux ABI.
+        Some(Duration::from_millis(ticks * 10))
+    })
+}
+
+/// Resident memory of a process in KiB (`VmRSS`, Linux).
+pub fn resident_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let value = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    value.split_whitespace().next()?.parse().ok()
 }
 
 /// The direct children of a process (Linux), sorted.
@@ -84,4 +115,19 @@ pub fn children(parent: u32) -> Vec<u32> {
         .unwrap_or_default();
     out.sort_unstable();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_facts_of_this_process() {
+        let me = std::process::id();
+        assert_eq!(parent_of(me), Some(std::os::unix::process::parent_id()));
+        assert!(matches!(state(me), Some('R' | 'S')), "{:?}", state(me));
+        assert!(resident_kib(me).is_some_and(|kib| kib > 0));
+        assert!(cpu_time(me).is_some());
+        assert_eq!(state(u32::MAX), None);
+    }
 }

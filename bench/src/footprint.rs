@@ -131,12 +131,5 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
 
 /// VmRSS of a process in KiB (0 if unreadable).
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
-        })
-        .unwrap_or(0)
+    switchboard::process::resident_kib(pid).unwrap_or(0)
 }

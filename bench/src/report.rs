@@ -48,8 +48,8 @@ impl CpuClock {
     pub fn start(server_pid: Option<u32>) -> Self {
         CpuClock {
             server_pid,
-            process: cpu_time("self"),
-            server: server_pid.map_or(Duration::ZERO, |p| cpu_time(&p.to_string())),
+            process: cpu_time(std::process::id()),
+            server: server_pid.map_or(Duration::ZERO, cpu_time),
         }
     }
 
@@ -57,8 +57,8 @@ impl CpuClock {
     pub fn per_op(&self, ops: u64) -> Option<CpuPerOp> {
         let ops = ops.max(1) as f64;
         let server_pid = self.server_pid?;
-        let process = cpu_time("self").saturating_sub(self.process);
-        let server = cpu_time(&server_pid.to_string()).saturating_sub(self.server);
+        let process = cpu_time(std::process::id()).saturating_sub(self.process);
+        let server = cpu_time(server_pid).saturating_sub(self.server);
         Some(CpuPerOp {
             process: process.as_secs_f64() * 1e6 / ops,
             server: server.as_secs_f64() * 1e6 / ops,
@@ -66,22 +66,9 @@ impl CpuClock {
     }
 }
 
-/// User + system CPU time of a process, from `/proc/<pid>/stat`.
-fn cpu_time(pid: &str) -> Duration {
-    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            // Fields after the command name, which may hold spaces: utime and
-            // stime are the 12th and 13th of them.
-            let rest = stat.rsplit_once(')')?.1;
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let utime: u64 = fields.get(11)?.parse().ok()?;
-            let stime: u64 = fields.get(12)?.parse().ok()?;
-            Some(utime + stime)
-        })
-        .unwrap_or(0);
-    // USER_HZ is 100 on every Linux ABI that matters here.
-    Duration::from_millis(ticks * 10)
+/// CPU time used so far by `pid` (zero if it cannot be read).
+fn cpu_time(pid: u32) -> Duration {
+    switchboard::process::cpu_time(pid).unwrap_or_default()
 }
 
 /// One timed run: operations done, wall time, latencies, CPU.

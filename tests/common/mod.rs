@@ -228,13 +228,7 @@ pub fn exe_name(pid: u32) -> Option<String> {
 
 /// Whether `pid` is a live process (not gone, not a zombie).
 pub fn running(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z"),
-        Err(_) => false,
-    }
+    switchboard::process::state(pid).is_some_and(|state| state != 'Z')
 }
 
 /// Fixed test passwords for every user, as `SB_<USER>_PASSWORD` pairs.
