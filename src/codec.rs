@@ -26,13 +26,6 @@ pub const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
 pub const TIMEOUT_MS: &str = "Switchboard-Timeout-Ms";
 /// W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
-// The same names as `HeaderName`s for the per-request path: looking a
-// header up by `&str` validates and copies the name on every call.
-const TIMEOUT_MS_NAME: HeaderName = HeaderName::from_static(TIMEOUT_MS);
-const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT);
-const SERVICE_ERROR_NAME: HeaderName = HeaderName::from_static(SERVICE_ERROR);
-const SERVICE_ERROR_CODE_NAME: HeaderName = HeaderName::from_static(SERVICE_ERROR_CODE);
-
 /// A header name known at compile time, without the validation and copy
 /// that a `&str` name costs on every insert and lookup.
 fn static_name(name: &'static str) -> HeaderName {
@@ -138,7 +131,7 @@ pub fn read_event_attributes(
 /// Overrides the de-duplication id (a replay must not be mistaken for the
 /// original inside the duplicate window).
 pub fn set_message_id(headers: &mut HeaderMap, id: &str) {
-    headers.insert(NATS_MSG_ID, id);
+    headers.insert(static_name(NATS_MSG_ID), id);
 }
 
 /// Reads a header as text (for code that must pass headers through, such
@@ -149,10 +142,13 @@ pub fn header(headers: Option<&HeaderMap>, name: &str) -> Option<String> {
 
 /// Marks a message as part of an atomic batch (ADR-50); the last one commits.
 pub fn mark_batch(headers: &mut HeaderMap, batch_id: &str, sequence: usize, commit: bool) {
-    headers.insert("Nats-Batch-Id", batch_id);
-    headers.insert("Nats-Batch-Sequence", sequence.to_string().as_str());
+    headers.insert(static_name("Nats-Batch-Id"), batch_id);
+    headers.insert(
+        static_name("Nats-Batch-Sequence"),
+        sequence.to_string().as_str(),
+    );
     if commit {
-        headers.insert("Nats-Batch-Commit", "1");
+        headers.insert(static_name("Nats-Batch-Commit"), "1");
     }
 }
 
@@ -190,20 +186,26 @@ pub struct DeadLetterInfo {
 /// handler and by the max-deliveries advisory) is stored once.
 pub fn dead_letter_headers(original: Option<&HeaderMap>, info: &DeadLetterInfo) -> HeaderMap {
     let mut headers = original.cloned().unwrap_or_default();
-    headers.insert(DLQ_SUBJECT, info.subject.as_str());
-    headers.insert(DLQ_STREAM, info.stream.as_str());
-    headers.insert(DLQ_CONSUMER, info.consumer.as_str());
-    headers.insert(DLQ_SEQUENCE, info.stream_sequence.to_string().as_str());
-    headers.insert(DLQ_DELIVERIES, info.deliveries.to_string().as_str());
+    headers.insert(static_name(DLQ_SUBJECT), info.subject.as_str());
+    headers.insert(static_name(DLQ_STREAM), info.stream.as_str());
+    headers.insert(static_name(DLQ_CONSUMER), info.consumer.as_str());
+    headers.insert(
+        static_name(DLQ_SEQUENCE),
+        info.stream_sequence.to_string().as_str(),
+    );
+    headers.insert(
+        static_name(DLQ_DELIVERIES),
+        info.deliveries.to_string().as_str(),
+    );
     let error: String = info
         .error
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    headers.insert(DLQ_ERROR, error.as_str());
-    headers.insert(DLQ_FAILED_AT, info.failed_at.as_str());
+    headers.insert(static_name(DLQ_ERROR), error.as_str());
+    headers.insert(static_name(DLQ_FAILED_AT), info.failed_at.as_str());
     headers.insert(
-        NATS_MSG_ID,
+        static_name(NATS_MSG_ID),
         format!(
             "dlq:{}:{}:{}",
             info.stream, info.consumer, info.stream_sequence
@@ -222,13 +224,13 @@ pub fn dead_letter_headers(original: Option<&HeaderMap>, info: &DeadLetterInfo) 
 pub fn read_dead_letter(
     headers: &HeaderMap,
 ) -> Result<(DeadLetterInfo, Vec<(String, String)>), EnvelopeError> {
-    let get = |name: &str| {
+    let get = |name: &'static str| {
         headers
-            .get(name)
+            .get(static_name(name))
             .map(|v| v.as_str().to_owned())
             .ok_or_else(|| EnvelopeError(format!("not a dead letter: no {name}")))
     };
-    let number = |name: &str| -> Result<u64, EnvelopeError> {
+    let number = |name: &'static str| -> Result<u64, EnvelopeError> {
         get(name)?
             .parse()
             .map_err(|_| EnvelopeError(format!("{name} is not a number")))
@@ -317,8 +319,8 @@ pub fn error_reply(error: &ServiceError) -> (HeaderMap, Bytes) {
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    headers.insert(SERVICE_ERROR_NAME, description);
-    headers.insert(SERVICE_ERROR_CODE_NAME, error.code.to_string());
+    headers.insert(static_name(SERVICE_ERROR), description);
+    headers.insert(static_name(SERVICE_ERROR_CODE), error.code.to_string());
     let body = encode(&ErrorBody {
         error: error.clone(),
     })
@@ -334,7 +336,7 @@ pub fn error_reply(error: &ServiceError) -> (HeaderMap, Bytes) {
 pub fn read_error(headers: Option<&HeaderMap>, payload: &[u8]) -> Option<ServiceError> {
     let headers = headers?;
     let code = headers
-        .get(SERVICE_ERROR_CODE_NAME)?
+        .get(static_name(SERVICE_ERROR_CODE))?
         .as_str()
         .trim()
         .parse::<u16>()
@@ -343,7 +345,7 @@ pub fn read_error(headers: Option<&HeaderMap>, payload: &[u8]) -> Option<Service
         return Some(ServiceError { code, ..error });
     }
     let message = headers
-        .get(SERVICE_ERROR_NAME)
+        .get(static_name(SERVICE_ERROR))
         .map(|v| v.as_str().to_owned())
         .unwrap_or_default();
     Some(ServiceError::new(code, message))
@@ -352,7 +354,7 @@ pub fn read_error(headers: Option<&HeaderMap>, payload: &[u8]) -> Option<Service
 /// The caller's remaining time, if it sent one. Unparseable values are
 /// ignored rather than failing the request.
 pub fn read_timeout(headers: Option<&HeaderMap>) -> Option<Duration> {
-    let value = headers?.get(TIMEOUT_MS_NAME)?;
+    let value = headers?.get(static_name(TIMEOUT_MS))?;
     value
         .as_str()
         .trim()
@@ -363,7 +365,7 @@ pub fn read_timeout(headers: Option<&HeaderMap>) -> Option<Duration> {
 
 /// The caller's trace context, if valid.
 pub fn read_trace(headers: Option<&HeaderMap>) -> Option<TraceContext> {
-    TraceContext::parse(headers?.get(TRACEPARENT_NAME)?.as_str())
+    TraceContext::parse(headers?.get(static_name(TRACEPARENT))?.as_str())
 }
 
 /// Request headers for a call: remaining time and trace context.
@@ -371,8 +373,8 @@ pub fn request_headers(remaining: Duration, trace: &TraceContext) -> HeaderMap {
     let mut headers = HeaderMap::new();
     // Round up: "1 ms left" must not become "0 ms, already expired".
     let millis = remaining.as_micros().div_ceil(1000);
-    headers.insert(TIMEOUT_MS_NAME, millis.to_string());
-    headers.insert(TRACEPARENT_NAME, trace.to_string());
+    headers.insert(static_name(TIMEOUT_MS), millis.to_string());
+    headers.insert(static_name(TRACEPARENT), trace.to_string());
     headers
 }
 
