@@ -292,24 +292,23 @@ impl System {
     /// [`UpError::NotReady`] naming the silent services after `timeout`.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<Vec<ServiceSummary>, UpError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let all_answered = |answers: &[discovery::InstanceInfo]| {
+        let missing = |answers: &[discovery::InstanceInfo]| -> Vec<String> {
             self.expected
                 .iter()
-                .all(|name| answers.iter().any(|a| &a.name == name))
+                .filter(|name| !answers.iter().any(|a| &a.name == *name))
+                .cloned()
+                .collect()
         };
         loop {
             // Returns as soon as every expected service has answered; a
             // short window when some have not yet subscribed.
             let answers =
-                discovery::info_until(&self.admin, None, Duration::from_millis(100), all_answered)
-                    .await?;
+                discovery::info_until(&self.admin, None, Duration::from_millis(100), |answers| {
+                    missing(answers).is_empty()
+                })
+                .await?;
+            let missing = missing(&answers);
             let summaries = discovery::summarize(&answers);
-            let missing: Vec<String> = self
-                .expected
-                .iter()
-                .filter(|name| !summaries.iter().any(|s| &s.name == *name))
-                .cloned()
-                .collect();
             if missing.is_empty() {
                 return Ok(summaries
                     .into_iter()

@@ -73,6 +73,18 @@ pub struct Settings {
     pub quick: bool,
 }
 
+impl Settings {
+    /// The measured in-flight figure nearest 64, where the targets are set:
+    /// single-point comparisons (request-reply parts, peers) run there.
+    pub fn target_in_flight(&self) -> usize {
+        self.in_flight
+            .iter()
+            .copied()
+            .min_by_key(|n| n.abs_diff(64))
+            .unwrap_or(64)
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();

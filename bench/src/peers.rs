@@ -50,12 +50,7 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         subject,
         payload: Payload::of(settings.payload),
     };
-    let in_flight = settings
-        .in_flight
-        .iter()
-        .copied()
-        .min_by_key(|n| n.abs_diff(64))
-        .unwrap_or(64);
+    let in_flight = settings.target_in_flight();
     let scenario = format!("peers c={in_flight}");
     println!("{scenario} ({} bytes)", settings.payload);
 

@@ -60,12 +60,7 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         payload: Payload::of(settings.payload),
     };
     let json = Bytes::from(serde_json::to_vec(&Payload::of(settings.payload))?);
-    let split_at = settings
-        .in_flight
-        .iter()
-        .copied()
-        .min_by_key(|n| n.abs_diff(64))
-        .unwrap_or(64);
+    let split_at = settings.target_in_flight();
 
     for &in_flight in &settings.in_flight {
         let scenario = format!("request-reply c={in_flight}");
