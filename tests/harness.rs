@@ -142,8 +142,18 @@ async fn three_node_cluster_replicates_and_survives_a_node_loss() -> TestResult 
     assert_eq!(cluster.len(), 3);
     let js = jetstream::new(cluster.client().await?);
     let mut stream = create_stream(&js, "EVENTS", 3).await?;
-    let info = stream.info().await?;
-    assert_eq!(info.config.num_replicas, 3);
+    // The create returns once the meta leader assigned the stream; its own
+    // replica group may elect a leader a moment later, and until then the
+    // stream answers "not found".
+    let mut info = stream.info().await;
+    for _ in 0..50 {
+        if info.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        info = stream.info().await;
+    }
+    assert_eq!(info?.config.num_replicas, 3);
     for i in 0..5 {
         js.publish("events.x", format!("{i}").into()).await?.await?;
     }
