@@ -311,18 +311,26 @@ pub fn decode_response<T: DeserializeOwned>(payload: &[u8]) -> Result<T, serde_j
 }
 
 /// Headers and body of an error reply.
+///
+/// The message is cut to [`MAX_ERROR_MESSAGE`](crate::limits::MAX_ERROR_MESSAGE)
+/// bytes (it may quote the request), and the header carries it on one line.
 pub fn error_reply(error: &ServiceError) -> (HeaderMap, Bytes) {
+    use crate::limits::{MAX_ERROR_MESSAGE, truncate};
+    let message = truncate(&error.message, MAX_ERROR_MESSAGE);
     let mut headers = HeaderMap::new();
     // Header values cannot hold line breaks.
-    let description: String = error
-        .message
+    let description: String = message
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
     headers.insert(static_name(SERVICE_ERROR), description);
     headers.insert(static_name(SERVICE_ERROR_CODE), error.code.to_string());
     let body = encode(&ErrorBody {
-        error: error.clone(),
+        error: ServiceError {
+            code: error.code,
+            message: message.into_owned(),
+            details: error.details.clone(),
+        },
     })
     .unwrap_or_else(|_| {
         Bytes::from_static(b"{\"error\":{\"code\":500,\"message\":\"unencodable error\"}}")
@@ -351,16 +359,34 @@ pub fn read_error(headers: Option<&HeaderMap>, payload: &[u8]) -> Option<Service
     Some(ServiceError::new(code, message))
 }
 
-/// The caller's remaining time, if it sent one. Unparseable values are
-/// ignored rather than failing the request.
-pub fn read_timeout(headers: Option<&HeaderMap>) -> Option<Duration> {
-    let value = headers?.get(static_name(TIMEOUT_MS))?;
-    value
-        .as_str()
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_millis)
+/// Longest deadline a caller may send: one day. Anything longer is a bug
+/// of the caller (or garbage), and would overflow a clock on the way.
+pub const MAX_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// The caller's remaining time: `None` when it sent none (no deadline).
+/// The rule: a whole number of milliseconds from 0 to [`MAX_TIMEOUT_MS`];
+/// `0` means the deadline has already passed (the request is answered 504
+/// without running). Anything else — negative, fractional, non-numeric,
+/// larger — is a 400, because a caller that sends a deadline relies on it.
+///
+/// # Errors
+///
+/// A 400 [`ServiceError`] naming the header and the rule.
+pub fn read_timeout(headers: Option<&HeaderMap>) -> Result<Option<Duration>, ServiceError> {
+    let Some(value) = headers.and_then(|h| h.get(static_name(TIMEOUT_MS))) else {
+        return Ok(None);
+    };
+    let text = value.as_str().trim();
+    match text.parse::<u64>() {
+        Ok(millis) if millis <= MAX_TIMEOUT_MS && text.bytes().all(|b| b.is_ascii_digit()) => {
+            Ok(Some(Duration::from_millis(millis)))
+        }
+        _ => Err(ServiceError::bad_request(format!(
+            "header {TIMEOUT_MS} must be a whole number of milliseconds from 0 to {MAX_TIMEOUT_MS}, got {:?}",
+            crate::limits::preview(text)
+        ))
+        .with_details(serde_json::json!({ "header": TIMEOUT_MS }))),
+    }
 }
 
 /// The caller's trace context, if valid.
@@ -429,7 +455,50 @@ mod tests {
     fn timeout_rounds_up() {
         let trace = TraceContext::new_root();
         let headers = request_headers(Duration::from_micros(1), &trace);
-        assert_eq!(read_timeout(Some(&headers)), Some(Duration::from_millis(1)));
+        assert_eq!(
+            read_timeout(Some(&headers)),
+            Ok(Some(Duration::from_millis(1)))
+        );
         assert_eq!(read_trace(Some(&headers)), Some(trace));
+    }
+
+    #[test]
+    fn timeout_garbage_is_a_400_and_never_overflows() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(TIMEOUT_MS, value);
+            read_timeout(Some(&headers))
+        };
+        assert_eq!(read_timeout(None), Ok(None));
+        assert_eq!(with("0"), Ok(Some(Duration::ZERO)));
+        assert_eq!(with(" 250 "), Ok(Some(Duration::from_millis(250))));
+        assert_eq!(
+            with(&MAX_TIMEOUT_MS.to_string()),
+            Ok(Some(Duration::from_millis(MAX_TIMEOUT_MS)))
+        );
+        let huge = "9".repeat(5000);
+        for bad in ["-1", "+5", "1.5", "abc", "", "18446744073709551615", &huge] {
+            let error = with(bad).err();
+            assert!(
+                error
+                    .as_ref()
+                    .is_some_and(|e| e.code == 400 && e.message.len() < 300),
+                "{bad:?} gave {error:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn long_error_messages_are_cut_in_header_and_body() {
+        let error = ServiceError::bad_request(format!("invalid: {}", "z".repeat(5000)));
+        let (headers, body) = error_reply(&error);
+        let header = headers.get(SERVICE_ERROR).map(|v| v.as_str().len());
+        assert!(header.is_some_and(|l| l <= crate::limits::MAX_ERROR_MESSAGE));
+        let read = read_error(Some(&headers), &body);
+        assert!(
+            read.is_some_and(|e| e.code == 400
+                && e.message.len() <= 1024
+                && e.message.ends_with('…'))
+        );
     }
 }

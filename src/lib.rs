@@ -15,6 +15,7 @@
 //! | [`service`] | typed endpoints on the NATS Services API; concurrency, errors, drain |
 //! | [`client`] | typed calls: deadlines, retries with a budget, circuit breakers |
 //! | [`codec`] | the one place that knows bytes, header names and content types |
+//! | [`limits`] | the server's limits (control line, payload) checked before writing |
 //! | [`micro`] | ADR-32 wire types of `$SRV` answers |
 //! | [`trace_context`] | W3C `traceparent` across calls |
 //! | [`discovery`] | gather every instance's `$SRV` answer |
@@ -75,6 +76,7 @@ pub mod credentials;
 pub mod discovery;
 mod error;
 pub mod events;
+pub mod limits;
 pub mod micro;
 pub mod nats_context;
 pub mod process;

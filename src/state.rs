@@ -4,6 +4,12 @@
 //! every read returns the revision, and writes can require it, so two
 //! requests that race on the same key (a stock level, an order status)
 //! cannot both win: [`StateStore::modify`] re-reads and retries on conflict.
+//!
+//! Keys come from requests (an id, an e-mail address), and a key becomes
+//! part of a subject, so every key is bounded: longer than
+//! [`MAX_KEY_LEN`] bytes after encoding is [`StateError::KeyTooLong`] (a 400
+//! for the caller), checked before anything is written — never a subject
+//! the server would refuse by closing the connection.
 
 use std::marker::PhantomData;
 
@@ -12,6 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::ServiceError;
+pub use crate::limits::MAX_KEY_LEN;
 
 /// How often [`StateStore::modify`] retries a conflicting write.
 const MODIFY_ATTEMPTS: usize = 16;
@@ -50,6 +57,17 @@ pub enum StateError {
         #[source]
         source: serde_json::Error,
     },
+    /// The key is longer than [`MAX_KEY_LEN`] bytes once encoded (or
+    /// empty): nothing was read or written.
+    #[error("key {preview:?} is too long: {length} bytes or more once encoded; the limit is {max}")]
+    KeyTooLong {
+        /// The key's first characters.
+        preview: String,
+        /// Its encoded length.
+        length: usize,
+        /// [`MAX_KEY_LEN`].
+        max: usize,
+    },
     /// The bucket or the server failed.
     #[error("{action}: {message}")]
     Store {
@@ -70,6 +88,8 @@ impl From<StateError> for ServiceError {
                 tracing::error!(error = %e, "corrupt state");
                 ServiceError::internal("internal error")
             }
+            StateError::KeyTooLong { length, max, .. } => ServiceError::bad_request(e.to_string())
+                .with_details(serde_json::json!({ "key_length": length, "max_key_length": max })),
             StateError::Store { .. } => ServiceError::unavailable(e.to_string()),
         }
     }
@@ -140,7 +160,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
     pub async fn get(&self, key: &str) -> Result<Option<Versioned<T>>, StateError> {
         let entry = self
             .kv
-            .entry(key_for(key))
+            .entry(checked_key(key)?)
             .await
             .map_err(|e| store_err(format!("read {}/{key}", self.bucket))(&e))?;
         let Some(entry) = entry else { return Ok(None) };
@@ -165,7 +185,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
     pub async fn create(&self, key: &str, value: &T) -> Result<u64, StateError> {
         let bytes = encode(key, value)?;
         self.kv
-            .create(key_for(key), bytes)
+            .create(checked_key(key)?, bytes)
             .await
             .map_err(|e| match e.kind() {
                 kv::CreateErrorKind::AlreadyExists => StateError::AlreadyExists {
@@ -183,7 +203,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
     pub async fn update(&self, key: &str, value: &T, revision: u64) -> Result<u64, StateError> {
         let bytes = encode(key, value)?;
         self.kv
-            .update(key_for(key), bytes, revision)
+            .update(checked_key(key)?, bytes, revision)
             .await
             .map_err(|e| match e.kind() {
                 kv::UpdateErrorKind::WrongLastRevision => StateError::Conflict {
@@ -201,7 +221,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
     pub async fn put(&self, key: &str, value: &T) -> Result<u64, StateError> {
         let bytes = encode(key, value)?;
         self.kv
-            .put(key_for(key), bytes)
+            .put(checked_key(key)?, bytes)
             .await
             .map_err(|e| store_err(format!("write {}/{key}", self.bucket))(&e))
     }
@@ -256,8 +276,32 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}-{}", nuid::next())
 }
 
+/// [`key_for`], bounded: the encoded key, or [`StateError::KeyTooLong`]
+/// when it is longer than [`MAX_KEY_LEN`] bytes.
+///
+/// # Errors
+///
+/// [`StateError::KeyTooLong`].
+pub fn checked_key(text: &str) -> Result<String, StateError> {
+    let too_long = |length| StateError::KeyTooLong {
+        preview: crate::limits::preview(text),
+        length,
+        max: MAX_KEY_LEN,
+    };
+    // Encoding never shortens a key: what is too long as text stays too long.
+    if text.len() > MAX_KEY_LEN {
+        return Err(too_long(text.len()));
+    }
+    let key = key_for(text);
+    if key.len() > MAX_KEY_LEN {
+        return Err(too_long(key.len()));
+    }
+    Ok(key)
+}
+
 /// A KV key for any text: KV keys allow `[-/_=.a-zA-Z0-9]`, other text
-/// (an e-mail address, say) is hex-encoded.
+/// (an e-mail address, say) is hex-encoded. Unbounded: stores use
+/// [`checked_key`].
 pub fn key_for(text: &str) -> String {
     let plain = !text.is_empty()
         && !text.starts_with('.')
@@ -276,7 +320,7 @@ pub fn key_for(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::key_for;
+    use super::{MAX_KEY_LEN, StateError, checked_key, key_for};
 
     #[test]
     fn any_text_becomes_a_valid_key() {
@@ -286,5 +330,36 @@ mod tests {
             key_for("ann@example.com"),
             "x_616e6e406578616d706c652e636f6d"
         );
+    }
+
+    #[test]
+    fn keys_are_bounded_after_encoding() {
+        let plain = "a".repeat(MAX_KEY_LEN);
+        assert_eq!(checked_key(&plain).ok(), Some(plain.clone()));
+        // Fits as text, not once hex-encoded.
+        let encoded = "@".repeat(MAX_KEY_LEN / 2);
+        assert!(matches!(
+            checked_key(&encoded),
+            Err(StateError::KeyTooLong { length, max: MAX_KEY_LEN, .. }) if length == MAX_KEY_LEN + 2
+        ));
+        let huge = "z".repeat(5000);
+        let error = checked_key(&huge)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            error.contains("limit is 1024") && error.len() < 200,
+            "{error}"
+        );
+        let reply = switchboard_error(StateError::KeyTooLong {
+            preview: String::new(),
+            length: 5000,
+            max: MAX_KEY_LEN,
+        });
+        assert_eq!(reply.code, 400);
+    }
+
+    fn switchboard_error(e: StateError) -> crate::ServiceError {
+        e.into()
     }
 }

@@ -72,6 +72,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         "SWITCHBOARD_HTTP_ADDR".to_owned(),
         args.http_addr.to_string(),
     ));
+    // The gateway routes these before it joins discovery (so `ready` means
+    // routed); it waits for no service that `up` does not run.
+    config.service_env.push((
+        "SWITCHBOARD_GATEWAY_REQUIRES".to_owned(),
+        config
+            .services
+            .iter()
+            .filter(|s| s.as_str() != "gateway")
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(","),
+    ));
     if args.no_context {
         config.context_dir = None;
     }

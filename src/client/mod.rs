@@ -159,6 +159,14 @@ impl Client {
         payload: bytes::Bytes,
         options: CallOptions,
     ) -> Result<bytes::Bytes, CallError> {
+        // A subject the server would refuse by closing the connection
+        // (taking every other call on it along) is this call's error alone.
+        if let Err(e) = crate::limits::check_subject(subject) {
+            return Err(CallError::Invalid {
+                subject: crate::limits::preview(subject),
+                message: e.to_string(),
+            });
+        }
         let started = Instant::now();
         let deadline = options.effective_deadline(started);
         let trace = options.trace.unwrap_or_else(TraceContext::new_root);

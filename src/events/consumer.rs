@@ -385,6 +385,11 @@ where
             Ok(Claim::InProgress) => {
                 return settle(&message, AckKind::Nak(Some(spec.delay_after(1)))).await;
             }
+            Err(error @ EventError::InvalidAttribute { .. }) => {
+                // No retry makes the id shorter.
+                dead_letter(shared, &message, &delivery, &subject, error.to_string()).await;
+                return;
+            }
             Err(error) => {
                 tracing::warn!(%event_id, %error, "idempotency record unavailable; retrying later");
                 return settle(

@@ -32,13 +32,26 @@ pub enum EventError {
     /// A message is not a CloudEvent.
     #[error(transparent)]
     Envelope(#[from] crate::codec::EnvelopeError),
-    /// An attribute cannot travel as a header (a line break would end it).
-    #[error("event attribute {name} must be one line, got {value:?}")]
+    /// An attribute cannot travel as a header: a line break would end it,
+    /// or it is longer than [`MAX_HEADER_VALUE`](crate::limits::MAX_HEADER_VALUE)
+    /// bytes, or empty. Nothing was published.
+    #[error("event attribute {name} is {reason}: {value:?}")]
     InvalidAttribute {
         /// The attribute, e.g. `ce-subject`.
         name: &'static str,
-        /// Its value.
+        /// The value's first characters.
         value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The subject is too long to publish (the server would close the
+    /// connection). Nothing was published.
+    #[error("cannot publish to {subject:?}: {reason}")]
+    InvalidSubject {
+        /// The subject's first characters.
+        subject: String,
+        /// Why.
+        reason: String,
     },
     /// A dead letter with this id does not exist.
     #[error("no dead letter {0}")]
@@ -59,6 +72,31 @@ impl EventError {
         move |e| EventError::JetStream {
             action,
             message: e.to_string(),
+        }
+    }
+}
+
+impl From<EventError> for crate::ServiceError {
+    /// What a handler answers when publishing failed: an event built from
+    /// bad input is the caller's 400; a missing stream is our bug (500);
+    /// the rest means JetStream is unavailable (503, worth a retry).
+    fn from(e: EventError) -> Self {
+        use crate::ServiceError;
+        match e {
+            EventError::InvalidAttribute { .. } | EventError::InvalidSubject { .. } => {
+                ServiceError::bad_request(e.to_string())
+            }
+            EventError::NoStream { .. }
+            | EventError::StreamDrift { .. }
+            | EventError::Payload(_)
+            | EventError::Envelope(_) => {
+                tracing::error!(error = %e, "cannot publish an event");
+                ServiceError::internal("internal error")
+            }
+            EventError::UnknownDeadLetter(_) => ServiceError::not_found(e.to_string()),
+            EventError::AckTimeout { .. } | EventError::JetStream { .. } => {
+                ServiceError::unavailable(e.to_string())
+            }
         }
     }
 }

@@ -5,6 +5,7 @@ use serde::de::DeserializeOwned;
 
 use super::EventError;
 use crate::codec::{self, EventAttributes};
+use crate::limits::MAX_HEADER_VALUE;
 use crate::trace_context::TraceContext;
 
 /// An event about to be published.
@@ -71,6 +72,10 @@ impl<T: Serialize> Event<T> {
         source: &str,
         nats_subject: &str,
     ) -> Result<(async_nats::HeaderMap, bytes::Bytes), EventError> {
+        crate::limits::check_subject(nats_subject).map_err(|e| EventError::InvalidSubject {
+            subject: e.preview.clone(),
+            reason: e.to_string(),
+        })?;
         let attributes = EventAttributes {
             id: self.id.clone(),
             source: source.to_owned(),
@@ -87,10 +92,21 @@ impl<T: Serialize> Event<T> {
             (codec::CE_TYPE, Some(&attributes.event_type)),
             (codec::CE_SUBJECT, attributes.subject.as_ref()),
         ] {
-            if let Some(value) = value.filter(|v| v.contains(['\r', '\n'])) {
+            // A line break would end the header; a long value costs every
+            // reader (and JetStream keeps each id of the duplicate window).
+            if let Some(value) = value
+                .filter(|v| v.contains(['\r', '\n']) || v.len() > MAX_HEADER_VALUE || v.is_empty())
+            {
                 return Err(EventError::InvalidAttribute {
                     name,
-                    value: value.clone(),
+                    value: crate::limits::preview(value),
+                    reason: if value.len() > MAX_HEADER_VALUE {
+                        "too long"
+                    } else if value.is_empty() {
+                        "empty"
+                    } else {
+                        "not one line"
+                    },
                 });
             }
         }
@@ -173,6 +189,22 @@ mod tests {
         assert!(matches!(
             event.encode("orders", "events.orders.created"),
             Err(EventError::InvalidAttribute { name: "ce-id", .. })
+        ));
+        let long = Event::new(serde_json::json!({})).id("o".repeat(5000));
+        match long.encode("orders", "events.orders.created") {
+            Err(EventError::InvalidAttribute { name, value, .. }) => {
+                assert_eq!(name, codec::CE_ID);
+                assert!(
+                    value.len() < 100,
+                    "the error quotes a preview, not the value"
+                );
+            }
+            other => panic!("expected InvalidAttribute, got {other:?}"),
+        }
+        let long_subject = format!("events.orders.{}", "x".repeat(5000));
+        assert!(matches!(
+            Event::new(serde_json::json!({})).encode("orders", &long_subject),
+            Err(EventError::InvalidSubject { .. })
         ));
         let fine = Event::new(serde_json::json!({})).subject("o-1");
         assert!(fine.encode("orders", "events.orders.created").is_ok());

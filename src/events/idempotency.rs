@@ -17,7 +17,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 
 use super::EventError;
-use crate::state::key_for;
+use crate::state::checked_key;
 
 /// What to do with an event id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,9 +73,10 @@ impl Idempotency {
     ///
     /// # Errors
     ///
+    /// [`EventError::InvalidAttribute`] for an id too long to be a key;
     /// JetStream API failures.
     pub async fn claim(&self, id: &str) -> Result<Claim, EventError> {
-        let key = key_for(id);
+        let key = key(id)?;
         let pending = format!("{PENDING}{}", now_millis());
         if self.kv.create(&key, pending.clone().into()).await.is_ok() {
             return Ok(Claim::New);
@@ -117,7 +118,7 @@ impl Idempotency {
     ///
     /// JetStream API failures.
     pub async fn renew(&self, id: &str) -> Result<(), EventError> {
-        let key = key_for(id);
+        let key = key(id)?;
         self.kv
             .put(&key, format!("{PENDING}{}", now_millis()).into())
             .await
@@ -131,7 +132,7 @@ impl Idempotency {
     ///
     /// JetStream API failures.
     pub async fn done(&self, id: &str) -> Result<(), EventError> {
-        let key = key_for(id);
+        let key = key(id)?;
         self.kv
             .put(&key, DONE.into())
             .await
@@ -145,12 +146,22 @@ impl Idempotency {
     ///
     /// JetStream API failures.
     pub async fn release(&self, id: &str) -> Result<(), EventError> {
-        let key = key_for(id);
+        let key = key(id)?;
         self.kv
             .delete(&key)
             .await
             .map_err(|e| EventError::js(format!("release {key}"))(&e))
     }
+}
+
+/// The record's key: an id too long to be a key (a publisher outside the
+/// kit may send any `ce-id`) is refused before it becomes a subject.
+fn key(id: &str) -> Result<String, EventError> {
+    checked_key(id).map_err(|_| EventError::InvalidAttribute {
+        name: crate::codec::CE_ID,
+        value: crate::limits::preview(id),
+        reason: "too long to be recorded",
+    })
 }
 
 fn now_millis() -> u128 {

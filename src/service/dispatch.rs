@@ -95,14 +95,19 @@ async fn accept(live: &Arc<LiveEndpoint>, mut message: Message, tracker: &TaskTr
         return;
     };
     live.counters.accepted.fetch_add(1, Ordering::Relaxed);
-    let deadline = codec::read_timeout(message.headers.as_ref()).map(|t| received + t);
-    let request = Request {
+    let deadline = codec::read_timeout(message.headers.as_ref());
+    let mut request = Request {
         live: live.clone(),
         message,
         reply,
-        deadline,
+        deadline: None,
         received,
     };
+    match deadline {
+        // Bounded by codec::MAX_TIMEOUT_MS, so the addition cannot overflow.
+        Ok(timeout) => request.deadline = timeout.map(|t| received + t),
+        Err(error) => return request.answer(Err(error)).await,
+    }
     match live.slots.clone().try_acquire_owned() {
         Ok(permit) => {
             // The first poll runs here, on the endpoint's loop: a handler
@@ -206,7 +211,18 @@ impl Request {
         self.answer(result).await;
     }
 
-    async fn answer(self, result: Result<bytes::Bytes, ServiceError>) {
+    async fn answer(self, mut result: Result<bytes::Bytes, ServiceError>) {
+        let max_payload = crate::limits::max_payload(&self.live.nats);
+        if let Ok(body) = &result
+            && body.len() > max_payload
+        {
+            // Sent as it is, it would be refused and the caller would wait
+            // for nothing; a 500 tells it at once.
+            tracing::error!(endpoint = %self.live.name, size = body.len(), max_payload, "reply larger than the server's max_payload");
+            result = Err(ServiceError::internal(
+                "the reply is larger than the server accepts",
+            ));
+        }
         let published = match &result {
             Ok(body) => self.live.nats.publish(self.reply, body.clone()).await,
             Err(error) => {

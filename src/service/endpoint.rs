@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Context;
+use super::schema::RequestSchema;
 use crate::codec;
 use crate::error::ServiceError;
 use crate::micro::Metadata;
@@ -53,7 +54,7 @@ pub struct Endpoint {
     pub(crate) max_in_flight: usize,
     pub(crate) max_queued: usize,
     pub(crate) metadata: Metadata,
-    pub(crate) request_schema: serde_json::Value,
+    pub(crate) request_schema: Arc<RequestSchema>,
     pub(crate) response_schema: serde_json::Value,
     pub(crate) handler: ErasedHandler,
 }
@@ -81,10 +82,14 @@ impl Endpoint {
         Fut: Future<Output = Result<Resp, ServiceError>> + Send + 'static,
     {
         let handler = Arc::new(handler);
+        let request_schema = Arc::new(RequestSchema::for_type::<Req>());
+        let schema = request_schema.clone();
         let erased: ErasedHandler = Arc::new(move |ctx, payload: Bytes| {
             let handler = handler.clone();
+            let schema = schema.clone();
             Box::pin(async move {
-                let request: Req = codec::decode_request(&payload)?;
+                // Inside the future: the dispatcher catches a panic here too.
+                let request: Req = schema.decode(&payload)?;
                 let response = handler(ctx, request).await?;
                 codec::encode(&response).map_err(|e| {
                     tracing::error!(error = %e, "response does not serialize");
@@ -99,7 +104,7 @@ impl Endpoint {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_queued: DEFAULT_MAX_QUEUED,
             metadata: Metadata::new(),
-            request_schema: schemars::schema_for!(Req).to_value(),
+            request_schema,
             response_schema: schemars::schema_for!(Resp).to_value(),
             handler: erased,
         }
@@ -178,7 +183,10 @@ impl Endpoint {
     pub(crate) fn published_metadata(&self) -> Metadata {
         let mut metadata = self.metadata.clone();
         metadata.insert("description".into(), self.description.clone());
-        metadata.insert("request_schema".into(), self.request_schema.to_string());
+        metadata.insert(
+            "request_schema".into(),
+            self.request_schema.published.to_string(),
+        );
         metadata.insert("response_schema".into(), self.response_schema.to_string());
         metadata.insert("idempotent".into(), self.idempotent.to_string());
         metadata.insert("max_in_flight".into(), self.max_in_flight.to_string());

@@ -42,6 +42,7 @@
 mod context;
 mod dispatch;
 mod endpoint;
+mod schema;
 mod srv;
 mod stats;
 

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use switchboard::events::StreamSpec;
 
 use crate::Item;
+use crate::limits::{ID_MAX, ID_PATTERN, ITEMS_MAX, QUANTITY_MAX};
 
 /// `inventory.restock`.
 pub const RESTOCK: &str = "inventory.restock";
@@ -29,8 +30,10 @@ pub fn stream() -> StreamSpec {
 #[serde(deny_unknown_fields)]
 pub struct Restock {
     /// Stock keeping unit.
+    #[schemars(length(min = 1, max = ID_MAX), regex(pattern = ID_PATTERN))]
     pub sku: String,
-    /// Units added (at least 1).
+    /// Units added.
+    #[schemars(range(min = 1, max = QUANTITY_MAX))]
     pub quantity: u32,
 }
 
@@ -39,6 +42,7 @@ pub struct Restock {
 #[serde(deny_unknown_fields)]
 pub struct GetStock {
     /// Stock keeping unit.
+    #[schemars(length(min = 1, max = ID_MAX), regex(pattern = ID_PATTERN))]
     pub sku: String,
 }
 
@@ -58,8 +62,10 @@ pub struct Stock {
 #[serde(deny_unknown_fields)]
 pub struct Reserve {
     /// The order the reservation is for (idempotency key).
+    #[schemars(length(min = 1, max = ID_MAX), regex(pattern = ID_PATTERN))]
     pub order_id: String,
     /// What to reserve.
+    #[schemars(length(min = 1, max = ITEMS_MAX))]
     pub items: Vec<Item>,
 }
 
@@ -68,6 +74,7 @@ pub struct Reserve {
 #[serde(deny_unknown_fields)]
 pub struct Release {
     /// The order whose reservation to release.
+    #[schemars(length(min = 1, max = ID_MAX), regex(pattern = ID_PATTERN))]
     pub order_id: String,
 }
 

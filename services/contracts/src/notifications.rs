@@ -3,6 +3,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::limits::{ID_MAX, ID_PATTERN};
+
 /// `notifications.list`.
 pub const LIST: &str = "notifications.list";
 
@@ -11,6 +13,7 @@ pub const LIST: &str = "notifications.list";
 #[serde(deny_unknown_fields)]
 pub struct ListNotifications {
     /// Whose notifications.
+    #[schemars(length(min = 1, max = ID_MAX), regex(pattern = ID_PATTERN))]
     pub user_id: String,
 }
 

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use switchboard::events::StreamSpec;
 
 use crate::Item;
+use crate::limits::{ID_MAX, ID_PATTERN, ITEMS_MAX};
 
 /// `orders.create`.
 pub const CREATE: &str = "orders.create";
@@ -27,8 +28,10 @@ pub fn stream() -> StreamSpec {
 #[serde(deny_unknown_fields)]
 pub struct CreateOrder {
     /// Who orders.
+    #[schemars(length(min = 1, max = ID_MAX), regex(pattern = ID_PATTERN))]
     pub user_id: String,
     /// What.
+    #[schemars(length(min = 1, max = ITEMS_MAX))]
     pub items: Vec<Item>,
 }
 
@@ -37,6 +40,7 @@ pub struct CreateOrder {
 #[serde(deny_unknown_fields)]
 pub struct OrderRef {
     /// Order id.
+    #[schemars(length(min = 1, max = ID_MAX), regex(pattern = ID_PATTERN))]
     pub id: String,
 }
 

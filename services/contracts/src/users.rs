@@ -4,6 +4,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use switchboard::events::StreamSpec;
 
+use crate::limits::{EMAIL_MAX, EMAIL_PATTERN, ID_MAX, ID_PATTERN, NAME_MAX, NAME_PATTERN};
+
 /// `users.create`.
 pub const CREATE: &str = "users.create";
 /// `users.get`.
@@ -20,9 +22,11 @@ pub fn stream() -> StreamSpec {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
-    /// Display name (not empty).
+    /// Display name (not blank).
+    #[schemars(length(min = 1, max = NAME_MAX), regex(pattern = NAME_PATTERN))]
     pub name: String,
-    /// E-mail address (unique).
+    /// E-mail address (unique, compared in lower case).
+    #[schemars(length(min = 3, max = EMAIL_MAX), regex(pattern = EMAIL_PATTERN))]
     pub email: String,
 }
 
@@ -31,6 +35,7 @@ pub struct CreateUser {
 #[serde(deny_unknown_fields)]
 pub struct GetUser {
     /// User id.
+    #[schemars(length(min = 1, max = ID_MAX), regex(pattern = ID_PATTERN))]
     pub id: String,
 }
 

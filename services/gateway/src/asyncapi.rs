@@ -5,11 +5,14 @@ use serde_json::{Map, Value, json};
 use switchboard::discovery::InstanceInfo;
 use switchboard::service::EVENTS_METADATA;
 
+use crate::schema::hoist;
+
 /// The document for what discovery currently shows.
 pub fn document(instances: &[InstanceInfo]) -> Value {
     let mut channels = Map::new();
     let mut operations = Map::new();
     let mut messages = Map::new();
+    let mut schemas = Map::new();
     for instance in instances {
         let Some(events) = instance
             .metadata
@@ -27,10 +30,10 @@ pub fn document(instances: &[InstanceInfo]) -> Value {
                 .strip_prefix("events.")
                 .unwrap_or(subject)
                 .replace('.', "_");
-            let mut payload = event["schema"].clone();
-            if let Some(object) = payload.as_object_mut() {
-                object.remove("$schema");
-            }
+            // The default schema format (AsyncAPI Schema, a superset of
+            // JSON Schema draft 7) with definitions in components/schemas,
+            // where its references can be resolved.
+            let payload = hoist(&event["schema"], &mut schemas);
             messages.insert(
                 name.clone(),
                 json!({
@@ -39,7 +42,7 @@ pub fn document(instances: &[InstanceInfo]) -> Value {
                     "summary": event["description"],
                     "contentType": "application/json",
                     "headers": cloudevents_headers(),
-                    "payload": { "schemaFormat": "application/schema+json;version=2020-12", "schema": payload },
+                    "payload": payload,
                 }),
             );
             channels.insert(
@@ -70,7 +73,7 @@ pub fn document(instances: &[InstanceInfo]) -> Value {
         "defaultContentType": "application/json",
         "channels": channels,
         "operations": operations,
-        "components": { "messages": messages }
+        "components": { "messages": messages, "schemas": schemas }
     })
 }
 

@@ -17,6 +17,7 @@ mod metrics;
 mod openapi;
 mod proxy;
 pub mod routes;
+mod schema;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,8 +25,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
@@ -40,8 +41,13 @@ pub use routes::{Route, RouteTable};
 /// Largest request body accepted (larger: 413).
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
+/// The services the gateway waits for before it joins discovery.
+pub const REQUIRES_ENV: &str = "SWITCHBOARD_GATEWAY_REQUIRES";
+
 /// Settings; `Default` reads nothing, [`GatewayConfig::from_env`] reads
-/// `SWITCHBOARD_HTTP_ADDR` and `SWITCHBOARD_HTTP_TIMEOUT_MS`.
+/// `SWITCHBOARD_HTTP_ADDR`, `SWITCHBOARD_HTTP_TIMEOUT_MS` and
+/// `SWITCHBOARD_GATEWAY_REQUIRES` (comma-separated services; `switchboard
+/// up` sets it to the services it runs).
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     /// Where to listen.
@@ -50,8 +56,13 @@ pub struct GatewayConfig {
     pub request_timeout: Duration,
     /// How often the routing table is rebuilt from discovery.
     pub refresh_every: Duration,
-    /// Services that must be discoverable for `/readyz`.
+    /// Services that must be discoverable for `/readyz`, and routed before
+    /// the gateway joins discovery (see [`run`]).
     pub required_services: Vec<String>,
+    /// Longest wait for the required services before the gateway joins
+    /// discovery anyway (a service that never comes must not hide the
+    /// gateway; `/readyz` still says what is missing).
+    pub join_wait: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -63,6 +74,7 @@ impl Default for GatewayConfig {
             required_services: ["users", "inventory", "orders", "notifications"]
                 .map(String::from)
                 .to_vec(),
+            join_wait: Duration::from_secs(20),
         }
     }
 }
@@ -85,6 +97,14 @@ impl GatewayConfig {
                 .parse()
                 .map_err(|e| format!("SWITCHBOARD_HTTP_TIMEOUT_MS={ms:?}: {e}"))?;
             config.request_timeout = Duration::from_millis(ms);
+        }
+        if let Ok(services) = std::env::var(REQUIRES_ENV) {
+            config.required_services = services
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
         }
         Ok(config)
     }
@@ -129,6 +149,23 @@ impl Gateway {
             .unwrap_or_default()
     }
 
+    /// The required services that discovery has not shown yet.
+    pub fn missing_services(&self) -> Vec<String> {
+        let known = self
+            .shared
+            .known_services
+            .read()
+            .map(|k| k.clone())
+            .unwrap_or_default();
+        self.shared
+            .config
+            .required_services
+            .iter()
+            .filter(|s| !known.contains(s))
+            .cloned()
+            .collect()
+    }
+
     /// Rebuilds the routing table from discovery; returns the route count.
     ///
     /// # Errors
@@ -168,27 +205,45 @@ pub fn app(gateway: Gateway) -> Router {
         .route("/asyncapi.json", get(asyncapi_json))
         .route("/events", get(live::events))
         .fallback(proxy::forward)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(gateway)
+}
+
+/// Every error leaves as the JSON error object, also those axum answers
+/// itself (a 405 of a built-in route, an extractor's rejection), which are
+/// plain text: their words are kept, in our shape, with their headers
+/// (`Allow`, `Retry-After`).
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let message = match text.trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_owned(),
+        words => words.to_owned(),
+    };
+    let trace = switchboard::trace_context::TraceContext::new_root();
+    let mut json = proxy::error(status, &message, &trace);
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            json.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    json
 }
 
 async fn readyz(State(gateway): State<Gateway>) -> Response {
     let connected =
         gateway.shared.nats.connection_state() == async_nats::connection::State::Connected;
     metrics::connection_state(connected);
-    let known = gateway
-        .shared
-        .known_services
-        .read()
-        .map(|k| k.clone())
-        .unwrap_or_default();
-    let missing: Vec<&String> = gateway
-        .shared
-        .config
-        .required_services
-        .iter()
-        .filter(|s| !known.contains(s))
-        .collect();
+    let missing = gateway.missing_services();
     let ready = connected && missing.is_empty();
     let status = if ready {
         StatusCode::OK
@@ -289,6 +344,28 @@ pub enum GatewayError {
     App(#[from] AppError),
 }
 
+/// Joining discovery is the gateway's "ready": `switchboard up` prints
+/// ready once every service answers `$SRV.INFO`, and a request sent at that
+/// moment must find its route — so the gateway joins only once its table
+/// routes every required service (or after `wait`, with a warning).
+async fn wait_for_routes(gateway: &Gateway, wait: Duration) {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if let Err(error) = gateway.refresh().await {
+            tracing::warn!(%error, "discovery failed; no routes yet");
+        }
+        let missing = gateway.missing_services();
+        if missing.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(missing = %missing.join(", "), "joining discovery without routes for these services");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Serves HTTP and refreshes routes until `shutdown`; in-flight HTTP
 /// requests finish before it returns.
 ///
@@ -303,14 +380,23 @@ pub async fn run(
 ) -> Result<(), GatewayError> {
     let addr = config.addr;
     let refresh_every = config.refresh_every;
+    let join_wait = config.join_wait;
     let gateway = Gateway::new(nats.clone(), config);
-    if let Err(error) = gateway.refresh().await {
-        tracing::warn!(%error, "discovery failed; starting with no routes");
-    }
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| GatewayError::Bind { addr, source })?;
     tracing::info!(%addr, "HTTP gateway listening");
+    // HTTP is served from now on (`/readyz` tells what is missing); the
+    // gateway joins discovery once it routes every required service.
+    let serving = tokio::spawn({
+        let app = app(gateway.clone());
+        async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    });
+    wait_for_routes(&gateway, join_wait).await;
     let service = Service::builder("gateway", env!("CARGO_PKG_VERSION"))
         .description("HTTP gateway: REST in front of the NATS services")
         .metadata("http_addr", addr.to_string())
@@ -330,10 +416,10 @@ pub async fn run(
             }
         })
     };
-    let served = axum::serve(listener, app(gateway))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(GatewayError::Serve);
+    let served = match serving.await {
+        Ok(result) => result.map_err(GatewayError::Serve),
+        Err(join) => Err(GatewayError::Serve(std::io::Error::other(join))),
+    };
     refresher.abort();
     service.drain().await;
     served

@@ -30,8 +30,10 @@ pub(crate) async fn events(
 ) -> Response {
     let subject = filter.subject.unwrap_or_else(|| "events.>".to_owned());
     let trace = switchboard::trace_context::TraceContext::new_root();
+    // Bounded: a SUB line the server refuses would close the gateway's connection.
     let valid = (subject == "events.>" || subject.starts_with("events."))
-        && !subject.contains(' ')
+        && switchboard::limits::check_subject(&subject).is_ok()
+        && !subject.chars().any(|c| c.is_whitespace() || c.is_control())
         && !subject.split('.').any(str::is_empty);
     if !valid {
         return crate::proxy::error(

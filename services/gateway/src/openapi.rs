@@ -4,6 +4,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::routes::RouteTable;
+use crate::schema::hoist;
 
 /// The document for the current routing table.
 pub fn document(table: &RouteTable) -> Value {
@@ -37,15 +38,28 @@ pub fn document(table: &RouteTable) -> Value {
         operation.insert("operationId".into(), json!(route.subject));
         operation.insert("summary".into(), json!(route.description));
         operation.insert("tags".into(), json!([route.service]));
+        let body = route
+            .request_schema
+            .as_ref()
+            .map(|schema| hoist(schema, &mut components));
         if !params.is_empty() {
+            // A path parameter is a request field: it keeps that field's
+            // schema, limits included.
             let parameters: Vec<Value> = params
                 .iter()
-                .map(|p| json!({ "name": p, "in": "path", "required": true, "schema": { "type": "string" } }))
+                .map(|p| {
+                    let schema = body
+                        .as_ref()
+                        .and_then(|b| b["properties"].get(p))
+                        .filter(|s| s.get("type") == Some(&json!("string")))
+                        .cloned()
+                        .unwrap_or_else(|| json!({ "type": "string", "minLength": 1 }));
+                    json!({ "name": p, "in": "path", "required": true, "schema": schema })
+                })
                 .collect();
             operation.insert("parameters".into(), Value::Array(parameters));
         }
-        if let Some(schema) = &route.request_schema {
-            let mut body = hoist(schema, &mut components);
+        if let Some(mut body) = body {
             // Path parameters come from the path, not the body.
             if let Some(properties) = body.get_mut("properties").and_then(Value::as_object_mut) {
                 for p in &params {
@@ -95,38 +109,4 @@ pub fn document(table: &RouteTable) -> Value {
         "paths": paths,
         "components": { "schemas": components }
     })
-}
-
-/// Moves a schema's `$defs` into `components/schemas` and points its
-/// references there, so schemas can be embedded anywhere in the document.
-fn hoist(schema: &Value, components: &mut Map<String, Value>) -> Value {
-    let mut schema = schema.clone();
-    if let Some(object) = schema.as_object_mut() {
-        object.remove("$schema");
-        object.remove("title");
-        if let Some(Value::Object(defs)) = object.remove("$defs") {
-            for (name, def) in defs {
-                let mut def = def;
-                rewrite_refs(&mut def);
-                components.insert(name, def);
-            }
-        }
-    }
-    rewrite_refs(&mut schema);
-    schema
-}
-
-fn rewrite_refs(value: &mut Value) {
-    match value {
-        Value::Object(object) => {
-            if let Some(Value::String(reference)) = object.get_mut("$ref")
-                && let Some(name) = reference.strip_prefix("#/$defs/")
-            {
-                *reference = format!("#/components/schemas/{name}");
-            }
-            object.values_mut().for_each(rewrite_refs);
-        }
-        Value::Array(items) => items.iter_mut().for_each(rewrite_refs),
-        _ => {}
-    }
 }

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -20,6 +20,10 @@ use switchboard::trace_context::TraceContext;
 use crate::Gateway;
 use crate::routes::Lookup;
 
+/// Longest path parameter forwarded (the request schema has the field's
+/// own, smaller limit; this keeps an absurd URL from travelling at all).
+const MAX_PATH_PARAMETER: usize = 1024;
+
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_SECONDS: &str = "1";
 
@@ -28,9 +32,10 @@ pub(crate) async fn forward(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let started = Instant::now();
+    // A malformed traceparent starts a new trace (as W3C asks), never a 400.
     let trace = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
@@ -50,6 +55,32 @@ pub(crate) async fn forward(
         Lookup::NotFound => return error(StatusCode::NOT_FOUND, "no such route", &trace),
     };
     let label = format!("{} {}", route.method, route.path);
+    if let Some((name, value)) = params.iter().find(|(_, v)| v.len() > MAX_PATH_PARAMETER) {
+        let message = format!(
+            "path parameter {name} is {} bytes; the limit is {MAX_PATH_PARAMETER}",
+            value.len()
+        );
+        return error(StatusCode::BAD_REQUEST, &message, &trace);
+    }
+    // Read here rather than by an extractor, so that a body over the limit
+    // is our JSON 413 and not a plain-text rejection.
+    let body = match axum::body::to_bytes(body, crate::BODY_LIMIT).await {
+        Ok(body) => body,
+        Err(e) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            return if too_large {
+                let message = format!("the body is larger than {} bytes", crate::BODY_LIMIT);
+                error(StatusCode::PAYLOAD_TOO_LARGE, &message, &trace)
+            } else {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    "the body could not be read",
+                    &trace,
+                )
+            };
+        }
+    };
 
     let response = match request_body(&body, params) {
         Err(message) => error(StatusCode::BAD_REQUEST, &message, &trace),

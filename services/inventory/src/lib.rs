@@ -6,7 +6,6 @@
 //! gives back what it took. Releases on `events.orders.cancelled`
 //! (compensation through an event, not a call).
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +13,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use contracts::inventory::{self, GetStock, Release, Reservation, Reserve, Restock, Stock};
 use contracts::orders::OrderChanged;
-use contracts::{Item, validate_items};
+use contracts::{Item, canonical_items};
 use serde::{Deserialize, Serialize};
 use switchboard::ServiceError;
 use switchboard::app::AppError;
@@ -106,18 +105,7 @@ pub async fn run(
     Ok(())
 }
 
-fn validate_sku(sku: &str) -> Result<(), ServiceError> {
-    if sku.trim().is_empty() {
-        return Err(ServiceError::bad_request("sku must not be empty"));
-    }
-    Ok(())
-}
-
 async fn restock(inv: Arc<Inventory>, _ctx: Context, req: Restock) -> Result<Stock, ServiceError> {
-    validate_sku(&req.sku)?;
-    if req.quantity == 0 {
-        return Err(ServiceError::bad_request("quantity must be at least 1"));
-    }
     let levels = inv
         .stock
         .modify(&req.sku, |current| {
@@ -130,7 +118,6 @@ async fn restock(inv: Arc<Inventory>, _ctx: Context, req: Restock) -> Result<Sto
 }
 
 async fn stock(inv: Arc<Inventory>, _ctx: Context, req: GetStock) -> Result<Stock, ServiceError> {
-    validate_sku(&req.sku)?;
     let levels = inv
         .stock
         .get(&req.sku)
@@ -144,11 +131,7 @@ async fn reserve(
     ctx: Context,
     req: Reserve,
 ) -> Result<Reservation, ServiceError> {
-    if req.order_id.trim().is_empty() {
-        return Err(ServiceError::bad_request("order_id must not be empty"));
-    }
-    validate_items(&req.items)?;
-    let items = merged(&req.items);
+    let items = canonical_items(&req.items);
     if let Some(existing) = inv.reservations.get(&req.order_id).await? {
         return same_reservation(existing.value, &items);
     }
@@ -206,10 +189,7 @@ async fn reserve(
         .id(format!("{}-reserved", req.order_id))
         .subject(req.order_id.clone())
         .trace(*ctx.trace());
-    inv.events
-        .publish(inventory::RESERVED, &event)
-        .await
-        .map_err(|e| ServiceError::unavailable(e.to_string()))?;
+    inv.events.publish(inventory::RESERVED, &event).await?;
     Ok(reservation)
 }
 
@@ -218,9 +198,6 @@ async fn release(
     ctx: Context,
     req: Release,
 ) -> Result<Reservation, ServiceError> {
-    if req.order_id.trim().is_empty() {
-        return Err(ServiceError::bad_request("order_id must not be empty"));
-    }
     release_order(&inv, &req.order_id, Some(*ctx.trace())).await
 }
 
@@ -261,10 +238,7 @@ async fn release_order(
         if let Some(trace) = trace {
             event = event.trace(trace);
         }
-        inv.events
-            .publish(inventory::RELEASED, &event)
-            .await
-            .map_err(|e| ServiceError::unavailable(e.to_string()))?;
+        inv.events.publish(inventory::RELEASED, &event).await?;
         return Ok(released);
     }
 }
@@ -297,22 +271,6 @@ fn same_reservation(existing: Reservation, items: &[Item]) -> Result<Reservation
             existing.order_id, existing.status
         )))
     }
-}
-
-/// One line per sku, in sku order (so a retried request compares equal).
-fn merged(items: &[Item]) -> Vec<Item> {
-    let mut by_sku: BTreeMap<&str, u32> = BTreeMap::new();
-    for item in items {
-        let entry = by_sku.entry(item.sku.as_str()).or_default();
-        *entry = entry.saturating_add(item.quantity);
-    }
-    by_sku
-        .into_iter()
-        .map(|(sku, quantity)| Item {
-            sku: sku.to_owned(),
-            quantity,
-        })
-        .collect()
 }
 
 fn to_stock(sku: &str, levels: &Levels) -> Stock {

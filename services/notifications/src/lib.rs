@@ -130,9 +130,6 @@ async fn list(
     _ctx: Context,
     req: ListNotifications,
 ) -> Result<Notifications, ServiceError> {
-    if req.user_id.trim().is_empty() {
-        return Err(ServiceError::bad_request("user_id must not be empty"));
-    }
     let notifications = store
         .get(&req.user_id)
         .await?

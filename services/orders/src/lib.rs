@@ -10,7 +10,6 @@ use async_nats::jetstream;
 use contracts::inventory::{self, Reservation, Reserve};
 use contracts::orders::{self, CreateOrder, Order, OrderRef};
 use contracts::users::{self, GetUser, User};
-use contracts::validate_items;
 use switchboard::ServiceError;
 use switchboard::app::AppError;
 use switchboard::client::CallError;
@@ -72,10 +71,6 @@ async fn create(
     ctx: Context,
     req: CreateOrder,
 ) -> Result<Order, ServiceError> {
-    if req.user_id.trim().is_empty() {
-        return Err(ServiceError::bad_request("user_id must not be empty"));
-    }
-    validate_items(&req.items)?;
     let user: Result<User, CallError> = ctx
         .call(
             users::GET,
@@ -171,5 +166,5 @@ async fn publish(
         .publish(subject, &event)
         .await
         .map(|_| ())
-        .map_err(|e| ServiceError::unavailable(e.to_string()))
+        .map_err(ServiceError::from)
 }
