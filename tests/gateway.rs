@@ -12,40 +12,9 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use switchboard::testing::free_port;
 
-use common::{Signal, Switchboard, exe_name};
+use common::{Http, Signal, Switchboard, exe_name};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-struct Http {
-    addr: String,
-}
-
-impl Http {
-    async fn send(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<(u16, hyper::HeaderMap, Value), Box<dyn std::error::Error>> {
-        let stream = tokio::net::TcpStream::connect(&self.addr).await?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
-        let bytes = body.map(|b| b.to_string()).unwrap_or_default();
-        let request = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", &self.addr)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(bytes)))?;
-        let response = sender.send_request(request).await?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response.into_body().collect().await?.to_bytes();
-        let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        Ok((status, headers, value))
-    }
-}
 
 async fn system(dir: &std::path::Path) -> Result<(Switchboard, Http), Box<dyn std::error::Error>> {
     let http_addr = format!("127.0.0.1:{}", free_port()?);
@@ -303,4 +272,114 @@ impl Drop for KillOnDrop {
             switchboard::process::send(self.0, Signal::SIGKILL);
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_sent_the_moment_up_is_ready_is_routed() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let args = common::up_args(free_port()?, free_port()?, &dir.path().join("data"));
+    let http = Http {
+        addr: args.last().cloned().ok_or("no --http-addr")?,
+    };
+    let env = vec![(
+        "XDG_CONFIG_HOME".to_owned(),
+        dir.path().display().to_string(),
+    )];
+    let mut up = Switchboard::spawn(&args, &env);
+    up.wait_for("switchboard: ready", Duration::from_secs(60));
+    // No wait for /readyz or a refresh: ready means routed.
+    let (status, _, user) = http
+        .send(
+            "POST",
+            "/users",
+            Some(json!({"name": "Early", "email": "early@example.com"})),
+        )
+        .await?;
+    assert_eq!(status, 201, "{user}");
+    let (status, _, ready) = http.send("GET", "/readyz", None).await?;
+    assert_eq!(status, 200, "{ready}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_http_requests_get_json_errors_and_change_nothing() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (_up, http) = system(dir.path()).await?;
+
+    // The first report: a 4,500-character user id used to knock the users
+    // service off NATS (a KV key longer than the server's control line).
+    let (status, _, body) = http
+        .send(
+            "POST",
+            "/orders",
+            Some(json!({"user_id": "z".repeat(4500), "items": [{"sku": "widget", "quantity": 1}]})),
+        )
+        .await?;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["details"]["errors"][0]["path"], "/user_id");
+    assert!(
+        body.to_string().len() < 2000,
+        "the error does not echo the input"
+    );
+
+    let json_type = |headers: &hyper::HeaderMap| {
+        headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"))
+    };
+    let long_segment = format!("/orders/{}", "o".repeat(3000));
+    let long_subject = format!("/events?subject=events.{}", "x".repeat(5000));
+    let two_mib = Bytes::from(vec![b' '; 2 * 1024 * 1024]);
+    let cases: Vec<(&str, &str, Bytes, u16)> = vec![
+        ("GET", "/no/such/route", Bytes::new(), 404),
+        ("POST", "/healthz", Bytes::new(), 405),
+        ("DELETE", "/users", Bytes::new(), 405),
+        ("POST", "/users", two_mib, 413),
+        ("POST", "/users", Bytes::from_static(b"[]"), 400),
+        ("POST", "/users", Bytes::from_static(b"{\"name\":"), 400),
+        ("POST", "/users", Bytes::from_static(b"\xff\xfe"), 400),
+        (
+            "POST",
+            "/users",
+            Bytes::from_static(b"{\"name\":\"\",\"email\":\"\"}"),
+            400,
+        ),
+        (
+            "POST",
+            "/inventory/widget/restock",
+            Bytes::from_static(b"{\"quantity\":0}"),
+            400,
+        ),
+        ("GET", long_segment.as_str(), Bytes::new(), 400),
+        ("GET", "/inventory/%zz", Bytes::new(), 404),
+        ("GET", long_subject.as_str(), Bytes::new(), 400),
+        ("GET", "/events?subject=orders.>", Bytes::new(), 400),
+    ];
+    for (method, path, body, expected) in cases {
+        let (status, headers, reply) = http.send_raw(method, path, &[], body).await?;
+        let shown: String = String::from_utf8_lossy(&reply).chars().take(300).collect();
+        let what = format!("{method} {}", switchboard::limits::preview(path));
+        assert_eq!(status, expected, "{what}: {shown}");
+        assert!(json_type(&headers), "{what}: not JSON: {shown}");
+        let error: Value = serde_json::from_slice(&reply)?;
+        assert_eq!(error["error"]["code"], expected, "{what}: {shown}");
+        assert!(error["error"]["message"].is_string(), "{what}: {shown}");
+        if expected == 405 {
+            assert!(headers.get("allow").is_some(), "{what}: no Allow header");
+        }
+    }
+
+    // Nothing was created by any of it, and the gateway still works.
+    let (status, _, user) = http
+        .send(
+            "POST",
+            "/users",
+            Some(json!({"name": "Ann", "email": "ann@example.com"})),
+        )
+        .await?;
+    assert_eq!(status, 201, "{user}");
+    let (status, _, _) = http.send("GET", "/inventory/widget", None).await?;
+    assert_eq!(status, 404, "the refused restock stored nothing");
+    Ok(())
 }

@@ -9,40 +9,14 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use switchboard::client::{CallError, CallOptions, Client};
-use switchboard::nats_context::NatsContext;
 use switchboard::testing::free_port;
 
-use common::{Signal, Switchboard, test_passwords};
+use common::{Signal, System, admin, test_passwords};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-const READY: &str = "switchboard: ready";
-
-struct System {
-    up: Switchboard,
-    port: u16,
-    http_port: u16,
-}
-
 fn start(dir: &Path, port: u16, http_port: u16) -> System {
-    let mut env = vec![("XDG_CONFIG_HOME".to_owned(), dir.display().to_string())];
-    // Fixed passwords, so a second `orders` instance can join.
-    env.extend(test_passwords());
-    let mut up = Switchboard::spawn(&common::up_args(port, http_port, &dir.join("data")), &env);
-    up.wait_for(READY, Duration::from_secs(60));
-    System {
-        up,
-        port,
-        http_port,
-    }
-}
-
-async fn admin(dir: &Path) -> Result<Client, Box<dyn std::error::Error>> {
-    let context = NatsContext::read(&dir.join("nats/context/switchboard.json"))?;
-    let nats = async_nats::ConnectOptions::with_user_and_password(context.user, context.password)
-        .connect(context.url.as_str())
-        .await?;
-    Ok(Client::new(nats))
+    common::start_system(dir, port, http_port)
 }
 
 async fn call(client: &Client, subject: &str, body: Value) -> Result<Value, CallError> {

@@ -94,45 +94,67 @@ impl RequestSchema {
             return codec::decode_request(payload);
         };
         let value: Value = codec::decode_request(payload)?;
-        let mut errors = validator.iter_errors(&value).peekable();
-        if errors.peek().is_some() {
-            let mut reported = Vec::new();
-            let mut total = 0usize;
-            for error in errors {
-                total += 1;
-                if reported.len() < MAX_REPORTED {
-                    // Masked: the message must not quote a 5,000-character value.
-                    let message = error.masked_with("the value").to_string();
-                    reported.push(json!({
-                        "path": error.instance_path().as_str(),
-                        "message": crate::limits::truncate(&message, 200),
-                    }));
-                }
-            }
-            let first = reported
-                .first()
-                .map(|e| {
-                    let path = e["path"].as_str().unwrap_or_default();
-                    let message = e["message"].as_str().unwrap_or_default();
-                    if path.is_empty() {
-                        message.to_owned()
-                    } else {
-                        format!("{path}: {message}")
-                    }
-                })
-                .unwrap_or_default();
-            let more = if total > 1 {
-                format!(" (and {} more)", total - 1)
-            } else {
-                String::new()
-            };
-            return Err(
-                ServiceError::bad_request(format!("invalid request: {first}{more}"))
-                    .with_details(json!({ "errors": reported, "error_count": total })),
-            );
-        }
+        check(validator, &value)?;
+        let value = integers_as_integers(value);
         T::deserialize(&value)
             .map_err(|e| ServiceError::bad_request(format!("invalid request: {e}")))
+    }
+}
+
+/// Every way `value` breaks the schema, as one 400 (the first few named).
+fn check(validator: &jsonschema::Validator, value: &Value) -> Result<(), ServiceError> {
+    let mut reported = Vec::new();
+    let mut total = 0usize;
+    for error in validator.iter_errors(value) {
+        total += 1;
+        if reported.len() < MAX_REPORTED {
+            // Masked: the message must not quote a 5,000-character value.
+            let message = error.masked_with("the value").to_string();
+            reported.push(json!({
+                "path": error.instance_path().as_str(),
+                "message": crate::limits::truncate(&message, 200),
+            }));
+        }
+    }
+    let Some(first) = reported.first() else {
+        return Ok(());
+    };
+    let path = first["path"].as_str().unwrap_or_default();
+    let message = first["message"].as_str().unwrap_or_default();
+    let first = if path.is_empty() {
+        message.to_owned()
+    } else {
+        format!("{path}: {message}")
+    };
+    let more = if total > 1 {
+        format!(" (and {} more)", total - 1)
+    } else {
+        String::new()
+    };
+    Err(
+        ServiceError::bad_request(format!("invalid request: {first}{more}"))
+            .with_details(json!({ "errors": reported, "error_count": total })),
+    )
+}
+
+/// `1332.0` is an integer to JSON Schema (it is one number), not to serde:
+/// a whole float becomes an integer before decoding, so a request the
+/// schema accepts is not refused by the type.
+fn integers_as_integers(value: Value) -> Value {
+    match value {
+        Value::Number(number) if !number.is_i64() && !number.is_u64() => match number.as_f64() {
+            Some(f) if f.fract() == 0.0 && f >= 0.0 && f < u64::MAX as f64 => Value::from(f as u64),
+            Some(f) if f.fract() == 0.0 && f < 0.0 && f >= i64::MIN as f64 => Value::from(f as i64),
+            _ => Value::Number(number),
+        },
+        Value::Array(items) => Value::Array(items.into_iter().map(integers_as_integers).collect()),
+        Value::Object(object) => Value::Object(
+            object
+                .into_iter()
+                .map(|(k, v)| (k, integers_as_integers(v)))
+                .collect(),
+        ),
+        other => other,
     }
 }
 
@@ -214,6 +236,13 @@ mod tests {
         assert!(error.message.len() < 300, "{}", error.message);
         let good = Bytes::from(r#"{"id":"a-1","lines":[{"sku":"x","quantity":10}]}"#);
         assert!(schema.decode::<Limited>(&good).is_ok());
+        let whole = Bytes::from(r#"{"id":"a-1","lines":[{"sku":"x","quantity":7.0}]}"#);
+        assert!(
+            schema
+                .decode::<Limited>(&whole)
+                .is_ok_and(|l| l.lines[0].quantity == 7),
+            "7.0 is the integer 7 to JSON Schema"
+        );
         let malformed = schema.decode::<Limited>(&Bytes::from_static(b"{\"id\":"));
         assert!(malformed.is_err_and(|e| e.code == 400));
     }

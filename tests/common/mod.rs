@@ -255,3 +255,97 @@ pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
     }
     condition()
 }
+
+/// A minimal HTTP/1 client for the gateway: one connection per request.
+pub struct Http {
+    pub addr: String,
+}
+
+impl Http {
+    /// Sends JSON (or nothing); the reply's status, headers and JSON body
+    /// (`Null` when the body is not JSON).
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(u16, hyper::HeaderMap, serde_json::Value), Box<dyn std::error::Error>> {
+        let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+        let (status, headers, body) = self
+            .send_raw(
+                method,
+                path,
+                &[("content-type", "application/json")],
+                bytes.into(),
+            )
+            .await?;
+        let value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+        Ok((status, headers, value))
+    }
+
+    /// Sends any bytes with any headers; the reply as it came.
+    pub async fn send_raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: hyper::body::Bytes,
+    ) -> Result<(u16, hyper::HeaderMap, hyper::body::Bytes), Box<dyn std::error::Error>> {
+        use http_body_util::BodyExt;
+        let stream = tokio::net::TcpStream::connect(&self.addr).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.addr);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(http_body_util::Full::new(body))?;
+        let response = sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, headers, body))
+    }
+}
+
+/// A whole system started by `switchboard up` with its own ports, data
+/// folder and fixed passwords.
+pub struct System {
+    pub up: Switchboard,
+    pub port: u16,
+    /// nats-server's monitoring port.
+    pub http_port: u16,
+    /// The gateway.
+    pub http: Http,
+}
+
+/// Starts `up` in `dir` and waits for `switchboard: ready`.
+pub fn start_system(dir: &Path, port: u16, http_port: u16) -> System {
+    let mut env = vec![("XDG_CONFIG_HOME".to_owned(), dir.display().to_string())];
+    // Fixed passwords, so a second instance of a service can join.
+    env.extend(test_passwords());
+    let args = up_args(port, http_port, &dir.join("data"));
+    let gateway = args.last().cloned().unwrap_or_default();
+    let mut up = Switchboard::spawn(&args, &env);
+    up.wait_for("switchboard: ready", Duration::from_secs(60));
+    System {
+        up,
+        port,
+        http_port,
+        http: Http { addr: gateway },
+    }
+}
+
+/// A client connected as the operator, with the context `up` wrote in `dir`.
+pub async fn admin(dir: &Path) -> Result<switchboard::client::Client, Box<dyn std::error::Error>> {
+    let context =
+        switchboard::nats_context::NatsContext::read(&dir.join("nats/context/switchboard.json"))?;
+    let nats = async_nats::ConnectOptions::with_user_and_password(context.user, context.password)
+        .connect(context.url.as_str())
+        .await?;
+    Ok(switchboard::client::Client::new(nats))
+}

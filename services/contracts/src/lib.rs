@@ -46,6 +46,7 @@ use limits::{ID_MAX, ID_PATTERN, QUANTITY_MAX};
 #[derive(
     Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
 )]
+#[serde(deny_unknown_fields)]
 pub struct Item {
     /// Stock keeping unit.
     #[schemars(length(min = 1, max = ID_MAX), regex(pattern = ID_PATTERN))]

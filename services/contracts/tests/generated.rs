@@ -22,3 +22,15 @@ fn subjects_md_matches_the_contract() {
     );
     assert_eq!(result, Ok(()));
 }
+
+#[test]
+fn readme_limits_match_the_contract() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md");
+    let result = verify_or_bless(
+        path,
+        document::LIMITS_BEGIN,
+        document::LIMITS_END,
+        &document::readme_limits_block(),
+    );
+    assert_eq!(result, Ok(()));
+}

@@ -299,7 +299,7 @@ async fn openapi_metrics_health_and_services() -> TestResult {
         asyncapi["channels"]["things_made"]["address"],
         "events.things.made"
     );
-    let payload = &asyncapi["components"]["messages"]["things_made"]["payload"]["schema"];
+    let payload = &asyncapi["components"]["messages"]["things_made"]["payload"];
     assert_eq!(payload["properties"]["name"]["type"], "string");
     assert_eq!(
         asyncapi["operations"]["receive_things_made"]["action"],
