@@ -274,6 +274,21 @@ impl Drop for KillOnDrop {
     }
 }
 
+async fn create_user(
+    http: &Http,
+    name: &str,
+    email: &str,
+) -> Result<(u16, Value), Box<dyn std::error::Error>> {
+    let (status, _, user) = http
+        .send(
+            "POST",
+            "/users",
+            Some(json!({"name": name, "email": email})),
+        )
+        .await?;
+    Ok((status, user))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_sent_the_moment_up_is_ready_is_routed() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -288,13 +303,7 @@ async fn a_request_sent_the_moment_up_is_ready_is_routed() -> TestResult {
     let mut up = Switchboard::spawn(&args, &env);
     up.wait_for("switchboard: ready", Duration::from_secs(60));
     // No wait for /readyz or a refresh: ready means routed.
-    let (status, _, user) = http
-        .send(
-            "POST",
-            "/users",
-            Some(json!({"name": "Early", "email": "early@example.com"})),
-        )
-        .await?;
+    let (status, user) = create_user(&http, "Early", "early@example.com").await?;
     assert_eq!(status, 201, "{user}");
     let (status, _, ready) = http.send("GET", "/readyz", None).await?;
     assert_eq!(status, 200, "{ready}");
@@ -371,13 +380,7 @@ async fn hostile_http_requests_get_json_errors_and_change_nothing() -> TestResul
     }
 
     // Nothing was created by any of it, and the gateway still works.
-    let (status, _, user) = http
-        .send(
-            "POST",
-            "/users",
-            Some(json!({"name": "Ann", "email": "ann@example.com"})),
-        )
-        .await?;
+    let (status, user) = create_user(&http, "Ann", "ann@example.com").await?;
     assert_eq!(status, 201, "{user}");
     let (status, _, _) = http.send("GET", "/inventory/widget", None).await?;
     assert_eq!(status, 404, "the refused restock stored nothing");
