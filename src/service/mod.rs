@@ -5,7 +5,9 @@
 //! more instances shares the load; each instance answers `$SRV.PING|INFO|STATS`
 //! so `switchboard ls`, the gateway and `nats micro ls` find it. Handlers are
 //! `async fn(Context, Request) -> Result<Response, ServiceError>`: they never
-//! see bytes or header names.
+//! see bytes or header names. A request is checked against its type's JSON
+//! Schema (the one discovery publishes, limits included) before the handler
+//! runs, so a handler only ever sees requests its contract allows.
 //!
 //! This is ADR-32 implemented here rather than `async_nats::service`, whose
 //! handling is sequential per endpoint, whose `stop()` does not drain, and
