@@ -281,7 +281,7 @@ async fn hostile_requests_fail_alone_and_no_service_loses_its_connection() -> Te
             let schema = endpoint
                 .metadata
                 .as_ref()
-                .and_then(|m| m.get("request_schema"))
+                .and_then(|m| m.get(switchboard::service::REQUEST_SCHEMA))
                 .and_then(|s| serde_json::from_str(s).ok());
             if let Some(schema) = schema {
                 endpoints.insert(endpoint.subject.clone(), schema);

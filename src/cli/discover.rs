@@ -101,8 +101,13 @@ pub async fn info(connection: &ConnectionArgs, args: ServiceArgs) -> anyhow::Res
                 e.name,
                 e.subject,
                 e.queue_group.as_deref().unwrap_or("-"),
-                meta.get("description").map(String::as_str).unwrap_or(""),
-                if meta.get("idempotent").is_some_and(|v| v == "true") {
+                meta.get(switchboard::service::DESCRIPTION)
+                    .map(String::as_str)
+                    .unwrap_or(""),
+                if meta
+                    .get(switchboard::service::IDEMPOTENT)
+                    .is_some_and(|v| v == "true")
+                {
                     " (idempotent)"
                 } else {
                     ""

@@ -24,6 +24,16 @@ pub const HTTP_METHOD: &str = "http_method";
 pub const HTTP_PATH: &str = "http_path";
 /// Endpoint metadata key: HTTP status of a success.
 pub const HTTP_STATUS: &str = "http_status";
+/// Endpoint metadata key: the one-line description.
+pub const DESCRIPTION: &str = "description";
+/// Endpoint metadata key: the request's JSON Schema (limits included).
+pub const REQUEST_SCHEMA: &str = "request_schema";
+/// Endpoint metadata key: the response's JSON Schema.
+pub const RESPONSE_SCHEMA: &str = "response_schema";
+/// Endpoint metadata key: `true` when the endpoint is safe to repeat.
+pub const IDEMPOTENT: &str = "idempotent";
+/// Endpoint metadata key: requests handled at once.
+pub const MAX_IN_FLIGHT: &str = "max_in_flight";
 
 /// Default concurrent requests per endpoint.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
@@ -182,14 +192,14 @@ impl Endpoint {
     /// schemas, idempotency and limits.
     pub(crate) fn published_metadata(&self) -> Metadata {
         let mut metadata = self.metadata.clone();
-        metadata.insert("description".into(), self.description.clone());
+        metadata.insert(DESCRIPTION.into(), self.description.clone());
         metadata.insert(
-            "request_schema".into(),
+            REQUEST_SCHEMA.into(),
             self.request_schema.published.to_string(),
         );
-        metadata.insert("response_schema".into(), self.response_schema.to_string());
-        metadata.insert("idempotent".into(), self.idempotent.to_string());
-        metadata.insert("max_in_flight".into(), self.max_in_flight.to_string());
+        metadata.insert(RESPONSE_SCHEMA.into(), self.response_schema.to_string());
+        metadata.insert(IDEMPOTENT.into(), self.idempotent.to_string());
+        metadata.insert(MAX_IN_FLIGHT.into(), self.max_in_flight.to_string());
         metadata
     }
 }

@@ -61,7 +61,8 @@ use crate::micro::Metadata;
 
 pub use context::Context;
 pub use endpoint::{
-    DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_QUEUED, Endpoint, HTTP_METHOD, HTTP_PATH, HTTP_STATUS,
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_QUEUED, DESCRIPTION, Endpoint, HTTP_METHOD, HTTP_PATH,
+    HTTP_STATUS, IDEMPOTENT, MAX_IN_FLIGHT, REQUEST_SCHEMA, RESPONSE_SCHEMA,
 };
 
 /// Queue group shared by all instances of an endpoint.

@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::IgnoredAny;
 use serde_json::{Map, Value, json};
 use switchboard::ServiceError;
 use switchboard::client::{CallError, CallOptions};
+use switchboard::codec;
 use switchboard::trace_context::TraceContext;
 
 use crate::Gateway;
@@ -37,7 +38,7 @@ pub(crate) async fn forward(
     let started = Instant::now();
     // A malformed traceparent starts a new trace (as W3C asks), never a 400.
     let trace = headers
-        .get("traceparent")
+        .get(codec::TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(TraceContext::parse)
         .map(|t| t.child())
@@ -220,7 +221,9 @@ pub(crate) fn error(status: StatusCode, message: &str, trace: &TraceContext) -> 
 
 fn with_trace(mut response: Response, trace: &TraceContext) -> Response {
     if let Ok(value) = HeaderValue::from_str(&trace.to_string()) {
-        response.headers_mut().insert("traceparent", value);
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(codec::TRACEPARENT), value);
     }
     if let Ok(value) = HeaderValue::from_str(&trace.trace_id()) {
         response.headers_mut().insert("x-trace-id", value);

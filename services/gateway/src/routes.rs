@@ -8,7 +8,9 @@
 use std::collections::BTreeMap;
 
 use switchboard::discovery::InstanceInfo;
-use switchboard::service::{HTTP_METHOD, HTTP_PATH, HTTP_STATUS};
+use switchboard::service::{
+    DESCRIPTION, HTTP_METHOD, HTTP_PATH, HTTP_STATUS, REQUEST_SCHEMA, RESPONSE_SCHEMA,
+};
 
 /// One route.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,9 +66,9 @@ impl RouteTable {
                             .get(HTTP_STATUS)
                             .and_then(|s| s.parse().ok())
                             .unwrap_or(200),
-                        description: metadata.get("description").cloned().unwrap_or_default(),
-                        request_schema: schema("request_schema"),
-                        response_schema: schema("response_schema"),
+                        description: metadata.get(DESCRIPTION).cloned().unwrap_or_default(),
+                        request_schema: schema(REQUEST_SCHEMA),
+                        response_schema: schema(RESPONSE_SCHEMA),
                     },
                 );
             }
