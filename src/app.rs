@@ -1,8 +1,21 @@
-//! What a service process can fail with, in one type.
+//! A service process: its `main` in one call, and what it can fail with.
 //!
-//! A service's `run` sets up state, streams, endpoints and consumers; each
-//! part has its own error kind, and this enum carries whichever happened so
-//! `main` can report it in one line.
+//! A service's `run(nats, shutdown)` sets up state, streams, endpoints and
+//! consumers; each part has its own error kind, and [`AppError`] carries
+//! whichever happened. Everything around `run` — the allocator, telemetry,
+//! the connection from the environment, the shutdown signal, draining the
+//! connection, a one-line error and the exit code — is the same for every
+//! service, so it is here, once: a service's `main.rs` is
+//!
+//! ```ignore
+//! switchboard::service_main!("users", users::run);
+//! ```
+
+use std::fmt::Display;
+use std::future::Future;
+use std::process::ExitCode;
+
+use crate::shutdown::Shutdown;
 
 /// Start-up or run failure of a service process.
 #[derive(Debug, thiserror::Error)]
@@ -29,4 +42,72 @@ impl From<tokio::task::JoinError> for AppError {
     fn from(e: tokio::task::JoinError) -> Self {
         AppError::Task(e.to_string())
     }
+}
+
+/// The body of a service binary's `main`: a multi-threaded runtime,
+/// telemetry, a connection named `name` from `NATS_URL`/`NATS_USER`/
+/// `NATS_PASSWORD`, `run` until SIGINT/SIGTERM (or the supervisor's end),
+/// then the connection drained. A failure is one line on stderr and exit
+/// code 1. Use it through [`service_main!`](crate::service_main).
+pub fn main<F, Fut, E>(name: &'static str, run: F) -> ExitCode
+where
+    F: FnOnce(async_nats::Client, Shutdown) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("{name}: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        crate::telemetry::init();
+        let nats = match crate::connect::ConnectConfig::from_env(name)
+            .connect()
+            .await
+        {
+            Ok(nats) => nats,
+            Err(error) => {
+                tracing::error!(%error, "cannot connect");
+                eprintln!("{name}: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let result = run(nats.clone(), Shutdown::new(crate::shutdown::signal())).await;
+        if let Err(error) = nats.drain().await {
+            tracing::warn!(%error, "cannot drain the connection");
+        }
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!(%error, "stopped with an error");
+                eprintln!("{name}: {error}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// A service binary's whole `main.rs`: the kit's allocator and
+/// [`app::main`](crate::app::main) around the service's
+/// `run(nats, shutdown)`.
+///
+/// ```ignore
+/// switchboard::service_main!("orders", orders::run);
+/// ```
+#[macro_export]
+macro_rules! service_main {
+    ($name:expr, $run:path) => {
+        #[global_allocator]
+        static ALLOCATOR: $crate::Allocator = $crate::Allocator;
+
+        fn main() -> ::std::process::ExitCode {
+            $crate::app::main($name, $run)
+        }
+    };
 }

@@ -9,7 +9,7 @@
 //! | module | why it exists |
 //! |---|---|
 //! | [`server`] | find, start, probe and stop the embedded `nats-server` |
-//! | [`app`] | one error type for a service process's start-up and run |
+//! | [`app`] | a service binary's `main` in one call; its one error type |
 //! | [`up`] | `switchboard up`: server, credentials, services, readiness, ordered stop |
 //! | [`supervisor`] | keep service processes alive with backoff; stop them politely |
 //! | [`service`] | typed endpoints on the NATS Services API; concurrency, errors, drain |
@@ -106,3 +106,6 @@ pub use error::ServiceError;
 /// ```
 #[cfg(feature = "mimalloc")]
 pub use mimalloc::MiMalloc as Allocator;
+/// Without the `mimalloc` feature: the system allocator.
+#[cfg(not(feature = "mimalloc"))]
+pub use std::alloc::System as Allocator;

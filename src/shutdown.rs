@@ -6,13 +6,38 @@
 //! `switchboard up`, the supervisor going away.
 
 use std::future::Future;
-
 use std::io::Read;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 /// Set by `switchboard up` in each service's environment: stdin is then a
 /// pipe from the supervisor, and its end-of-file means the supervisor died
 /// (even by SIGKILL), so the service stops instead of living on as an orphan.
 pub const SUPERVISED_ENV: &str = "SWITCHBOARD_SUPERVISED";
+
+/// A shutdown future with a name: what [`crate::app::main`] hands a
+/// service's `run`, so `run` can stay generic over `impl Future`.
+pub struct Shutdown(Pin<Box<dyn Future<Output = ()> + Send + 'static>>);
+
+impl Shutdown {
+    /// Wraps any shutdown future.
+    pub fn new(future: impl Future<Output = ()> + Send + 'static) -> Self {
+        Shutdown(Box::pin(future))
+    }
+}
+
+impl std::fmt::Debug for Shutdown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shutdown")
+    }
+}
+
+impl Future for Shutdown {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.as_mut().poll(cx)
+    }
+}
 
 /// Resolves on the first of SIGINT, SIGTERM or (when supervised) the
 /// supervisor's death.

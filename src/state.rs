@@ -262,6 +262,52 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
     }
 }
 
+/// What [`StateStore::transition`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition<T> {
+    /// The value was changed to this (the caller's side effects follow).
+    Changed(T),
+    /// Nothing was to be done; the value as it is.
+    Unchanged(T),
+}
+
+impl<T: Serialize + DeserializeOwned + Clone> StateStore<T> {
+    /// Read, change, compare-and-set, retry — for a change that may find
+    /// nothing to do (cancelling what is already cancelled): `change` gets
+    /// the current value and returns `Some(new)` to write it, `None` to leave
+    /// it. A conflicting writer makes it read and decide again, so exactly
+    /// one of two racing callers sees [`Transition::Changed`] and does what
+    /// follows a change (publish its event) once. `Ok(None)` when the key
+    /// does not exist.
+    ///
+    /// # Errors
+    ///
+    /// The domain error of `change`, a 409 after repeated conflicts, or the
+    /// store's failure as a [`ServiceError`].
+    pub async fn transition(
+        &self,
+        key: &str,
+        mut change: impl FnMut(&T) -> Result<Option<T>, ServiceError>,
+    ) -> Result<Option<Transition<T>>, ServiceError> {
+        for _ in 0..MODIFY_ATTEMPTS {
+            let Some(current) = self.get(key).await? else {
+                return Ok(None);
+            };
+            let Some(next) = change(&current.value)? else {
+                return Ok(Some(Transition::Unchanged(current.value)));
+            };
+            match self.update(key, &next, current.revision).await {
+                Ok(_) => return Ok(Some(Transition::Changed(next))),
+                Err(StateError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::conflict(format!(
+            "{key} keeps changing concurrently; try again"
+        )))
+    }
+}
+
 fn encode<T: Serialize>(key: &str, value: &T) -> Result<bytes::Bytes, StateError> {
     serde_json::to_vec(value)
         .map(Into::into)

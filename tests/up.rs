@@ -220,9 +220,20 @@ async fn a_crashed_server_is_restarted_and_services_reconnect() -> TestResult {
     // Same port and passwords: the operator's context still works, and every
     // service found its way back.
     let context = NatsContext::read(&dir.path().join("nats/context/switchboard.json"))?;
-    let admin = async_nats::ConnectOptions::with_user_and_password(context.user, context.password)
-        .connect(context.url.as_str())
-        .await?;
+    // The new process exists before it listens: connect once it does.
+    let mut admin = None;
+    for _ in 0..100 {
+        let options = async_nats::ConnectOptions::with_user_and_password(
+            context.user.clone(),
+            context.password.clone(),
+        );
+        if let Ok(client) = options.connect(context.url.as_str()).await {
+            admin = Some(client);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let admin = admin.ok_or("the restarted server never accepted a connection")?;
     let mut answered = 0;
     for _ in 0..40 {
         answered = switchboard::discovery::info(&admin, None, Duration::from_millis(250))

@@ -40,6 +40,7 @@ pub mod consumer;
 mod dead_letter;
 mod error;
 mod event;
+mod group;
 mod idempotency;
 mod publisher;
 pub mod signal;
@@ -49,6 +50,7 @@ pub use consumer::{ConsumerSpec, HandlerError};
 pub use dead_letter::{DLQ_STREAM, DeadLetter, DeadLetters};
 pub use error::EventError;
 pub use event::{Delivery, Event, ReceivedEvent};
+pub use group::Consumers;
 pub use idempotency::{Claim, Idempotency};
 pub use publisher::{
     AtomicBatch, BatchPublisher, MAX_ATOMIC_BATCH, Published, Publisher, now_rfc3339,

@@ -85,8 +85,18 @@ pub struct Reservation {
     pub order_id: String,
     /// What is (or was) reserved.
     pub items: Vec<Item>,
-    /// `reserved` or `released`.
-    pub status: String,
+    /// Held or given back.
+    pub status: ReservationStatus,
+}
+
+/// Whether a reservation holds its stock (`reserved`, `released` on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReservationStatus {
+    /// The stock is held for the order.
+    Reserved,
+    /// The stock was given back.
+    Released,
 }
 
 /// `events.inventory.reserved` / `events.inventory.released` data.

@@ -53,10 +53,20 @@ pub struct Order {
     pub user_id: String,
     /// What.
     pub items: Vec<Item>,
-    /// `confirmed` or `cancelled`.
-    pub status: String,
+    /// Where the order stands.
+    pub status: OrderStatus,
     /// RFC 3339 creation time.
     pub created_at: String,
+}
+
+/// Where an order stands (`confirmed`, `cancelled` on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderStatus {
+    /// Stock reserved, order stored.
+    Confirmed,
+    /// Cancelled; its stock is released.
+    Cancelled,
 }
 
 /// `events.orders.created` / `events.orders.cancelled` data.

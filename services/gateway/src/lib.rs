@@ -342,6 +342,22 @@ pub enum GatewayError {
     /// Joining discovery failed.
     #[error(transparent)]
     App(#[from] AppError),
+    /// An environment variable does not parse.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// [`run`] with [`GatewayConfig::from_env`]: the gateway binary's `run`.
+///
+/// # Errors
+///
+/// [`GatewayError::Config`] for a variable that does not parse, else as [`run`].
+pub async fn run_from_env(
+    nats: async_nats::Client,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    let config = GatewayConfig::from_env().map_err(GatewayError::Config)?;
+    run(nats, config, shutdown).await
 }
 
 /// Joining discovery is the gateway's "ready": `switchboard up` prints

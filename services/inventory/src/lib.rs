@@ -11,16 +11,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use contracts::inventory::{self, GetStock, Release, Reservation, Reserve, Restock, Stock};
+use contracts::inventory::{
+    self, GetStock, Release, Reservation, ReservationStatus, Reserve, Restock, Stock,
+};
 use contracts::orders::OrderChanged;
 use contracts::{Item, canonical_items};
 use serde::{Deserialize, Serialize};
 use switchboard::ServiceError;
 use switchboard::app::AppError;
-use switchboard::events::{self, Event, HandlerError, Publisher, ReceivedEvent};
+use switchboard::events::{Consumers, Event, HandlerError, Publisher, ReceivedEvent};
 use switchboard::service::{Context, Endpoint, Service};
-use switchboard::state::{StateError, StateStore};
-use tokio_util::sync::CancellationToken;
+use switchboard::state::{StateError, StateStore, Transition};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Levels {
@@ -50,7 +51,24 @@ pub async fn run(
         reservations: StateStore::open(&js, "inventory-reservations", 1).await?,
         events: Publisher::new(js.clone(), "inventory"),
     });
-    let service = Service::builder("inventory", env!("CARGO_PKG_VERSION"))
+    // Compensation through an event, not a call: a cancelled order's stock
+    // comes back even if orders never calls.
+    let mut consumers = Consumers::new(js);
+    let spec = contracts::access::declared_consumer("inventory-orders-cancelled")?
+        .idempotent(Duration::from_secs(24 * 3600));
+    let on_cancel = state.clone();
+    consumers.spawn(spec, move |event: ReceivedEvent<OrderChanged>| {
+        let state = on_cancel.clone();
+        async move {
+            match release_order(&state, &event.data.id, event.trace).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.code == 404 => Ok(()), // nothing was reserved
+                Err(e) if e.is_server_error() => Err(HandlerError::retry(e.message)),
+                Err(e) => Err(HandlerError::permanent(e.message)),
+            }
+        }
+    });
+    Service::builder("inventory", env!("CARGO_PKG_VERSION"))
         .description("Stock levels: restock, reserve and release items")
         .publishes::<Reservation>(inventory::RESERVED, "An order's items were reserved")
         .publishes::<Reservation>(inventory::RELEASED, "An order's reservation was released")
@@ -71,38 +89,13 @@ pub async fn run(
                 .idempotent(true),
         )
         .endpoint(
-            Endpoint::with_state("release", state.clone(), release)
+            Endpoint::with_state("release", state, release)
                 .description("Give an order's reservation back")
                 .idempotent(true),
         )
-        .start(nats)
+        .serve(nats, shutdown)
         .await?;
-
-    let stop = CancellationToken::new();
-    let spec = contracts::access::declared_consumer("inventory-orders-cancelled")?
-        .idempotent(Duration::from_secs(24 * 3600));
-    let compensation = tokio::spawn(events::consumer::run(
-        js,
-        spec,
-        move |event: ReceivedEvent<OrderChanged>| {
-            let state = state.clone();
-            async move {
-                match release_order(&state, &event.data.id, event.trace).await {
-                    Ok(_) => Ok(()),
-                    Err(e) if e.code == 404 => Ok(()), // nothing was reserved
-                    Err(e) if e.is_server_error() => Err(HandlerError::retry(e.message)),
-                    Err(e) => Err(HandlerError::permanent(e.message)),
-                }
-            }
-        },
-        stop.clone().cancelled_owned(),
-    ));
-
-    shutdown.await;
-    service.drain().await;
-    stop.cancel();
-    compensation.await??;
-    Ok(())
+    consumers.stop().await
 }
 
 async fn restock(inv: Arc<Inventory>, _ctx: Context, req: Restock) -> Result<Stock, ServiceError> {
@@ -166,7 +159,7 @@ async fn reserve(
     let reservation = Reservation {
         order_id: req.order_id.clone(),
         items: items.clone(),
-        status: "reserved".to_owned(),
+        status: ReservationStatus::Reserved,
     };
     match inv.reservations.create(&req.order_id, &reservation).await {
         Ok(_) => {}
@@ -208,39 +201,32 @@ async fn release_order(
     order_id: &str,
     trace: Option<switchboard::trace_context::TraceContext>,
 ) -> Result<Reservation, ServiceError> {
-    loop {
-        let current = inv
-            .reservations
-            .get(order_id)
-            .await?
-            .ok_or_else(|| ServiceError::not_found(format!("no reservation for {order_id}")))?;
-        if current.value.status == "released" {
-            return Ok(current.value);
-        }
-        let released = Reservation {
-            status: "released".to_owned(),
-            ..current.value.clone()
-        };
-        match inv
-            .reservations
-            .update(order_id, &released, current.revision)
-            .await
-        {
-            Ok(_) => {}
-            Err(StateError::Conflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-        let items: Vec<&Item> = released.items.iter().collect();
-        give_back(inv, &items).await;
-        let mut event = Event::new(released.clone())
-            .id(format!("{order_id}-released"))
-            .subject(order_id.to_owned());
-        if let Some(trace) = trace {
-            event = event.trace(trace);
-        }
-        inv.events.publish(inventory::RELEASED, &event).await?;
-        return Ok(released);
+    let outcome = inv
+        .reservations
+        .transition(order_id, |reservation| {
+            Ok(
+                (reservation.status != ReservationStatus::Released).then(|| Reservation {
+                    status: ReservationStatus::Released,
+                    ..reservation.clone()
+                }),
+            )
+        })
+        .await?
+        .ok_or_else(|| ServiceError::not_found(format!("no reservation for {order_id}")))?;
+    let released = match outcome {
+        Transition::Unchanged(reservation) => return Ok(reservation),
+        Transition::Changed(released) => released,
+    };
+    let items: Vec<&Item> = released.items.iter().collect();
+    give_back(inv, &items).await;
+    let mut event = Event::new(released.clone())
+        .id(format!("{order_id}-released"))
+        .subject(order_id.to_owned());
+    if let Some(trace) = trace {
+        event = event.trace(trace);
     }
+    inv.events.publish(inventory::RELEASED, &event).await?;
+    Ok(released)
 }
 
 async fn give_back(inv: &Inventory, items: &[&Item]) {
@@ -263,11 +249,11 @@ async fn give_back(inv: &Inventory, items: &[&Item]) {
 
 /// The same order asked twice gets the same answer; other items are a conflict.
 fn same_reservation(existing: Reservation, items: &[Item]) -> Result<Reservation, ServiceError> {
-    if existing.status == "reserved" && existing.items == items {
+    if existing.status == ReservationStatus::Reserved && existing.items == items {
         Ok(existing)
     } else {
         Err(ServiceError::conflict(format!(
-            "order {} already has a {} reservation for other items",
+            "order {} already has a reservation ({:?}) for other items",
             existing.order_id, existing.status
         )))
     }

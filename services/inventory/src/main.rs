@@ -1,15 +1,4 @@
-//! The `inventory` binary: configuration from `NATS_URL`, `NATS_USER`, `NATS_PASSWORD`.
+//! The `inventory` binary: `NATS_URL`, `NATS_USER`, `NATS_PASSWORD`; stops on
+//! SIGINT/SIGTERM (or when `switchboard up` goes away), draining first.
 
-#[global_allocator]
-static ALLOCATOR: switchboard::Allocator = switchboard::Allocator;
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    switchboard::telemetry::init();
-    let nats = switchboard::connect::ConnectConfig::from_env("inventory")
-        .connect()
-        .await?;
-    inventory::run(nats.clone(), switchboard::shutdown::signal()).await?;
-    nats.drain().await?;
-    Ok(())
-}
+switchboard::service_main!("inventory", inventory::run);

@@ -8,14 +8,13 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use contracts::notifications::{ListNotifications, Notification, Notifications};
-use contracts::orders::OrderChanged;
+use contracts::orders::{OrderChanged, OrderStatus};
 use contracts::users::UserCreated;
 use switchboard::ServiceError;
 use switchboard::app::AppError;
-use switchboard::events::{self, HandlerError, ReceivedEvent};
+use switchboard::events::{Consumers, HandlerError, ReceivedEvent};
 use switchboard::service::{Context, Endpoint, Service};
 use switchboard::state::StateStore;
-use tokio_util::sync::CancellationToken;
 
 type Store = StateStore<Vec<Notification>>;
 
@@ -33,68 +32,51 @@ pub async fn run(
 ) -> Result<(), AppError> {
     let js = jetstream::new(nats.clone());
     let store: Arc<Store> = Arc::new(StateStore::open(&js, "notifications", 1).await?);
-    let service = Service::builder("notifications", env!("CARGO_PKG_VERSION"))
+    let mut consumers = Consumers::new(js);
+    let on_users = store.clone();
+    consumers.spawn(
+        contracts::access::declared_consumer("notifications-users")?.idempotent(REMEMBER),
+        move |event: ReceivedEvent<UserCreated>| {
+            let store = on_users.clone();
+            async move {
+                let text = format!("Welcome, {}!", event.data.name);
+                record(&store, &event, &event.data.user_id, text).await
+            }
+        },
+    );
+    let on_orders = store.clone();
+    consumers.spawn(
+        contracts::access::declared_consumer("notifications-orders")?
+            // An order's "confirmed" must not be listed after its "cancelled".
+            .ordered_by_subject()
+            .idempotent(REMEMBER),
+        move |event: ReceivedEvent<OrderChanged>| {
+            let store = on_orders.clone();
+            async move {
+                let order = &event.data;
+                let text = match order.status {
+                    OrderStatus::Cancelled => format!("Order {} was cancelled", order.id),
+                    OrderStatus::Confirmed => format!(
+                        "Order {} is confirmed ({} items)",
+                        order.id,
+                        order.items.len()
+                    ),
+                };
+                record(&store, &event, &order.user_id, text).await
+            }
+        },
+    );
+    Service::builder("notifications", env!("CARGO_PKG_VERSION"))
         .description("Notifications recorded from user and order events")
         .endpoint(
-            Endpoint::with_state("list", store.clone(), list)
+            Endpoint::with_state("list", store, list)
                 .http("GET", "/users/{user_id}/notifications")
                 .description("A user's notifications, oldest first")
                 .idempotent(true),
         )
-        .start(nats)
+        .serve(nats, shutdown)
         .await?;
-
-    let stop = CancellationToken::new();
-    let on_users = {
-        let store = store.clone();
-        let spec =
-            contracts::access::declared_consumer("notifications-users")?.idempotent(REMEMBER);
-        tokio::spawn(events::consumer::run(
-            js.clone(),
-            spec,
-            move |event: ReceivedEvent<UserCreated>| {
-                let store = store.clone();
-                async move {
-                    let text = format!("Welcome, {}!", event.data.name);
-                    record(&store, &event, &event.data.user_id, text).await
-                }
-            },
-            stop.clone().cancelled_owned(),
-        ))
-    };
-    let on_orders = {
-        let spec = contracts::access::declared_consumer("notifications-orders")?
-            // An order's "confirmed" must not be listed after its "cancelled".
-            .ordered_by_subject()
-            .idempotent(REMEMBER);
-        tokio::spawn(events::consumer::run(
-            js,
-            spec,
-            move |event: ReceivedEvent<OrderChanged>| {
-                let store = store.clone();
-                async move {
-                    let order = &event.data;
-                    let text = match order.status.as_str() {
-                        "cancelled" => format!("Order {} was cancelled", order.id),
-                        _ => format!(
-                            "Order {} is confirmed ({} items)",
-                            order.id,
-                            order.items.len()
-                        ),
-                    };
-                    record(&store, &event, &order.user_id, text).await
-                }
-            },
-            stop.clone().cancelled_owned(),
-        ))
-    };
-
-    shutdown.await;
-    service.drain().await;
-    stop.cancel();
-    on_users.await??;
-    on_orders.await??;
-    Ok(())
+    consumers.stop().await
 }
 
 async fn record<T>(

@@ -8,14 +8,14 @@ use std::sync::Arc;
 
 use async_nats::jetstream;
 use contracts::inventory::{self, Reservation, Reserve};
-use contracts::orders::{self, CreateOrder, Order, OrderRef};
+use contracts::orders::{self, CreateOrder, Order, OrderRef, OrderStatus};
 use contracts::users::{self, GetUser, User};
 use switchboard::ServiceError;
 use switchboard::app::AppError;
 use switchboard::client::CallError;
 use switchboard::events::{Event, Publisher};
 use switchboard::service::{Context, Endpoint, Service};
-use switchboard::state::{StateError, StateStore};
+use switchboard::state::{StateStore, Transition};
 
 struct Orders {
     by_id: StateStore<Order>,
@@ -37,7 +37,7 @@ pub async fn run(
         by_id: StateStore::open(&js, "orders", 1).await?,
         events: Publisher::new(js, "orders"),
     });
-    let service = Service::builder("orders", env!("CARGO_PKG_VERSION"))
+    Service::builder("orders", env!("CARGO_PKG_VERSION"))
         .description("Orders: create, look up and cancel orders")
         .publishes::<Order>(orders::CREATED, "An order was confirmed")
         .publishes::<Order>(orders::CANCELLED, "An order was cancelled")
@@ -59,10 +59,8 @@ pub async fn run(
                 .description("Cancel an order")
                 .idempotent(true),
         )
-        .start(nats)
+        .serve(nats, shutdown)
         .await?;
-    shutdown.await;
-    service.drain().await;
     Ok(())
 }
 
@@ -103,7 +101,7 @@ async fn create(
         id: id.clone(),
         user_id: req.user_id,
         items: reservation.items,
-        status: "confirmed".to_owned(),
+        status: OrderStatus::Confirmed,
         created_at: switchboard::events::now_rfc3339(),
     };
     orders.by_id.create(&id, &order).await?;
@@ -121,31 +119,22 @@ async fn get(orders: Arc<Orders>, _ctx: Context, req: OrderRef) -> Result<Order,
 }
 
 async fn cancel(orders: Arc<Orders>, ctx: Context, req: OrderRef) -> Result<Order, ServiceError> {
-    loop {
-        let current = orders
-            .by_id
-            .get(&req.id)
-            .await?
-            .ok_or_else(|| ServiceError::not_found(format!("no order {}", req.id)))?;
-        if current.value.status == "cancelled" {
+    let outcome = orders
+        .by_id
+        .transition(&req.id, |order| {
             // Cancelling twice is fine and publishes once.
-            return Ok(current.value);
-        }
-        let cancelled = Order {
-            status: "cancelled".to_owned(),
-            ..current.value
-        };
-        match orders
-            .by_id
-            .update(&req.id, &cancelled, current.revision)
-            .await
-        {
-            Ok(_) => {
-                publish(&orders, &ctx, orders::CANCELLED, "cancelled", &cancelled).await?;
-                return Ok(cancelled);
-            }
-            Err(StateError::Conflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
+            Ok((order.status != OrderStatus::Cancelled).then(|| Order {
+                status: OrderStatus::Cancelled,
+                ..order.clone()
+            }))
+        })
+        .await?
+        .ok_or_else(|| ServiceError::not_found(format!("no order {}", req.id)))?;
+    match outcome {
+        Transition::Unchanged(order) => Ok(order),
+        Transition::Changed(order) => {
+            publish(&orders, &ctx, orders::CANCELLED, "cancelled", &order).await?;
+            Ok(order)
         }
     }
 }

@@ -36,7 +36,7 @@ pub async fn run(
         emails: StateStore::open(&js, "users-emails", 1).await?,
         events: Publisher::new(js, "users"),
     });
-    let service = Service::builder("users", env!("CARGO_PKG_VERSION"))
+    Service::builder("users", env!("CARGO_PKG_VERSION"))
         .description("User accounts: create and look up users")
         .publishes::<UserCreated>(users::CREATED, "A user was created")
         .endpoint(
@@ -51,10 +51,8 @@ pub async fn run(
                 .description("Look up a user by id")
                 .idempotent(true),
         )
-        .start(nats)
+        .serve(nats, shutdown)
         .await?;
-    shutdown.await;
-    service.drain().await;
     Ok(())
 }
 

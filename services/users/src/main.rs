@@ -1,15 +1,4 @@
-//! The `users` binary: configuration from `NATS_URL`, `NATS_USER`, `NATS_PASSWORD`.
+//! The `users` binary: `NATS_URL`, `NATS_USER`, `NATS_PASSWORD`; stops on
+//! SIGINT/SIGTERM (or when `switchboard up` goes away), draining first.
 
-#[global_allocator]
-static ALLOCATOR: switchboard::Allocator = switchboard::Allocator;
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    switchboard::telemetry::init();
-    let nats = switchboard::connect::ConnectConfig::from_env("users")
-        .connect()
-        .await?;
-    users::run(nats.clone(), switchboard::shutdown::signal()).await?;
-    nats.drain().await?;
-    Ok(())
-}
+switchboard::service_main!("users", users::run);
