@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 
-use crate::micro::{InfoResponse, PingResponse, StatsResponse};
+use crate::micro::{InfoResponse, PingResponse, StatsResponse, Verb};
 
 /// One instance's `$SRV.INFO` answer.
 pub type InstanceInfo = InfoResponse;
@@ -71,21 +71,24 @@ impl<'a> Target<'a> {
         }
     }
 
-    fn subject(&self, verb: &str) -> Result<String, DiscoveryError> {
+    /// The `$SRV` subject of `verb` for this target.
+    ///
+    /// # Errors
+    ///
+    /// [`DiscoveryError::InvalidName`] for a name or id that cannot be a
+    /// subject token.
+    pub fn subject(&self, verb: Verb) -> Result<String, DiscoveryError> {
         let valid = |s: &str| {
             !s.is_empty()
                 && s.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         };
-        let mut subject = format!("$SRV.{verb}");
         for part in [self.name, self.name.and(self.id)].into_iter().flatten() {
             if !valid(part) {
                 return Err(DiscoveryError::InvalidName(part.to_owned()));
             }
-            subject.push('.');
-            subject.push_str(part);
         }
-        Ok(subject)
+        Ok(verb.subject(self.name, self.id))
     }
 }
 
@@ -99,7 +102,7 @@ pub async fn ping(
     target: Target<'_>,
     window: Duration,
 ) -> Result<Vec<PingResponse>, DiscoveryError> {
-    gather(client, &target.subject("PING")?, window).await
+    gather(client, &target.subject(Verb::Ping)?, window).await
 }
 
 /// Gathers `$SRV.INFO` answers (for one service when `name` is given).
@@ -113,7 +116,7 @@ pub async fn info(
     window: Duration,
 ) -> Result<Vec<InfoResponse>, DiscoveryError> {
     let target = Target { name, id: None };
-    gather(client, &target.subject("INFO")?, window).await
+    gather(client, &target.subject(Verb::Info)?, window).await
 }
 
 /// [`info`] that returns as soon as `enough` says the answers so far
@@ -130,7 +133,7 @@ pub async fn info_until(
     enough: impl FnMut(&[InfoResponse]) -> bool,
 ) -> Result<Vec<InfoResponse>, DiscoveryError> {
     let target = Target { name, id: None };
-    gather_until(client, &target.subject("INFO")?, window, enough).await
+    gather_until(client, &target.subject(Verb::Info)?, window, enough).await
 }
 
 /// Gathers `$SRV.STATS` answers.
@@ -143,7 +146,7 @@ pub async fn stats(
     target: Target<'_>,
     window: Duration,
 ) -> Result<Vec<StatsResponse>, DiscoveryError> {
-    gather(client, &target.subject("STATS")?, window).await
+    gather(client, &target.subject(Verb::Stats)?, window).await
 }
 
 /// Publishes an empty request to `subject` and collects every answer that

@@ -16,6 +16,48 @@ pub const INFO_TYPE: &str = "io.nats.micro.v1.info_response";
 /// `type` of a STATS answer.
 pub const STATS_TYPE: &str = "io.nats.micro.v1.stats_response";
 
+/// The three `$SRV` verbs: the one place their spelling lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verb {
+    /// `$SRV.PING`: who is there.
+    Ping,
+    /// `$SRV.INFO`: what each instance serves.
+    Info,
+    /// `$SRV.STATS`: how each endpoint is doing.
+    Stats,
+}
+
+impl Verb {
+    /// Every verb.
+    pub const ALL: [Verb; 3] = [Verb::Ping, Verb::Info, Verb::Stats];
+
+    /// As it is written in subjects.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Ping => "PING",
+            Verb::Info => "INFO",
+            Verb::Stats => "STATS",
+        }
+    }
+
+    /// The verb of a `$SRV.<VERB>…` subject.
+    pub fn of_subject(subject: &str) -> Option<Verb> {
+        let verb = subject.strip_prefix("$SRV.")?.split('.').next()?;
+        Verb::ALL.into_iter().find(|v| v.as_str() == verb)
+    }
+
+    /// `$SRV.<VERB>`, `$SRV.<VERB>.<name>` or `$SRV.<VERB>.<name>.<id>`
+    /// (the id only with a name).
+    pub fn subject(self, name: Option<&str>, id: Option<&str>) -> String {
+        let mut subject = format!("$SRV.{}", self.as_str());
+        for part in [name, name.and(id)].into_iter().flatten() {
+            subject.push('.');
+            subject.push_str(part);
+        }
+        subject
+    }
+}
+
 /// Free-form string metadata.
 pub type Metadata = BTreeMap<String, String>;
 
@@ -119,4 +161,31 @@ pub struct EndpointStats {
     /// Switchboard's extra figures (in flight, rejected, circuit breakers).
     #[serde(default)]
     pub data: Option<serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Verb;
+
+    #[test]
+    fn verbs_make_and_read_subjects() {
+        assert_eq!(Verb::Info.subject(None, None), "$SRV.INFO");
+        assert_eq!(
+            Verb::Stats.subject(Some("orders"), None),
+            "$SRV.STATS.orders"
+        );
+        assert_eq!(
+            Verb::Ping.subject(Some("orders"), Some("abc")),
+            "$SRV.PING.orders.abc"
+        );
+        assert_eq!(Verb::Ping.subject(None, Some("abc")), "$SRV.PING");
+        for verb in Verb::ALL {
+            assert_eq!(
+                Verb::of_subject(&verb.subject(Some("x"), Some("y"))),
+                Some(verb)
+            );
+        }
+        assert_eq!(Verb::of_subject("$SRV.NOPE"), None);
+        assert_eq!(Verb::of_subject("users.get"), None);
+    }
 }

@@ -177,6 +177,21 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
         }))
     }
 
+    /// The value of a key, or the error `missing` makes (a 404, usually):
+    /// what a "get by id" endpoint answers.
+    ///
+    /// # Errors
+    ///
+    /// `missing()` when there is no value; the store's failure as a
+    /// [`ServiceError`].
+    pub async fn fetch(
+        &self,
+        key: &str,
+        missing: impl FnOnce() -> ServiceError,
+    ) -> Result<T, ServiceError> {
+        self.get(key).await?.map(|v| v.value).ok_or_else(missing)
+    }
+
     /// Stores a value under a key that must not exist yet.
     ///
     /// # Errors

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use switchboard::discovery::{self, Target};
+use switchboard::micro::Verb;
 
 use super::connection::ConnectionArgs;
 
@@ -74,7 +75,7 @@ pub async fn info(connection: &ConnectionArgs, args: ServiceArgs) -> anyhow::Res
     };
     let mut answers: Vec<switchboard::micro::InfoResponse> = discovery::gather(
         &nats,
-        &format!("$SRV.INFO.{}", subject_suffix(&target)),
+        &target.subject(Verb::Info)?,
         Duration::from_millis(args.list.wait_ms),
     )
     .await?;
@@ -164,12 +165,4 @@ pub async fn stats(connection: &ConnectionArgs, args: ServiceArgs) -> anyhow::Re
         }
     }
     Ok(())
-}
-
-fn subject_suffix(target: &Target<'_>) -> String {
-    [target.name, target.name.and(target.id)]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join(".")
 }

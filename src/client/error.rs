@@ -80,18 +80,33 @@ impl CallError {
         }
     }
 
+    /// The status this failure means for whoever called us (a handler's
+    /// caller, an HTTP client): the one mapping, used by handlers and the
+    /// gateway alike. A rejection keeps its code; no answer in time is 504;
+    /// nobody serving, an open circuit or a broken connection is 503 (worth
+    /// a retry later); a request or reply we could not encode or decode is
+    /// our own bug, 500.
+    pub fn status(&self) -> u16 {
+        match self {
+            CallError::Rejected(e) => e.code,
+            CallError::TimedOut { .. } => 504,
+            CallError::NoResponders { .. }
+            | CallError::CircuitOpen { .. }
+            | CallError::Transport { .. } => 503,
+            CallError::Decode { .. } | CallError::Invalid { .. } => 500,
+        }
+    }
+
     /// What a handler should answer its own caller when this call failed:
-    /// rejections pass through, the rest become 503/504.
+    /// rejections pass through, the rest get [`CallError::status`] (a 500
+    /// without internals).
     pub fn to_service_error(&self) -> ServiceError {
         match self {
             CallError::Rejected(e) => e.clone(),
-            CallError::TimedOut { .. } => ServiceError::deadline_exceeded(self.to_string()),
-            CallError::NoResponders { .. }
-            | CallError::CircuitOpen { .. }
-            | CallError::Transport { .. } => ServiceError::unavailable(self.to_string()),
-            CallError::Decode { .. } | CallError::Invalid { .. } => {
+            other if other.status() == 500 => {
                 ServiceError::internal("a call to a dependency failed")
             }
+            other => ServiceError::new(other.status(), other.to_string()),
         }
     }
 

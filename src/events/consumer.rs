@@ -222,7 +222,7 @@ where
         Some(ttl) => Some(
             Idempotency::open(
                 &js,
-                &format!("processed-{}", spec.durable),
+                &Idempotency::bucket_for(&spec.durable),
                 ttl,
                 spec.ack_wait * 2,
             )

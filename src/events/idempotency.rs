@@ -41,6 +41,12 @@ pub struct Idempotency {
 }
 
 impl Idempotency {
+    /// The bucket of a consumer's records: `processed-<durable>` (the
+    /// permissions of its user name it too).
+    pub fn bucket_for(durable: &str) -> String {
+        format!("processed-{durable}")
+    }
+
     /// Opens (or creates) the bucket; records expire after `ttl`.
     ///
     /// # Errors

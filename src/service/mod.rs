@@ -110,6 +110,15 @@ pub enum ServeError {
         #[source]
         source: async_nats::SubscribeError,
     },
+    /// A stream the service owns could not be declared (or differs).
+    #[error("service {service} cannot declare its stream: {source}")]
+    Stream {
+        /// The service.
+        service: String,
+        /// Why.
+        #[source]
+        source: crate::events::EventError,
+    },
     /// The subscriptions could not be confirmed with the server.
     #[error("service {service} cannot flush its subscriptions: {source}")]
     Flush {
@@ -135,6 +144,7 @@ impl Service {
             metadata: Metadata::new(),
             endpoints: Vec::new(),
             events: Vec::new(),
+            streams: Vec::new(),
             drain_timeout: Duration::from_secs(10),
             client: None,
         }
@@ -151,6 +161,7 @@ pub struct ServiceBuilder {
     metadata: Metadata,
     endpoints: Vec<Endpoint>,
     events: Vec<serde_json::Value>,
+    streams: Vec<crate::events::StreamSpec>,
     drain_timeout: Duration,
     client: Option<Client>,
 }
@@ -183,6 +194,14 @@ impl ServiceBuilder {
             "description": description.into(),
             "schema": schemars::schema_for!(T).to_value(),
         }));
+        self
+    }
+
+    /// Declares a stream the service owns: ensured (created, or checked
+    /// against the declaration) when it starts, before it takes requests,
+    /// so its handlers can publish from the first request.
+    pub fn stream(mut self, spec: crate::events::StreamSpec) -> Self {
+        self.streams.push(spec);
         self
     }
 
@@ -246,6 +265,17 @@ impl ServiceBuilder {
     /// Invalid names, version or duplicates; subscribe or flush failures.
     pub async fn start(self, nats: async_nats::Client) -> Result<RunningService, ServeError> {
         self.validate()?;
+        if !self.streams.is_empty() {
+            let js = async_nats::jetstream::new(nats.clone());
+            for spec in &self.streams {
+                spec.ensure(&js)
+                    .await
+                    .map_err(|source| ServeError::Stream {
+                        service: self.name.clone(),
+                        source,
+                    })?;
+            }
+        }
         let service: Arc<str> = Arc::from(self.name.as_str());
         let subscribe_err = |source| ServeError::Subscribe {
             service: self.name.clone(),

@@ -11,7 +11,7 @@ use super::stats::nanos;
 use crate::client::Client;
 use crate::micro::{
     EndpointInfo, EndpointStats, INFO_TYPE, InfoResponse, Metadata, PING_TYPE, PingResponse,
-    STATS_TYPE, StatsResponse,
+    STATS_TYPE, StatsResponse, Verb,
 };
 
 /// Who this instance is.
@@ -32,11 +32,12 @@ pub(crate) async fn subscribe(
     identity: &Identity,
 ) -> Result<SelectAll<async_nats::Subscriber>, async_nats::SubscribeError> {
     let mut all = SelectAll::new();
-    for verb in ["PING", "INFO", "STATS"] {
+    for verb in Verb::ALL {
+        let (name, id) = (Some(identity.name.as_str()), Some(identity.id.as_str()));
         for subject in [
-            format!("$SRV.{verb}"),
-            format!("$SRV.{verb}.{}", identity.name),
-            format!("$SRV.{verb}.{}.{}", identity.name, identity.id),
+            verb.subject(None, None),
+            verb.subject(name, None),
+            verb.subject(name, id),
         ] {
             all.push(nats.subscribe(subject).await?);
         }
@@ -62,12 +63,11 @@ pub(crate) async fn answer(
             },
         };
         let Some(reply) = message.reply else { continue };
-        let verb = message.subject.split('.').nth(1).unwrap_or_default();
-        let body = match verb {
-            "PING" => serde_json::to_vec(&ping(&identity)),
-            "INFO" => serde_json::to_vec(&info(&identity, &endpoints)),
-            "STATS" => serde_json::to_vec(&stats(&identity, &endpoints, &client)),
-            _ => continue,
+        let body = match Verb::of_subject(&message.subject) {
+            Some(Verb::Ping) => serde_json::to_vec(&ping(&identity)),
+            Some(Verb::Info) => serde_json::to_vec(&info(&identity, &endpoints)),
+            Some(Verb::Stats) => serde_json::to_vec(&stats(&identity, &endpoints, &client)),
+            None => continue,
         };
         match body {
             Ok(body) => {

@@ -62,86 +62,67 @@ fn fields_of(schema: &serde_json::Value) -> Vec<String> {
     names
 }
 
-/// Every endpoint of the reference system.
+/// Every endpoint of the reference system, with the fields of its request
+/// and response.
 pub fn endpoints() -> Vec<EndpointDoc> {
-    let doc = |subject, request_schema, response, errors, idempotent| EndpointDoc {
-        subject,
+    let doc = |contract: crate::EndpointContract, request_schema, response| EndpointDoc {
+        subject: contract.subject,
         request: fields_of(&request_schema),
         request_schema,
         response,
-        errors,
-        idempotent,
+        errors: contract.errors,
+        idempotent: contract.idempotent,
     };
     vec![
         doc(
             users::CREATE,
             schema::<users::CreateUser>(),
             fields::<users::User>(),
-            "400 breaks the limits; 409 e-mail already used",
-            false,
         ),
         doc(
             users::GET,
             schema::<users::GetUser>(),
             fields::<users::User>(),
-            "400; 404 unknown id",
-            true,
         ),
         doc(
             inventory::RESTOCK,
             schema::<inventory::Restock>(),
             fields::<inventory::Stock>(),
-            "400 breaks the limits",
-            false,
         ),
         doc(
             inventory::STOCK,
             schema::<inventory::GetStock>(),
             fields::<inventory::Stock>(),
-            "400; 404 unknown sku",
-            true,
         ),
         doc(
             inventory::RESERVE,
             schema::<inventory::Reserve>(),
             fields::<inventory::Reservation>(),
-            "400; 409 an item is short (nothing reserved)",
-            true,
         ),
         doc(
             inventory::RELEASE,
             schema::<inventory::Release>(),
             fields::<inventory::Reservation>(),
-            "400; 404 no reservation",
-            true,
         ),
         doc(
             orders::CREATE,
             schema::<orders::CreateOrder>(),
             fields::<orders::Order>(),
-            "400; 404 unknown user; 409 short of stock; 503 a dependency is down",
-            false,
         ),
         doc(
             orders::GET,
             schema::<orders::OrderRef>(),
             fields::<orders::Order>(),
-            "400; 404 unknown id",
-            true,
         ),
         doc(
             orders::CANCEL,
             schema::<orders::OrderRef>(),
             fields::<orders::Order>(),
-            "400; 404 unknown id",
-            true,
         ),
         doc(
             notifications::LIST,
             schema::<notifications::ListNotifications>(),
             fields::<notifications::Notifications>(),
-            "400 breaks the limits",
-            true,
         ),
     ]
 }

@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod document;
+pub mod endpoint;
 pub mod generated;
 pub mod inventory;
 pub mod notifications;
@@ -40,6 +41,7 @@ pub mod limits {
     pub const ITEMS_MAX: u32 = 100;
 }
 
+pub use endpoint::{EndpointContract, HttpRoute};
 use limits::{ID_MAX, ID_PATTERN, QUANTITY_MAX};
 
 /// One line of an order or a reservation.
@@ -62,4 +64,20 @@ pub fn canonical_items(items: &[Item]) -> Vec<Item> {
     let mut items = items.to_vec();
     items.sort_by(|a, b| (&a.sku, a.quantity).cmp(&(&b.sku, b.quantity)));
     items
+}
+
+/// Every endpoint of the reference system, in service order.
+pub fn endpoints() -> [EndpointContract; 10] {
+    [
+        users::CREATE,
+        users::GET,
+        inventory::RESTOCK,
+        inventory::STOCK,
+        inventory::RESERVE,
+        inventory::RELEASE,
+        orders::CREATE,
+        orders::GET,
+        orders::CANCEL,
+        notifications::LIST,
+    ]
 }

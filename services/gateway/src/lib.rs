@@ -71,9 +71,12 @@ impl Default for GatewayConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             request_timeout: DEFAULT_TIMEOUT,
             refresh_every: Duration::from_secs(2),
-            required_services: ["users", "inventory", "orders", "notifications"]
-                .map(String::from)
-                .to_vec(),
+            // The reference system `switchboard up` runs, but the gateway.
+            required_services: switchboard::up::SERVICES
+                .iter()
+                .filter(|s| **s != "gateway")
+                .map(|s| s.to_string())
+                .collect(),
             join_wait: Duration::from_secs(20),
         }
     }

@@ -90,7 +90,9 @@ pub fn document(table: &RouteTable) -> Value {
             route.status.to_string(),
             json!({ "description": "success", "content": { "application/json": { "schema": response } } }),
         );
-        for code in ["400", "404", "409", "422", "429", "500", "503", "504"] {
+        for code in [
+            "400", "404", "409", "413", "422", "429", "500", "502", "503", "504",
+        ] {
             responses.insert(code.into(), error.clone());
         }
         operation.insert("responses".into(), Value::Object(responses));

@@ -161,30 +161,27 @@ fn is_json(bytes: &[u8]) -> bool {
 }
 
 fn call_error(e: &CallError, trace: &TraceContext) -> Response {
-    match e {
-        CallError::Rejected(rejection) => rejected(rejection, trace),
-        CallError::TimedOut { .. } => error(
-            StatusCode::GATEWAY_TIMEOUT,
-            "the service did not answer in time",
-            trace,
-        ),
-        CallError::NoResponders { .. } | CallError::CircuitOpen { .. } => {
-            let mut response = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the service is unavailable; retry later",
-                trace,
-            );
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_static(RETRY_AFTER_SECONDS),
-            );
-            response
-        }
-        other => {
-            tracing::error!(trace_id = %trace.trace_id(), error = %other, "call failed");
-            error(StatusCode::BAD_GATEWAY, "internal error", trace)
-        }
+    if let CallError::Rejected(rejection) = e {
+        return rejected(rejection, trace);
     }
+    // The kit's one mapping from call failures to statuses.
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let message = match status {
+        StatusCode::GATEWAY_TIMEOUT => "the service did not answer in time",
+        StatusCode::SERVICE_UNAVAILABLE => "the service is unavailable; retry later",
+        _ => {
+            tracing::error!(trace_id = %trace.trace_id(), error = %e, "call failed");
+            "internal error"
+        }
+    };
+    let mut response = error(status, message, trace);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(RETRY_AFTER_SECONDS),
+        );
+    }
+    response
 }
 
 fn rejected(rejection: &ServiceError, trace: &TraceContext) -> Response {

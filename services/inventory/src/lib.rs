@@ -6,7 +6,6 @@
 //! gives back what it took. Releases on `events.orders.cancelled`
 //! (compensation through an event, not a call).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use switchboard::ServiceError;
 use switchboard::app::AppError;
 use switchboard::events::{Consumers, Event, HandlerError, Publisher, ReceivedEvent};
-use switchboard::service::{Context, Endpoint, Service};
+use switchboard::service::Context;
+use switchboard::shutdown::Shutdown;
 use switchboard::state::{StateError, StateStore, Transition};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -30,9 +30,20 @@ struct Levels {
 }
 
 struct Inventory {
+    events: Publisher,
     stock: StateStore<Levels>,
     reservations: StateStore<Reservation>,
-    events: Publisher,
+}
+
+impl Inventory {
+    async fn open(nats: &async_nats::Client) -> Result<Self, AppError> {
+        let js = jetstream::new(nats.clone());
+        Ok(Inventory {
+            stock: StateStore::open(&js, inventory::BUCKET, 1).await?,
+            reservations: StateStore::open(&js, inventory::RESERVATIONS_BUCKET, 1).await?,
+            events: Publisher::new(js, "inventory"),
+        })
+    }
 }
 
 /// Serves and consumes until `shutdown`, then drains.
@@ -40,20 +51,11 @@ struct Inventory {
 /// # Errors
 ///
 /// When its stream, buckets, endpoints or consumer cannot be set up.
-pub async fn run(
-    nats: async_nats::Client,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), AppError> {
-    let js = jetstream::new(nats.clone());
-    inventory::stream().ensure(&js).await?;
-    let state = Arc::new(Inventory {
-        stock: StateStore::open(&js, "inventory", 1).await?,
-        reservations: StateStore::open(&js, "inventory-reservations", 1).await?,
-        events: Publisher::new(js.clone(), "inventory"),
-    });
+pub async fn run(nats: async_nats::Client, shutdown: Shutdown) -> Result<(), AppError> {
+    let state = Arc::new(Inventory::open(&nats).await?);
     // Compensation through an event, not a call: a cancelled order's stock
     // comes back even if orders never calls.
-    let mut consumers = Consumers::new(js);
+    let mut consumers = Consumers::new(state.events.jetstream().clone());
     let spec = contracts::access::declared_consumer("inventory-orders-cancelled")?
         .idempotent(Duration::from_secs(24 * 3600));
     let on_cancel = state.clone();
@@ -68,31 +70,11 @@ pub async fn run(
             }
         }
     });
-    Service::builder("inventory", env!("CARGO_PKG_VERSION"))
-        .description("Stock levels: restock, reserve and release items")
-        .publishes::<Reservation>(inventory::RESERVED, "An order's items were reserved")
-        .publishes::<Reservation>(inventory::RELEASED, "An order's reservation was released")
-        .endpoint(
-            Endpoint::with_state("restock", state.clone(), restock)
-                .http("POST", "/inventory/{sku}/restock")
-                .description("Add stock of a sku"),
-        )
-        .endpoint(
-            Endpoint::with_state("stock", state.clone(), stock)
-                .http("GET", "/inventory/{sku}")
-                .description("Stock of a sku")
-                .idempotent(true),
-        )
-        .endpoint(
-            Endpoint::with_state("reserve", state.clone(), reserve)
-                .description("Reserve all items of an order, or none")
-                .idempotent(true),
-        )
-        .endpoint(
-            Endpoint::with_state("release", state, release)
-                .description("Give an order's reservation back")
-                .idempotent(true),
-        )
+    inventory::service(env!("CARGO_PKG_VERSION"))
+        .endpoint(inventory::RESTOCK.bind(state.clone(), restock))
+        .endpoint(inventory::STOCK.bind(state.clone(), stock))
+        .endpoint(inventory::RESERVE.bind(state.clone(), reserve))
+        .endpoint(inventory::RELEASE.bind(state, release))
         .serve(nats, shutdown)
         .await?;
     consumers.stop().await
@@ -111,12 +93,9 @@ async fn restock(inv: Arc<Inventory>, _ctx: Context, req: Restock) -> Result<Sto
 }
 
 async fn stock(inv: Arc<Inventory>, _ctx: Context, req: GetStock) -> Result<Stock, ServiceError> {
-    let levels = inv
-        .stock
-        .get(&req.sku)
-        .await?
-        .ok_or_else(|| ServiceError::not_found(format!("no stock of {}", req.sku)))?;
-    Ok(to_stock(&req.sku, &levels.value))
+    let missing = || ServiceError::not_found(format!("no stock of {}", req.sku));
+    let levels = inv.stock.fetch(&req.sku, missing).await?;
+    Ok(to_stock(&req.sku, &levels))
 }
 
 async fn reserve(

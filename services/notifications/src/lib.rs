@@ -2,18 +2,18 @@
 //! recorded exactly once (the kit's idempotency helper), listed per user.
 //! State: KV `notifications` (user id → notifications, oldest first).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use contracts::notifications::{ListNotifications, Notification, Notifications};
+use contracts::notifications::{self, ListNotifications, Notification, Notifications};
 use contracts::orders::{OrderChanged, OrderStatus};
 use contracts::users::UserCreated;
 use switchboard::ServiceError;
 use switchboard::app::AppError;
 use switchboard::events::{Consumers, HandlerError, ReceivedEvent};
-use switchboard::service::{Context, Endpoint, Service};
+use switchboard::service::Context;
+use switchboard::shutdown::Shutdown;
 use switchboard::state::StateStore;
 
 type Store = StateStore<Vec<Notification>>;
@@ -26,12 +26,9 @@ const REMEMBER: Duration = Duration::from_secs(7 * 24 * 3600);
 /// # Errors
 ///
 /// When its bucket, consumers or endpoints cannot be set up.
-pub async fn run(
-    nats: async_nats::Client,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), AppError> {
+pub async fn run(nats: async_nats::Client, shutdown: Shutdown) -> Result<(), AppError> {
     let js = jetstream::new(nats.clone());
-    let store: Arc<Store> = Arc::new(StateStore::open(&js, "notifications", 1).await?);
+    let store: Arc<Store> = Arc::new(StateStore::open(&js, notifications::BUCKET, 1).await?);
     let mut consumers = Consumers::new(js);
     let on_users = store.clone();
     consumers.spawn(
@@ -66,14 +63,8 @@ pub async fn run(
             }
         },
     );
-    Service::builder("notifications", env!("CARGO_PKG_VERSION"))
-        .description("Notifications recorded from user and order events")
-        .endpoint(
-            Endpoint::with_state("list", store, list)
-                .http("GET", "/users/{user_id}/notifications")
-                .description("A user's notifications, oldest first")
-                .idempotent(true),
-        )
+    notifications::service(env!("CARGO_PKG_VERSION"))
+        .endpoint(notifications::LIST.bind(store, list))
         .serve(nats, shutdown)
         .await?;
     consumers.stop().await

@@ -3,7 +3,6 @@
 //! `events.orders.cancelled`, with ids derived from the order id so a
 //! retried publish is a duplicate. State: KV `orders`.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use async_nats::jetstream;
@@ -14,7 +13,8 @@ use switchboard::ServiceError;
 use switchboard::app::AppError;
 use switchboard::client::CallError;
 use switchboard::events::{Event, Publisher};
-use switchboard::service::{Context, Endpoint, Service};
+use switchboard::service::Context;
+use switchboard::shutdown::Shutdown;
 use switchboard::state::{StateStore, Transition};
 
 struct Orders {
@@ -27,38 +27,16 @@ struct Orders {
 /// # Errors
 ///
 /// When its stream, bucket or endpoints cannot be set up.
-pub async fn run(
-    nats: async_nats::Client,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), AppError> {
+pub async fn run(nats: async_nats::Client, shutdown: Shutdown) -> Result<(), AppError> {
     let js = jetstream::new(nats.clone());
-    orders::stream().ensure(&js).await?;
     let state = Arc::new(Orders {
-        by_id: StateStore::open(&js, "orders", 1).await?,
-        events: Publisher::new(js, "orders"),
+        events: Publisher::new(js.clone(), "orders"),
+        by_id: StateStore::open(&js, orders::BUCKET, 1).await?,
     });
-    Service::builder("orders", env!("CARGO_PKG_VERSION"))
-        .description("Orders: create, look up and cancel orders")
-        .publishes::<Order>(orders::CREATED, "An order was confirmed")
-        .publishes::<Order>(orders::CANCELLED, "An order was cancelled")
-        .endpoint(
-            Endpoint::with_state("create", state.clone(), create)
-                .http("POST", "/orders")
-                .http_status(201)
-                .description("Place an order"),
-        )
-        .endpoint(
-            Endpoint::with_state("get", state.clone(), get)
-                .http("GET", "/orders/{id}")
-                .description("Look up an order")
-                .idempotent(true),
-        )
-        .endpoint(
-            Endpoint::with_state("cancel", state, cancel)
-                .http("POST", "/orders/{id}/cancel")
-                .description("Cancel an order")
-                .idempotent(true),
-        )
+    orders::service(env!("CARGO_PKG_VERSION"))
+        .endpoint(orders::CREATE.bind(state.clone(), create))
+        .endpoint(orders::GET.bind(state.clone(), get))
+        .endpoint(orders::CANCEL.bind(state, cancel))
         .serve(nats, shutdown)
         .await?;
     Ok(())
@@ -71,7 +49,7 @@ async fn create(
 ) -> Result<Order, ServiceError> {
     let user: Result<User, CallError> = ctx
         .call(
-            users::GET,
+            users::GET.subject,
             &GetUser {
                 id: req.user_id.clone(),
             },
@@ -90,7 +68,7 @@ async fn create(
     let id = switchboard::state::new_id("o");
     let reservation: Reservation = ctx
         .call(
-            inventory::RESERVE,
+            inventory::RESERVE.subject,
             &Reserve {
                 order_id: id.clone(),
                 items: req.items.clone(),
@@ -110,12 +88,8 @@ async fn create(
 }
 
 async fn get(orders: Arc<Orders>, _ctx: Context, req: OrderRef) -> Result<Order, ServiceError> {
-    orders
-        .by_id
-        .get(&req.id)
-        .await?
-        .map(|v| v.value)
-        .ok_or_else(|| ServiceError::not_found(format!("no order {}", req.id)))
+    let missing = || ServiceError::not_found(format!("no order {}", req.id));
+    orders.by_id.fetch(&req.id, missing).await
 }
 
 async fn cancel(orders: Arc<Orders>, ctx: Context, req: OrderRef) -> Result<Order, ServiceError> {

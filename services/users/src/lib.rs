@@ -3,7 +3,6 @@
 //! `users-emails` (e-mail → id, created atomically so two requests cannot
 //! take one address).
 
-use std::future::Future;
 use std::sync::Arc;
 
 use async_nats::jetstream;
@@ -11,13 +10,14 @@ use contracts::users::{self, CreateUser, GetUser, User, UserCreated};
 use switchboard::ServiceError;
 use switchboard::app::AppError;
 use switchboard::events::{Event, Publisher};
-use switchboard::service::{Context, Endpoint, Service};
+use switchboard::service::Context;
+use switchboard::shutdown::Shutdown;
 use switchboard::state::{StateError, StateStore};
 
 struct Users {
+    events: Publisher,
     by_id: StateStore<User>,
     emails: StateStore<String>,
-    events: Publisher,
 }
 
 /// Serves until `shutdown`, then drains.
@@ -25,32 +25,16 @@ struct Users {
 /// # Errors
 ///
 /// When its stream, buckets or endpoints cannot be set up.
-pub async fn run(
-    nats: async_nats::Client,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), AppError> {
+pub async fn run(nats: async_nats::Client, shutdown: Shutdown) -> Result<(), AppError> {
     let js = jetstream::new(nats.clone());
-    users::stream().ensure(&js).await?;
     let state = Arc::new(Users {
-        by_id: StateStore::open(&js, "users", 1).await?,
-        emails: StateStore::open(&js, "users-emails", 1).await?,
-        events: Publisher::new(js, "users"),
+        events: Publisher::new(js.clone(), "users"),
+        by_id: StateStore::open(&js, users::BUCKET, 1).await?,
+        emails: StateStore::open(&js, users::EMAILS_BUCKET, 1).await?,
     });
-    Service::builder("users", env!("CARGO_PKG_VERSION"))
-        .description("User accounts: create and look up users")
-        .publishes::<UserCreated>(users::CREATED, "A user was created")
-        .endpoint(
-            Endpoint::with_state("create", state.clone(), create)
-                .http("POST", "/users")
-                .http_status(201)
-                .description("Create a user (unique e-mail)"),
-        )
-        .endpoint(
-            Endpoint::with_state("get", state, get)
-                .http("GET", "/users/{id}")
-                .description("Look up a user by id")
-                .idempotent(true),
-        )
+    users::service(env!("CARGO_PKG_VERSION"))
+        .endpoint(users::CREATE.bind(state.clone(), create))
+        .endpoint(users::GET.bind(state, get))
         .serve(nats, shutdown)
         .await?;
     Ok(())
@@ -89,12 +73,8 @@ async fn create(users: Arc<Users>, ctx: Context, req: CreateUser) -> Result<User
 }
 
 async fn get(users: Arc<Users>, _ctx: Context, req: GetUser) -> Result<User, ServiceError> {
-    users
-        .by_id
-        .get(&req.id)
-        .await?
-        .map(|v| v.value)
-        .ok_or_else(|| ServiceError::not_found(format!("no user {}", req.id)))
+    let missing = || ServiceError::not_found(format!("no user {}", req.id));
+    users.by_id.fetch(&req.id, missing).await
 }
 
 fn now() -> String {
