@@ -13,9 +13,18 @@ use tracing_subscriber::EnvFilter;
 /// `1` or `0`: force colours on or off (set by `switchboard up` for services).
 pub const LOG_ANSI_ENV: &str = "SWITCHBOARD_LOG_ANSI";
 
-/// Installs the global `tracing` subscriber; a second call does nothing.
+/// Installs the global `tracing` subscriber showing `info` and above (what
+/// services and `switchboard up` log); a second call does nothing.
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_at("info");
+}
+
+/// [`init`] with another default level (`RUST_LOG` still wins): operator
+/// commands show only warnings unless asked (`-v`), so their output is
+/// what they print, not the client's connection events.
+pub fn init_at(default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let ansi = match std::env::var(LOG_ANSI_ENV) {
         Ok(forced) => forced == "1",
         Err(_) => std::io::stderr().is_terminal(),

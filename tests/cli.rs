@@ -106,6 +106,34 @@ async fn ls_info_and_stats_show_every_instance() -> TestResult {
         .filter_map(|s| s["endpoints"][0]["num_requests"].as_u64())
         .sum();
     assert_eq!(requests, 1);
+
+    // For people: no log lines unless asked, human units, no raw schemas.
+    for args in [
+        &["ls"][..],
+        &["info", "items"],
+        &["stats", "items"],
+        &["call", "items.get", r#"{"id":5}"#],
+    ] {
+        let (ok, all) = cli(&server, args);
+        assert!(ok, "{args:?}: {all}");
+        assert!(
+            !all.contains(" INFO ") && !all.contains("connected"),
+            "{args:?} printed log lines:\n{all}"
+        );
+    }
+    let _never_called = start(&server).await?;
+    let (_, out) = cli(&server, &["stats", "items"]);
+    assert!(out.contains('—'), "an instance never called shows —: {out}");
+    assert!(!out.contains("ns "), "{out}");
+    let (_, out) = cli(&server, &["info", "items"]);
+    assert!(
+        !out.contains("\"$schema\""),
+        "no raw schema without --schemas: {out}"
+    );
+    let (_, out) = cli(&server, &["info", "items", "--schemas"]);
+    assert!(out.contains("request_schema"), "{out}");
+    let (_, all) = cli(&server, &["-v", "ls"]);
+    assert!(all.contains("INFO"), "-v shows the log: {all}");
     Ok(())
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use switchboard::discovery::{self, Target};
 use switchboard::micro::Verb;
+use switchboard::service::{EVENTS_METADATA, REQUEST_SCHEMA, RESPONSE_SCHEMA};
 
 use super::connection::ConnectionArgs;
 
@@ -26,8 +27,43 @@ pub struct ServiceArgs {
     service: Option<String>,
     /// One instance id.
     id: Option<String>,
+    /// `info`: also print each endpoint's request and response JSON Schema.
+    #[arg(long)]
+    schemas: bool,
     #[command(flatten)]
     list: ListArgs,
+}
+
+/// `(subject, description)` of each event an instance declares it publishes.
+fn published_events(instance: &switchboard::micro::InfoResponse) -> Vec<(String, String)> {
+    let declared = instance
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get(EVENTS_METADATA))
+        .and_then(|e| serde_json::from_str::<Vec<serde_json::Value>>(e).ok())
+        .unwrap_or_default();
+    declared
+        .iter()
+        .map(|event| {
+            let text = |key: &str| event[key].as_str().unwrap_or_default().to_owned();
+            (text("subject"), text("description"))
+        })
+        .collect()
+}
+
+/// The average time per request, for people: `—` when never called.
+fn average(requests: u64, average_nanos: u64) -> String {
+    if requests == 0 {
+        return "—".to_owned();
+    }
+    let time = Duration::from_nanos(average_nanos);
+    if time >= Duration::from_secs(1) {
+        format!("{:.2} s", time.as_secs_f64())
+    } else if time >= Duration::from_millis(1) {
+        format!("{:.1} ms", time.as_secs_f64() * 1e3)
+    } else {
+        format!("{} µs", time.as_micros())
+    }
 }
 
 fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
@@ -91,11 +127,28 @@ pub async fn info(connection: &ConnectionArgs, args: ServiceArgs) -> anyhow::Res
         writeln!(out, "Service: {} {} ({})", a.name, a.version, a.id)?;
         writeln!(out, "  {}", a.description)?;
         for (k, v) in a.metadata.iter().flatten() {
+            if k == EVENTS_METADATA {
+                continue; // a table of its own below
+            }
             writeln!(out, "  {k}: {v}")?;
+        }
+        let events = published_events(a);
+        if !events.is_empty() {
+            writeln!(out, "  Events:")?;
+            for (subject, description) in &events {
+                writeln!(out, "    {subject:<28} {description}")?;
+            }
         }
         writeln!(out, "  Endpoints:")?;
         for e in &a.endpoints {
             let meta = e.metadata.clone().unwrap_or_default();
+            if args.schemas {
+                for key in [REQUEST_SCHEMA, RESPONSE_SCHEMA] {
+                    if let Some(schema) = meta.get(key) {
+                        writeln!(out, "    {} {key}: {schema}", e.name)?;
+                    }
+                }
+            }
             writeln!(
                 out,
                 "    {:<20} {:<28} queue {:<4} {}{}",
@@ -158,11 +211,24 @@ pub async fn stats(connection: &ConnectionArgs, args: ServiceArgs) -> anyhow::Re
                 e.name,
                 e.num_requests,
                 e.num_errors,
-                format!("{:.2?}", Duration::from_nanos(e.average_processing_time)),
+                average(e.num_requests, e.average_processing_time),
                 in_flight,
                 e.last_error
             )?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::average;
+
+    #[test]
+    fn averages_read_as_people_write_them() {
+        assert_eq!(average(0, 0), "—");
+        assert_eq!(average(3, 250_000), "250 µs");
+        assert_eq!(average(3, 2_500_000), "2.5 ms");
+        assert_eq!(average(1, 1_500_000_000), "1.50 s");
+    }
 }

@@ -18,6 +18,9 @@ struct Cli {
     command: Command,
     #[command(flatten)]
     connection: connection::ConnectionArgs,
+    /// Log more: -v info, -vv debug (`up` always logs at info; RUST_LOG wins).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,7 +44,13 @@ enum Command {
 
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    switchboard::telemetry::init();
+    // `up` is a log stream; the other commands print what was asked.
+    let level = match (&cli.command, cli.verbose) {
+        (Command::Up(_), 0 | 1) | (_, 1) => "info",
+        (_, 0) => "warn",
+        _ => "debug",
+    };
+    switchboard::telemetry::init_at(level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
