@@ -10,11 +10,11 @@
 //! |---|---|
 //! | [`server`] | find, start, probe and stop the embedded `nats-server` |
 //! | [`app`] | a service binary's `main` in one call; its one error type |
-//! | [`up`] | `switchboard up`: server, credentials, services, readiness, ordered stop |
+//! | [`system`] | the whole system `switchboard up` runs: server, credentials, services, readiness, ordered stop |
 //! | [`supervisor`] | keep service processes alive with backoff; stop them politely |
 //! | [`service`] | typed endpoints on the NATS Services API; concurrency, errors, drain |
 //! | [`client`] | typed calls: deadlines, retries with a budget, circuit breakers |
-//! | [`codec`] | the one place that knows bytes, header names and content types |
+//! | [`codec`] | the request/reply wire format: bytes, header names, content types (events: `events::envelope`) |
 //! | [`limits`] | the server's limits (control line, payload) checked before writing |
 //! | [`micro`] | ADR-32 wire types of `$SRV` answers |
 //! | [`trace_context`] | W3C `traceparent` across calls |
@@ -85,11 +85,11 @@ pub mod service;
 pub mod shutdown;
 pub mod state;
 pub mod supervisor;
+pub mod system;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod trace_context;
-pub mod up;
 
 pub use error::ServiceError;
 

@@ -75,6 +75,9 @@ pub enum StateError {
         action: String,
         /// The client's words.
         message: String,
+        /// The client's error (its kind and chain).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -95,11 +98,15 @@ impl From<StateError> for ServiceError {
     }
 }
 
-fn store_err(action: impl Into<String>) -> impl FnOnce(&dyn std::fmt::Display) -> StateError {
+fn store_err<E>(action: impl Into<String>) -> impl FnOnce(E) -> StateError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
     let action = action.into();
     move |e| StateError::Store {
         action,
         message: e.to_string(),
+        source: Box::new(e),
     }
 }
 
@@ -143,7 +150,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| store_err(format!("create bucket {bucket}"))(&e))?,
+                .map_err(|e| store_err(format!("create bucket {bucket}"))(e))?,
         };
         Ok(StateStore {
             kv,
@@ -162,7 +169,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
             .kv
             .entry(checked_key(key)?)
             .await
-            .map_err(|e| store_err(format!("read {}/{key}", self.bucket))(&e))?;
+            .map_err(|e| store_err(format!("read {}/{key}", self.bucket))(e))?;
         let Some(entry) = entry else { return Ok(None) };
         if entry.operation != kv::Operation::Put {
             return Ok(None);
@@ -206,7 +213,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
                 kv::CreateErrorKind::AlreadyExists => StateError::AlreadyExists {
                     key: key.to_owned(),
                 },
-                _ => store_err(format!("create {}/{key}", self.bucket))(&e),
+                _ => store_err(format!("create {}/{key}", self.bucket))(e),
             })
     }
 
@@ -224,7 +231,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
                 kv::UpdateErrorKind::WrongLastRevision => StateError::Conflict {
                     key: key.to_owned(),
                 },
-                _ => store_err(format!("update {}/{key}", self.bucket))(&e),
+                _ => store_err(format!("update {}/{key}", self.bucket))(e),
             })
     }
 
@@ -238,7 +245,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
         self.kv
             .put(checked_key(key)?, bytes)
             .await
-            .map_err(|e| store_err(format!("write {}/{key}", self.bucket))(&e))
+            .map_err(|e| store_err(format!("write {}/{key}", self.bucket))(e))
     }
 
     /// Read-modify-write with optimistic concurrency: `change` gets the
@@ -418,6 +425,16 @@ mod tests {
             max: MAX_KEY_LEN,
         });
         assert_eq!(reply.code, 400);
+    }
+
+    #[test]
+    fn store_failures_keep_their_cause() {
+        let cause = std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer");
+        let error = super::store_err("read users/u-1")(cause);
+        assert_eq!(error.to_string(), "read users/u-1: no answer");
+        let source = std::error::Error::source(&error).map(|s| s.to_string());
+        assert_eq!(source.as_deref(), Some("no answer"));
+        assert_eq!(switchboard_error(error).code, 503);
     }
 
     fn switchboard_error(e: StateError) -> crate::ServiceError {

@@ -66,7 +66,10 @@ impl Default for RestartPolicy {
 }
 
 impl RestartPolicy {
-    fn delays(&self) -> impl Iterator<Item = Duration> + use<> {
+    /// The delays before each restart: exponential from `min_delay` to
+    /// `max_delay`, with jitter (so processes that died together do not
+    /// come back in lockstep). Services and the embedded server share it.
+    pub fn delays(&self) -> impl Iterator<Item = Duration> + use<> {
         ExponentialBuilder::new()
             .with_min_delay(self.min_delay)
             .with_max_delay(self.max_delay)

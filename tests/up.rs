@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use switchboard::nats_context::NatsContext;
 use switchboard::process::exists;
+use switchboard::system::SERVICES;
 use switchboard::testing::{TestServer, TestServerConfig, free_port};
-use switchboard::up::SERVICES;
 
 use common::{Signal, Switchboard, exe_name, running, test_passwords};
 

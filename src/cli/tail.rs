@@ -5,7 +5,7 @@ use std::io::Write;
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use futures::StreamExt;
-use switchboard::codec;
+use switchboard::events::envelope;
 
 use super::connection::ConnectionArgs;
 
@@ -64,7 +64,7 @@ pub async fn run(connection: &ConnectionArgs, args: TailArgs) -> anyhow::Result<
             },
         };
         let mut out = std::io::stdout().lock();
-        match codec::read_event_attributes(message.headers.as_ref()) {
+        match envelope::read_event_attributes(message.headers.as_ref()) {
             Ok(a) => writeln!(
                 out,
                 "{} {} type={} source={} id={}{}",

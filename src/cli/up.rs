@@ -9,7 +9,7 @@ use anyhow::Context;
 use switchboard::discovery::ServiceSummary;
 use switchboard::nats_context::CONTEXT_NAME;
 use switchboard::shutdown;
-use switchboard::up::{ServerChoice, System, UpConfig};
+use switchboard::system::{ServerChoice, System, UpConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {

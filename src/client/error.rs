@@ -66,8 +66,11 @@ pub enum CallError {
     Transport {
         /// The subject called.
         subject: String,
-        /// The client's error.
+        /// The client's words.
         message: String,
+        /// The client's error (its kind and chain).
+        #[source]
+        source: async_nats::RequestError,
     },
 }
 

@@ -270,6 +270,7 @@ impl Client {
                 RequestErrorKind::Other => CallError::Transport {
                     subject: subject.to_owned(),
                     message: e.to_string(),
+                    source: e,
                 },
             }),
         }

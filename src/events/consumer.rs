@@ -27,10 +27,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::task::TaskTracker;
 
 use super::EventError;
-use super::dead_letter::{DeadLetters, Failed};
+use super::dead_letter::DeadLetters;
+use super::envelope;
+use super::envelope::DeadLetterInfo;
 use super::event::{Delivery, ReceivedEvent};
 use super::idempotency::{Claim, Idempotency};
-use crate::codec;
 
 /// A handler's failure: retry later, or give up now.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -210,13 +211,13 @@ where
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
-            Err(e) => return Err(EventError::js(format!("open stream {}", spec.stream))(&e)),
+            Err(e) => return Err(EventError::js(format!("open stream {}", spec.stream))(e)),
         }
     };
     let consumer = stream
         .get_or_create_consumer(&spec.durable, spec.config())
         .await
-        .map_err(|e| EventError::js(format!("create consumer {}", spec.durable))(&e))?;
+        .map_err(|e| EventError::js(format!("create consumer {}", spec.durable))(e))?;
     let dead_letters = DeadLetters::open(&js).await?;
     let idempotency = match spec.idempotency_ttl {
         Some(ttl) => Some(
@@ -237,7 +238,7 @@ where
             spec.stream, spec.durable
         ))
         .await
-        .map_err(|e| EventError::js("watch max-deliveries advisories")(&e))?;
+        .map_err(|e| EventError::js("watch max-deliveries advisories")(e))?;
     let shared = Arc::new(Shared {
         spec,
         handler,
@@ -480,7 +481,7 @@ where
 /// The lane of an event in ordered mode: by `ce-subject`, else NATS subject.
 fn lane_of(message: &jetstream::Message, lanes: usize) -> usize {
     use std::hash::{Hash, Hasher};
-    let key = codec::header(message.headers.as_ref(), codec::CE_SUBJECT)
+    let key = envelope::header(message.headers.as_ref(), envelope::CE_SUBJECT)
         .unwrap_or_else(|| message.subject.to_string());
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut hasher);
@@ -575,17 +576,19 @@ async fn dead_letter<F>(
     subject: &str,
     error: String,
 ) {
-    let failed = Failed {
-        subject,
-        headers: message.headers.as_ref(),
-        payload: message.payload.clone(),
-        stream: &delivery.stream,
-        consumer: &delivery.consumer,
+    let info = DeadLetterInfo {
+        subject: subject.to_owned(),
+        stream: delivery.stream.clone(),
+        consumer: delivery.consumer.clone(),
         stream_sequence: delivery.stream_sequence,
         deliveries: delivery.delivered,
         error,
+        failed_at: super::now_rfc3339(),
     };
-    match shared.dead_letters.put(failed).await {
+    let put = shared
+        .dead_letters
+        .put(&info, message.headers.as_ref(), message.payload.clone());
+    match put.await {
         Ok(()) => settle(message, AckKind::Term).await,
         Err(e) => {
             // Not stored as a dead letter: keep it in the stream and retry.
@@ -629,17 +632,19 @@ async fn watch_max_deliveries<F>(
                 continue;
             }
         };
-        let failed = Failed {
-            subject: &original.subject,
-            headers: Some(&original.headers),
-            payload: original.payload.clone(),
-            stream: &shared.spec.stream,
-            consumer: &shared.spec.durable,
+        let info = DeadLetterInfo {
+            subject: original.subject.to_string(),
+            stream: shared.spec.stream.clone(),
+            consumer: shared.spec.durable.clone(),
             stream_sequence: advisory.stream_seq,
             deliveries: advisory.deliveries,
             error: "max deliveries reached without a handler result (consumer crashed or handler exceeded the ack wait)".to_owned(),
+            failed_at: super::now_rfc3339(),
         };
-        if let Err(error) = shared.dead_letters.put(failed).await {
+        let put = shared
+            .dead_letters
+            .put(&info, Some(&original.headers), original.payload.clone());
+        if let Err(error) = put.await {
             tracing::error!(%error, "cannot dead-letter an event that ran out of deliveries");
         }
     }

@@ -13,9 +13,9 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::EventError;
-use super::publisher::{Published, Publisher, now_rfc3339};
+use super::envelope::{self, DeadLetterInfo};
+use super::publisher::{Published, Publisher};
 use super::stream::StreamSpec;
-use crate::codec::{self, DeadLetterInfo};
 
 /// Name of the dead-letter stream.
 pub const DLQ_STREAM: &str = "DLQ";
@@ -46,7 +46,7 @@ impl DeadLetter {
     pub fn event_id(&self) -> Option<&str> {
         self.headers
             .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(codec::CE_ID))
+            .find(|(k, _)| k.eq_ignore_ascii_case(envelope::CE_ID))
             .map(|(_, v)| v.as_str())
     }
 }
@@ -56,19 +56,6 @@ impl DeadLetter {
 pub struct DeadLetters {
     js: jetstream::Context,
     stream: Stream,
-}
-
-/// An event to dead-letter.
-#[derive(Debug, Clone)]
-pub(crate) struct Failed<'a> {
-    pub(crate) subject: &'a str,
-    pub(crate) headers: Option<&'a async_nats::HeaderMap>,
-    pub(crate) payload: Bytes,
-    pub(crate) stream: &'a str,
-    pub(crate) consumer: &'a str,
-    pub(crate) stream_sequence: u64,
-    pub(crate) deliveries: u64,
-    pub(crate) error: String,
 }
 
 impl DeadLetters {
@@ -84,31 +71,29 @@ impl DeadLetters {
         let stream = js
             .get_stream(DLQ_STREAM)
             .await
-            .map_err(|e| EventError::js("open DLQ")(&e))?;
+            .map_err(|e| EventError::js("open DLQ")(e))?;
         Ok(DeadLetters {
             js: js.clone(),
             stream,
         })
     }
 
-    pub(crate) async fn put(&self, failed: Failed<'_>) -> Result<(), EventError> {
-        let info = DeadLetterInfo {
-            subject: failed.subject.to_owned(),
-            stream: failed.stream.to_owned(),
-            consumer: failed.consumer.to_owned(),
-            stream_sequence: failed.stream_sequence,
-            deliveries: failed.deliveries,
-            error: failed.error,
-            failed_at: now_rfc3339(),
-        };
-        let headers = codec::dead_letter_headers(failed.headers, &info);
-        let subject = format!("dlq.{}.{}", failed.stream, failed.consumer);
+    /// Stores a dead event: its facts (`info`), with its original headers
+    /// and payload.
+    pub(crate) async fn put(
+        &self,
+        info: &DeadLetterInfo,
+        original_headers: Option<&async_nats::HeaderMap>,
+        payload: Bytes,
+    ) -> Result<(), EventError> {
+        let headers = envelope::dead_letter_headers(original_headers, info);
+        let subject = format!("dlq.{}.{}", info.stream, info.consumer);
         self.js
-            .publish_with_headers(subject, headers, failed.payload)
+            .publish_with_headers(subject, headers, payload)
             .await
-            .map_err(|e| EventError::js("write dead letter")(&e))?
+            .map_err(|e| EventError::js("write dead letter")(e))?
             .await
-            .map_err(|e| EventError::js("write dead letter")(&e))?;
+            .map_err(|e| EventError::js("write dead letter")(e))?;
         tracing::warn!(
             stream = %info.stream, consumer = %info.consumer, sequence = info.stream_sequence,
             deliveries = info.deliveries, error = %info.error, "event dead-lettered"
@@ -126,7 +111,7 @@ impl DeadLetters {
         let state = stream
             .info()
             .await
-            .map_err(|e| EventError::js("read DLQ")(&e))?
+            .map_err(|e| EventError::js("read DLQ")(e))?
             .state
             .clone();
         let mut out = Vec::new();
@@ -154,7 +139,7 @@ impl DeadLetters {
             .get_raw_message(id)
             .await
             .map_err(|_| EventError::UnknownDeadLetter(id))?;
-        let (info, headers) = codec::read_dead_letter(&message.headers)?;
+        let (info, headers) = envelope::read_dead_letter(&message.headers)?;
         Ok(DeadLetter {
             id,
             info,
@@ -173,9 +158,9 @@ impl DeadLetters {
     /// dead letter stays).
     pub async fn replay(&self, id: u64) -> Result<Published, EventError> {
         let letter = self.get(id).await?;
-        let source = codec::header(
-            Some(&codec::headers_from_pairs(&letter.headers)),
-            codec::CE_SOURCE,
+        let source = envelope::header(
+            Some(&envelope::headers_from_pairs(&letter.headers)),
+            envelope::CE_SOURCE,
         )
         .unwrap_or_default();
         let publisher = Publisher::new(self.js.clone(), source);
@@ -186,7 +171,7 @@ impl DeadLetters {
         let published = publisher
             .republish(
                 &letter.info.subject,
-                codec::headers_from_pairs(&letter.headers),
+                envelope::headers_from_pairs(&letter.headers),
                 letter.raw_payload.clone(),
                 &message_id,
             )
@@ -194,7 +179,7 @@ impl DeadLetters {
         self.stream
             .delete_message(id)
             .await
-            .map_err(|e| EventError::js(format!("remove replayed dead letter {id}"))(&e))?;
+            .map_err(|e| EventError::js(format!("remove replayed dead letter {id}"))(e))?;
         Ok(published)
     }
 
@@ -208,7 +193,7 @@ impl DeadLetters {
             .stream
             .purge()
             .await
-            .map_err(|e| EventError::js("purge DLQ")(&e))?;
+            .map_err(|e| EventError::js("purge DLQ")(e))?;
         Ok(response.purged)
     }
 }

@@ -31,7 +31,7 @@ pub enum EventError {
     Payload(#[from] serde_json::Error),
     /// A message is not a CloudEvent.
     #[error(transparent)]
-    Envelope(#[from] crate::codec::EnvelopeError),
+    Envelope(#[from] crate::events::envelope::EnvelopeError),
     /// An attribute cannot travel as a header: a line break would end it,
     /// or it is longer than [`MAX_HEADER_VALUE`](crate::limits::MAX_HEADER_VALUE)
     /// bytes, or empty. Nothing was published.
@@ -63,15 +63,22 @@ pub enum EventError {
         action: String,
         /// The server's or client's words.
         message: String,
+        /// The client's error, when there was one (its kind and chain).
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
 }
 
 impl EventError {
-    pub(crate) fn js(action: impl Into<String>) -> impl FnOnce(&dyn std::fmt::Display) -> Self {
+    pub(crate) fn js<E>(action: impl Into<String>) -> impl FnOnce(E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
         let action = action.into();
         move |e| EventError::JetStream {
             action,
             message: e.to_string(),
+            source: Some(Box::new(e)),
         }
     }
 }

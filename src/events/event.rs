@@ -4,7 +4,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::EventError;
-use crate::codec::{self, EventAttributes};
+use super::envelope::{self, EventAttributes};
+use crate::codec;
 use crate::limits::MAX_HEADER_VALUE;
 use crate::trace_context::TraceContext;
 
@@ -87,10 +88,10 @@ impl<T: Serialize> Event<T> {
             subject: self.subject.clone(),
         };
         for (name, value) in [
-            (codec::CE_ID, Some(&attributes.id)),
-            (codec::CE_SOURCE, Some(&attributes.source)),
-            (codec::CE_TYPE, Some(&attributes.event_type)),
-            (codec::CE_SUBJECT, attributes.subject.as_ref()),
+            (envelope::CE_ID, Some(&attributes.id)),
+            (envelope::CE_SOURCE, Some(&attributes.source)),
+            (envelope::CE_TYPE, Some(&attributes.event_type)),
+            (envelope::CE_SUBJECT, attributes.subject.as_ref()),
         ] {
             // A line break would end the header; a long value costs every
             // reader (and JetStream keeps each id of the duplicate window).
@@ -112,7 +113,7 @@ impl<T: Serialize> Event<T> {
         }
         let payload = codec::encode(&self.data)?;
         Ok((
-            codec::event_headers(&attributes, self.trace.as_ref()),
+            envelope::event_headers(&attributes, self.trace.as_ref()),
             payload,
         ))
     }
@@ -154,7 +155,7 @@ impl<T: DeserializeOwned> ReceivedEvent<T> {
     /// [`EventError::Envelope`] or [`EventError::Payload`] for a message that
     /// is not a CloudEvent of this type.
     pub fn decode(message: &async_nats::Message) -> Result<Self, EventError> {
-        let attributes = codec::read_event_attributes(message.headers.as_ref())?;
+        let attributes = envelope::read_event_attributes(message.headers.as_ref())?;
         let data = codec::decode_response(&message.payload)?;
         Ok(ReceivedEvent {
             attributes,
@@ -182,7 +183,9 @@ mod tests {
     fn a_line_break_in_an_attribute_is_an_error_not_a_panic() {
         let event = Event::new(serde_json::json!({})).subject("o-1\r\nce-type: forged");
         match event.encode("orders", "events.orders.created") {
-            Err(EventError::InvalidAttribute { name, .. }) => assert_eq!(name, codec::CE_SUBJECT),
+            Err(EventError::InvalidAttribute { name, .. }) => {
+                assert_eq!(name, envelope::CE_SUBJECT)
+            }
             other => panic!("expected InvalidAttribute, got {other:?}"),
         }
         let event = Event::new(serde_json::json!({})).id("a\nb");
@@ -193,7 +196,7 @@ mod tests {
         let long = Event::new(serde_json::json!({})).id("o".repeat(5000));
         match long.encode("orders", "events.orders.created") {
             Err(EventError::InvalidAttribute { name, value, .. }) => {
-                assert_eq!(name, codec::CE_ID);
+                assert_eq!(name, envelope::CE_ID);
                 assert!(
                     value.len() < 100,
                     "the error quotes a preview, not the value"

@@ -70,7 +70,7 @@ impl Idempotency {
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| EventError::js(format!("create KV bucket {bucket}"))(&e))?,
+                .map_err(|e| EventError::js(format!("create KV bucket {bucket}"))(e))?,
         };
         Ok(Idempotency { kv, stale_after })
     }
@@ -91,7 +91,7 @@ impl Idempotency {
             .kv
             .entry(&key)
             .await
-            .map_err(|e| EventError::js(format!("read record {key}"))(&e))?;
+            .map_err(|e| EventError::js(format!("read record {key}"))(e))?;
         let Some(entry) = entry else {
             // Deleted between our create and read: claim again next time.
             return Ok(Claim::InProgress);
@@ -128,7 +128,7 @@ impl Idempotency {
         self.kv
             .put(&key, format!("{PENDING}{}", now_millis()).into())
             .await
-            .map_err(|e| EventError::js(format!("renew {key}"))(&e))?;
+            .map_err(|e| EventError::js(format!("renew {key}"))(e))?;
         Ok(())
     }
 
@@ -142,7 +142,7 @@ impl Idempotency {
         self.kv
             .put(&key, DONE.into())
             .await
-            .map_err(|e| EventError::js(format!("record {key}"))(&e))?;
+            .map_err(|e| EventError::js(format!("record {key}"))(e))?;
         Ok(())
     }
 
@@ -156,7 +156,7 @@ impl Idempotency {
         self.kv
             .delete(&key)
             .await
-            .map_err(|e| EventError::js(format!("release {key}"))(&e))
+            .map_err(|e| EventError::js(format!("release {key}"))(e))
     }
 }
 
@@ -164,7 +164,7 @@ impl Idempotency {
 /// kit may send any `ce-id`) is refused before it becomes a subject.
 fn key(id: &str) -> Result<String, EventError> {
     checked_key(id).map_err(|_| EventError::InvalidAttribute {
-        name: crate::codec::CE_ID,
+        name: crate::events::envelope::CE_ID,
         value: crate::limits::preview(id),
         reason: "too long to be recorded",
     })

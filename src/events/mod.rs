@@ -38,6 +38,7 @@
 
 pub mod consumer;
 mod dead_letter;
+pub mod envelope;
 mod error;
 mod event;
 mod group;

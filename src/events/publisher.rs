@@ -12,8 +12,8 @@ use async_nats::jetstream::{self, context::PublishErrorKind};
 use serde::Serialize;
 
 use super::EventError;
+use super::envelope;
 use super::event::Event;
-use crate::codec;
 
 /// A stored event's acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +66,7 @@ impl Publisher {
         self.js
             .publish_with_headers(subject.to_owned(), headers, payload)
             .await
-            .map_err(|e| publish_error(subject, &e))
+            .map_err(|e| publish_error(subject, e))
     }
 
     /// Publishes and waits for the stream's acknowledgement.
@@ -94,7 +94,7 @@ impl Publisher {
         payload: bytes::Bytes,
         message_id: &str,
     ) -> Result<Published, EventError> {
-        codec::set_message_id(&mut headers, message_id);
+        envelope::set_message_id(&mut headers, message_id);
         let ack = self.send(subject, headers, payload).await?;
         confirm(subject, message_id, ack).await
     }
@@ -133,7 +133,7 @@ impl Publisher {
         for (index, event) in events.iter().enumerate() {
             let sequence = index + 1;
             let (mut headers, payload) = self.message(subject, event)?;
-            codec::mark_batch(&mut headers, &batch_id, sequence, sequence == last);
+            envelope::mark_batch(&mut headers, &batch_id, sequence, sequence == last);
             // The first message and the commit are requests: the server
             // answers them (an early refusal, the final ack); the rest stream.
             if sequence == 1 || sequence == last {
@@ -148,7 +148,7 @@ impl Publisher {
                         async_nats::RequestErrorKind::NoResponders => EventError::NoStream {
                             subject: subject.to_owned(),
                         },
-                        _ => EventError::js(format!("atomic publish to {subject}"))(&e),
+                        _ => EventError::js(format!("atomic publish to {subject}"))(e),
                     })?;
                 if let Some(ack) = read_batch_reply(subject, &reply.payload)? {
                     if sequence == last {
@@ -158,12 +158,13 @@ impl Publisher {
             } else {
                 nats.publish_with_headers(subject.to_owned(), headers, payload)
                     .await
-                    .map_err(|e| EventError::js(format!("atomic publish to {subject}"))(&e))?;
+                    .map_err(|e| EventError::js(format!("atomic publish to {subject}"))(e))?;
             }
         }
         Err(EventError::JetStream {
             action: format!("atomic publish to {subject}"),
             message: "the batch was not acknowledged".to_owned(),
+            source: None,
         })
     }
 
@@ -274,6 +275,7 @@ fn read_batch_reply(subject: &str, payload: &[u8]) -> Result<Option<AtomicBatch>
         Ok(BatchReply::Error { error }) => Err(EventError::JetStream {
             action: format!("atomic publish to {subject}"),
             message: error.description,
+            source: None,
         }),
         // A plain (non-final) ack without batch fields: nothing to report.
         Err(_) => Ok(None),
@@ -285,7 +287,7 @@ async fn confirm(
     id: &str,
     ack: jetstream::context::PublishAckFuture,
 ) -> Result<Published, EventError> {
-    let ack = ack.await.map_err(|e| publish_error(subject, &e))?;
+    let ack = ack.await.map_err(|e| publish_error(subject, e))?;
     Ok(Published {
         id: id.to_owned(),
         stream: ack.stream,
@@ -294,7 +296,7 @@ async fn confirm(
     })
 }
 
-fn publish_error(subject: &str, e: &jetstream::context::PublishError) -> EventError {
+fn publish_error(subject: &str, e: jetstream::context::PublishError) -> EventError {
     match e.kind() {
         PublishErrorKind::StreamNotFound => EventError::NoStream {
             subject: subject.to_owned(),

@@ -25,7 +25,7 @@ pub async fn publish<T: Serialize>(
     let (headers, payload) = event.encode(source, subject)?;
     nats.publish_with_headers(subject.to_owned(), headers, payload)
         .await
-        .map_err(|e| EventError::js(format!("publish signal to {subject}"))(&e))
+        .map_err(|e| EventError::js(format!("publish signal to {subject}"))(e))
 }
 
 /// Subscribes to signals; messages that are not CloudEvents of type `T`
@@ -41,6 +41,6 @@ pub async fn subscribe<T: DeserializeOwned>(
     let subscriber = nats
         .subscribe(subject.to_owned())
         .await
-        .map_err(|e| EventError::js(format!("subscribe to {subject}"))(&e))?;
+        .map_err(|e| EventError::js(format!("subscribe to {subject}"))(e))?;
     Ok(subscriber.map(|message| ReceivedEvent::decode(&message)))
 }

@@ -117,16 +117,16 @@ impl StreamSpec {
             Err(e) if is_not_found(&e) => {
                 js.create_stream(wanted)
                     .await
-                    .map_err(|e| EventError::js(format!("create stream {}", self.name))(&e))?;
+                    .map_err(|e| EventError::js(format!("create stream {}", self.name))(e))?;
                 tracing::info!(stream = %self.name, "stream created");
                 return Ok(StreamStatus::Created);
             }
-            Err(e) => return Err(EventError::js(format!("look up stream {}", self.name))(&e)),
+            Err(e) => return Err(EventError::js(format!("look up stream {}", self.name))(e)),
         };
         let info = live
             .info()
             .await
-            .map_err(|e| EventError::js(format!("read stream {}", self.name))(&e))?;
+            .map_err(|e| EventError::js(format!("read stream {}", self.name))(e))?;
         let differences = differences(&info.config, &wanted);
         if differences.is_empty() {
             return Ok(StreamStatus::Unchanged);
@@ -140,7 +140,7 @@ impl StreamSpec {
         tracing::warn!(stream = %self.name, ?differences, "updating a stream that differs from its declaration");
         js.update_stream(wanted)
             .await
-            .map_err(|e| EventError::js(format!("update stream {}", self.name))(&e))?;
+            .map_err(|e| EventError::js(format!("update stream {}", self.name))(e))?;
         Ok(StreamStatus::Updated)
     }
 }

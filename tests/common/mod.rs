@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use switchboard::credentials::password_env;
 use switchboard::process::{exists, send};
-use switchboard::up::{ADMIN_USER, SERVICES};
+use switchboard::system::{ADMIN_USER, SERVICES};
 
 pub use nix::sys::signal::Signal;
 

@@ -72,7 +72,7 @@ impl Default for GatewayConfig {
             request_timeout: DEFAULT_TIMEOUT,
             refresh_every: Duration::from_secs(2),
             // The reference system `switchboard up` runs, but the gateway.
-            required_services: switchboard::up::SERVICES
+            required_services: switchboard::system::SERVICES
                 .iter()
                 .filter(|s| **s != "gateway")
                 .map(|s| s.to_string())

@@ -11,7 +11,7 @@ use axum::response::sse::{Event as Sse, KeepAlive, Sse as SseResponse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde_json::json;
-use switchboard::codec;
+use switchboard::events::envelope;
 use tokio::sync::mpsc;
 
 use crate::Gateway;
@@ -85,7 +85,7 @@ pub(crate) async fn events(
 }
 
 fn to_sse(message: &async_nats::Message) -> Sse {
-    let attributes = codec::read_event_attributes(message.headers.as_ref()).ok();
+    let attributes = envelope::read_event_attributes(message.headers.as_ref()).ok();
     let data: serde_json::Value = serde_json::from_slice(&message.payload)
         .unwrap_or_else(|_| json!(String::from_utf8_lossy(&message.payload)));
     let body = json!({

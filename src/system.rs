@@ -1,4 +1,4 @@
-//! `switchboard up`: the whole system on one machine, in one command.
+//! The whole system on one machine: what `switchboard up` runs.
 //!
 //! Order matters and is kept in both directions. Start: passwords, the
 //! embedded nats-server (unless `NATS_URL` names one), the `nats` CLI
@@ -336,8 +336,10 @@ impl System {
                 status = server.exited() => {
                     let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
                     tracing::error!(%status, "nats-server exited unexpectedly; restarting it");
-                    let mut delay = restart.min_delay;
+                    // The same policy as the services': exponential with jitter.
+                    let mut delays = restart.delays();
                     loop {
+                        let delay = delays.next().unwrap_or(restart.max_delay);
                         match server.restart().await {
                             Ok(()) => break,
                             Err(error) => tracing::error!(%error, ?delay, "nats-server restart failed; retrying"),
@@ -346,7 +348,6 @@ impl System {
                             () = tokio::time::sleep(delay) => {}
                             () = shutdown.as_mut() => { self.stop().await; return; }
                         }
-                        delay = (delay * 2).min(restart.max_delay);
                     }
                 }
             }

@@ -1,0 +1,244 @@
+//! The events' wire format: CloudEvents 1.0 in binary mode over NATS
+//! headers, and the dead-letter facts added to a dead event's headers.
+//!
+//! The one place that knows these header names (request/reply headers are
+//! [`crate::codec`]'s). Publishers, consumers, dead letters, `switchboard
+//! tail` and the gateway's live view all read and write events through it.
+
+use async_nats::HeaderMap;
+use serde::Serialize;
+
+use crate::codec::{CONTENT_TYPE_JSON, TRACEPARENT, static_name};
+use crate::trace_context::TraceContext;
+
+/// CloudEvents 1.0 binary-mode attribute headers (NATS protocol binding).
+pub const CE_SPECVERSION: &str = "ce-specversion";
+/// Event id; also the JetStream de-duplication id.
+pub const CE_ID: &str = "ce-id";
+/// Who published the event (the service).
+pub const CE_SOURCE: &str = "ce-source";
+/// What happened, e.g. `orders.created`.
+pub const CE_TYPE: &str = "ce-type";
+/// When it happened (RFC 3339).
+pub const CE_TIME: &str = "ce-time";
+/// What it is about (optional), e.g. an order id.
+pub const CE_SUBJECT: &str = "ce-subject";
+/// Content type header of events.
+pub const CONTENT_TYPE: &str = "content-type";
+/// JetStream's de-duplication header.
+pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
+/// The CloudEvents version written.
+pub const SPEC_VERSION: &str = "1.0";
+
+/// The CloudEvents attributes of one event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct EventAttributes {
+    /// `ce-id`.
+    pub id: String,
+    /// `ce-source`.
+    pub source: String,
+    /// `ce-type`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// `ce-time`, RFC 3339.
+    pub time: String,
+    /// `ce-subject`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+/// A message is not a well-formed CloudEvent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a CloudEvent: {0}")]
+pub struct EnvelopeError(pub String);
+
+/// Headers of an event in binary content mode; `Nats-Msg-Id` = `ce-id` so
+/// JetStream drops a re-publish of the same fact.
+pub fn event_headers(attributes: &EventAttributes, trace: Option<&TraceContext>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(static_name(CE_SPECVERSION), SPEC_VERSION);
+    headers.insert(static_name(CE_ID), attributes.id.as_str());
+    headers.insert(static_name(CE_SOURCE), attributes.source.as_str());
+    headers.insert(static_name(CE_TYPE), attributes.event_type.as_str());
+    headers.insert(static_name(CE_TIME), attributes.time.as_str());
+    if let Some(subject) = &attributes.subject {
+        headers.insert(static_name(CE_SUBJECT), subject.as_str());
+    }
+    headers.insert(static_name(CONTENT_TYPE), CONTENT_TYPE_JSON);
+    headers.insert(static_name(NATS_MSG_ID), attributes.id.as_str());
+    if let Some(trace) = trace {
+        headers.insert(static_name(TRACEPARENT), trace.to_string().as_str());
+    }
+    headers
+}
+
+/// Reads the CloudEvents attributes of a message.
+///
+/// # Errors
+///
+/// [`EnvelopeError`] when a required attribute is missing or the version
+/// is not 1.0.
+pub fn read_event_attributes(
+    headers: Option<&HeaderMap>,
+) -> Result<EventAttributes, EnvelopeError> {
+    let headers = headers.ok_or_else(|| EnvelopeError("no headers".into()))?;
+    let get = |name: &'static str| {
+        headers
+            .get(static_name(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    let required =
+        |name: &'static str| get(name).ok_or_else(|| EnvelopeError(format!("no {name}")));
+    let version = required(CE_SPECVERSION)?;
+    if version != SPEC_VERSION {
+        return Err(EnvelopeError(format!(
+            "{CE_SPECVERSION} {version}, expected {SPEC_VERSION}"
+        )));
+    }
+    Ok(EventAttributes {
+        id: required(CE_ID)?,
+        source: required(CE_SOURCE)?,
+        event_type: required(CE_TYPE)?,
+        time: required(CE_TIME)?,
+        subject: get(CE_SUBJECT),
+    })
+}
+
+/// Overrides the de-duplication id (a replay must not be mistaken for the
+/// original inside the duplicate window).
+pub fn set_message_id(headers: &mut HeaderMap, id: &str) {
+    headers.insert(static_name(NATS_MSG_ID), id);
+}
+
+/// Reads a header as text (for code that must pass headers through, such
+/// as dead letters).
+pub fn header(headers: Option<&HeaderMap>, name: &str) -> Option<String> {
+    headers?.get(name).map(|v| v.as_str().to_owned())
+}
+
+/// Marks a message as part of an atomic batch (ADR-50); the last one commits.
+pub fn mark_batch(headers: &mut HeaderMap, batch_id: &str, sequence: usize, commit: bool) {
+    headers.insert(static_name("Nats-Batch-Id"), batch_id);
+    headers.insert(
+        static_name("Nats-Batch-Sequence"),
+        sequence.to_string().as_str(),
+    );
+    if commit {
+        headers.insert(static_name("Nats-Batch-Commit"), "1");
+    }
+}
+
+/// Dead-letter headers, added to the original event's headers.
+const DLQ_PREFIX: &str = "Switchboard-Dlq-";
+const DLQ_SUBJECT: &str = "Switchboard-Dlq-Subject";
+const DLQ_STREAM: &str = "Switchboard-Dlq-Stream";
+const DLQ_CONSUMER: &str = "Switchboard-Dlq-Consumer";
+const DLQ_SEQUENCE: &str = "Switchboard-Dlq-Sequence";
+const DLQ_DELIVERIES: &str = "Switchboard-Dlq-Deliveries";
+const DLQ_ERROR: &str = "Switchboard-Dlq-Error";
+const DLQ_FAILED_AT: &str = "Switchboard-Dlq-Failed-At";
+
+/// Why and where an event died.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct DeadLetterInfo {
+    /// The subject the event was published on.
+    pub subject: String,
+    /// The stream it was stored in.
+    pub stream: String,
+    /// The consumer that gave up.
+    pub consumer: String,
+    /// Its sequence in that stream.
+    pub stream_sequence: u64,
+    /// How often it was delivered.
+    pub deliveries: u64,
+    /// The last error.
+    pub error: String,
+    /// When it was dead-lettered (RFC 3339).
+    pub failed_at: String,
+}
+
+/// The original headers plus the dead-letter facts, with a de-duplication
+/// id per (stream, consumer, sequence) so a dead letter written twice (by the
+/// handler and by the max-deliveries advisory) is stored once.
+pub fn dead_letter_headers(original: Option<&HeaderMap>, info: &DeadLetterInfo) -> HeaderMap {
+    let mut headers = original.cloned().unwrap_or_default();
+    headers.insert(static_name(DLQ_SUBJECT), info.subject.as_str());
+    headers.insert(static_name(DLQ_STREAM), info.stream.as_str());
+    headers.insert(static_name(DLQ_CONSUMER), info.consumer.as_str());
+    headers.insert(
+        static_name(DLQ_SEQUENCE),
+        info.stream_sequence.to_string().as_str(),
+    );
+    headers.insert(
+        static_name(DLQ_DELIVERIES),
+        info.deliveries.to_string().as_str(),
+    );
+    let error: String = info
+        .error
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    headers.insert(static_name(DLQ_ERROR), error.as_str());
+    headers.insert(static_name(DLQ_FAILED_AT), info.failed_at.as_str());
+    headers.insert(
+        static_name(NATS_MSG_ID),
+        format!(
+            "dlq:{}:{}:{}",
+            info.stream, info.consumer, info.stream_sequence
+        )
+        .as_str(),
+    );
+    headers
+}
+
+/// Splits a stored dead letter's headers into its facts and the original
+/// event's headers (without the de-duplication id, which replay sets anew).
+///
+/// # Errors
+///
+/// [`EnvelopeError`] when the message is not a dead letter.
+pub fn read_dead_letter(
+    headers: &HeaderMap,
+) -> Result<(DeadLetterInfo, Vec<(String, String)>), EnvelopeError> {
+    let get = |name: &'static str| {
+        headers
+            .get(static_name(name))
+            .map(|v| v.as_str().to_owned())
+            .ok_or_else(|| EnvelopeError(format!("not a dead letter: no {name}")))
+    };
+    let number = |name: &'static str| -> Result<u64, EnvelopeError> {
+        get(name)?
+            .parse()
+            .map_err(|_| EnvelopeError(format!("{name} is not a number")))
+    };
+    let info = DeadLetterInfo {
+        subject: get(DLQ_SUBJECT)?,
+        stream: get(DLQ_STREAM)?,
+        consumer: get(DLQ_CONSUMER)?,
+        stream_sequence: number(DLQ_SEQUENCE)?,
+        deliveries: number(DLQ_DELIVERIES)?,
+        error: get(DLQ_ERROR)?,
+        failed_at: get(DLQ_FAILED_AT)?,
+    };
+    let mut original = Vec::new();
+    for (name, values) in headers.iter() {
+        let name = name.to_string();
+        if name.starts_with(DLQ_PREFIX) || name.eq_ignore_ascii_case(NATS_MSG_ID) {
+            continue;
+        }
+        for value in values {
+            original.push((name.clone(), value.as_str().to_owned()));
+        }
+    }
+    original.sort();
+    Ok((info, original))
+}
+
+/// Headers from name/value pairs (to re-publish a dead letter's original).
+pub fn headers_from_pairs(pairs: &[(String, String)]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in pairs {
+        headers.append(name.as_str(), value.as_str());
+    }
+    headers
+}
