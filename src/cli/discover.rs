@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use switchboard::discovery::{self, Target};
 use switchboard::micro::Verb;
-use switchboard::service::{EVENTS_METADATA, REQUEST_SCHEMA, RESPONSE_SCHEMA};
+use switchboard::service::{EVENTS_METADATA, EventDeclaration, REQUEST_SCHEMA, RESPONSE_SCHEMA};
 
 use super::connection::ConnectionArgs;
 
@@ -32,23 +32,6 @@ pub struct ServiceArgs {
     schemas: bool,
     #[command(flatten)]
     list: ListArgs,
-}
-
-/// `(subject, description)` of each event an instance declares it publishes.
-fn published_events(instance: &switchboard::micro::InfoResponse) -> Vec<(String, String)> {
-    let declared = instance
-        .metadata
-        .as_ref()
-        .and_then(|m| m.get(EVENTS_METADATA))
-        .and_then(|e| serde_json::from_str::<Vec<serde_json::Value>>(e).ok())
-        .unwrap_or_default();
-    declared
-        .iter()
-        .map(|event| {
-            let text = |key: &str| event[key].as_str().unwrap_or_default().to_owned();
-            (text("subject"), text("description"))
-        })
-        .collect()
 }
 
 /// The average time per request, for people: `—` when never called.
@@ -132,11 +115,11 @@ pub async fn info(connection: &ConnectionArgs, args: ServiceArgs) -> anyhow::Res
             }
             writeln!(out, "  {k}: {v}")?;
         }
-        let events = published_events(a);
+        let events = EventDeclaration::of(a);
         if !events.is_empty() {
             writeln!(out, "  Events:")?;
-            for (subject, description) in &events {
-                writeln!(out, "    {subject:<28} {description}")?;
+            for event in &events {
+                writeln!(out, "    {:<28} {}", event.subject, event.description)?;
             }
         }
         writeln!(out, "  Endpoints:")?;

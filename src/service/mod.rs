@@ -160,14 +160,39 @@ pub struct ServiceBuilder {
     description: String,
     metadata: Metadata,
     endpoints: Vec<Endpoint>,
-    events: Vec<serde_json::Value>,
+    events: Vec<EventDeclaration>,
     streams: Vec<crate::events::StreamSpec>,
     drain_timeout: Duration,
     client: Option<Client>,
 }
 
-/// Service metadata key listing the events a service publishes (JSON).
+/// Service metadata key listing the events a service publishes: a JSON
+/// array of [`EventDeclaration`]s.
 pub const EVENTS_METADATA: &str = "events";
+
+/// An event a service declares it publishes, as discovery carries it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EventDeclaration {
+    /// The NATS subject, e.g. `events.orders.created`.
+    pub subject: String,
+    /// One line.
+    pub description: String,
+    /// The JSON Schema of the event's data.
+    pub schema: serde_json::Value,
+}
+
+impl EventDeclaration {
+    /// The events an instance declares (none when it declares none, or
+    /// something unreadable).
+    pub fn of(instance: &crate::micro::InfoResponse) -> Vec<EventDeclaration> {
+        instance
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get(EVENTS_METADATA))
+            .and_then(|e| serde_json::from_str(e).ok())
+            .unwrap_or_default()
+    }
+}
 
 impl ServiceBuilder {
     /// One line for `nats micro ls`.
@@ -189,11 +214,11 @@ impl ServiceBuilder {
         subject: impl Into<String>,
         description: impl Into<String>,
     ) -> Self {
-        self.events.push(serde_json::json!({
-            "subject": subject.into(),
-            "description": description.into(),
-            "schema": schemars::schema_for!(T).to_value(),
-        }));
+        self.events.push(EventDeclaration {
+            subject: subject.into(),
+            description: description.into(),
+            schema: schemars::schema_for!(T).to_value(),
+        });
         self
     }
 
@@ -292,11 +317,10 @@ impl ServiceBuilder {
             description: self.description.clone(),
             metadata: {
                 let mut metadata = self.metadata.clone();
-                if !self.events.is_empty() {
-                    metadata.insert(
-                        EVENTS_METADATA.to_owned(),
-                        serde_json::Value::Array(self.events.clone()).to_string(),
-                    );
+                if !self.events.is_empty()
+                    && let Ok(events) = serde_json::to_string(&self.events)
+                {
+                    metadata.insert(EVENTS_METADATA.to_owned(), events);
                 }
                 metadata
             },
@@ -379,27 +403,6 @@ impl ServiceBuilder {
         let running = self.start(nats).await?;
         shutdown.await;
         Ok(running.drain().await)
-    }
-
-    /// Connects with `NATS_URL`/`NATS_USER`/`NATS_PASSWORD` (the connection
-    /// named after the service), serves until `shutdown`, drains the
-    /// service and then the connection.
-    ///
-    /// # Errors
-    ///
-    /// A failed connection, or as [`ServiceBuilder::start`].
-    pub async fn serve_from_env(
-        self,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<DrainReport, ServeError> {
-        let nats = crate::connect::ConnectConfig::from_env(&self.name)
-            .connect()
-            .await?;
-        let report = self.serve(nats.clone(), shutdown).await?;
-        if let Err(error) = nats.drain().await {
-            tracing::warn!(%error, "cannot drain the connection");
-        }
-        Ok(report)
     }
 }
 

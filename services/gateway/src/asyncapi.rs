@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value, json};
 use switchboard::discovery::InstanceInfo;
-use switchboard::service::EVENTS_METADATA;
+use switchboard::service::EventDeclaration;
 
 use crate::schema::hoist;
 
@@ -14,18 +14,8 @@ pub fn document(instances: &[InstanceInfo]) -> Value {
     let mut messages = Map::new();
     let mut schemas = Map::new();
     for instance in instances {
-        let Some(events) = instance
-            .metadata
-            .as_ref()
-            .and_then(|m| m.get(EVENTS_METADATA))
-            .and_then(|e| serde_json::from_str::<Vec<Value>>(e).ok())
-        else {
-            continue;
-        };
-        for event in events {
-            let Some(subject) = event["subject"].as_str() else {
-                continue;
-            };
+        for event in EventDeclaration::of(instance) {
+            let subject = event.subject.as_str();
             let name = subject
                 .strip_prefix("events.")
                 .unwrap_or(subject)
@@ -33,13 +23,13 @@ pub fn document(instances: &[InstanceInfo]) -> Value {
             // The default schema format (AsyncAPI Schema, a superset of
             // JSON Schema draft 7) with definitions in components/schemas,
             // where its references can be resolved.
-            let payload = hoist(&event["schema"], &mut schemas);
+            let payload = hoist(&event.schema, &mut schemas);
             messages.insert(
                 name.clone(),
                 json!({
                     "name": name,
                     "title": subject,
-                    "summary": event["description"],
+                    "summary": event.description,
                     "contentType": "application/json",
                     "headers": cloudevents_headers(),
                     "payload": payload,
