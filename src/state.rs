@@ -12,6 +12,7 @@
 //! the server would refuse by closing the connection.
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use async_nats::jetstream::{self, kv};
 use serde::Serialize;
@@ -19,6 +20,10 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ServiceError;
 pub use crate::limits::MAX_KEY_LEN;
+
+mod key_lock;
+
+use key_lock::KeyLocks;
 
 /// How often [`StateStore::modify`] retries a conflicting write.
 const MODIFY_ATTEMPTS: usize = 16;
@@ -110,11 +115,14 @@ where
     }
 }
 
-/// Typed access to one KV bucket.
+/// Typed access to one KV bucket. Clones share the bucket and the
+/// per-key writer queue of [`StateStore::modify`] and
+/// [`StateStore::transition`].
 #[derive(Debug)]
 pub struct StateStore<T> {
     kv: kv::Store,
     bucket: String,
+    writers: Arc<KeyLocks>,
     value: PhantomData<fn() -> T>,
 }
 
@@ -123,6 +131,7 @@ impl<T> Clone for StateStore<T> {
         StateStore {
             kv: self.kv.clone(),
             bucket: self.bucket.clone(),
+            writers: self.writers.clone(),
             value: PhantomData,
         }
     }
@@ -155,6 +164,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
         Ok(StateStore {
             kv,
             bucket: bucket.to_owned(),
+            writers: Arc::default(),
             value: PhantomData,
         })
     }
@@ -250,7 +260,9 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
 
     /// Read-modify-write with optimistic concurrency: `change` gets the
     /// current value (or `None`) and returns the new one, or a domain error
-    /// that aborts without writing. Conflicting writers are retried.
+    /// that aborts without writing. Writers of one key in this process take
+    /// turns (so a hot key does not turn into conflicts); a writer in
+    /// another process that gets in between is retried.
     ///
     /// # Errors
     ///
@@ -264,6 +276,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
     where
         T: Clone,
     {
+        let _turn = self.writers.lock(key).await;
         for _ in 0..MODIFY_ATTEMPTS {
             let current = self.get(key).await?;
             let revision = current.as_ref().map(|c| c.revision);
@@ -311,6 +324,7 @@ impl<T: Serialize + DeserializeOwned + Clone> StateStore<T> {
         key: &str,
         mut change: impl FnMut(&T) -> Result<Option<T>, ServiceError>,
     ) -> Result<Option<Transition<T>>, ServiceError> {
+        let _turn = self.writers.lock(key).await;
         for _ in 0..MODIFY_ATTEMPTS {
             let Some(current) = self.get(key).await? else {
                 return Ok(None);

@@ -432,3 +432,57 @@ async fn the_running_system_matches_the_declared_contract() -> TestResult {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thirty_two_callers_ordering_one_sku_all_succeed_while_stock_lasts() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let _system = start(dir.path(), free_port()?, free_port()?);
+    let client = admin(dir.path()).await?;
+    let user = call(
+        &client,
+        "users.create",
+        json!({"name": "Hot", "email": "hot@example.com"}),
+    )
+    .await?;
+    let user_id = user["id"].as_str().ok_or("no user id")?.to_owned();
+    call(
+        &client,
+        "inventory.restock",
+        json!({"sku": "hot-sku", "quantity": 1000}),
+    )
+    .await?;
+
+    let (callers, each) = (32, 10);
+    let mut tasks = Vec::new();
+    for _ in 0..callers {
+        let (client, user_id) = (client.clone(), user_id.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut refused = Vec::new();
+            for _ in 0..each {
+                let order =
+                    json!({"user_id": user_id, "items": [{"sku": "hot-sku", "quantity": 1}]});
+                if let Err(e) = call(&client, "orders.create", order).await {
+                    refused.push(e.to_string());
+                }
+            }
+            refused
+        }));
+    }
+    let mut refused = Vec::new();
+    for task in tasks {
+        refused.extend(task.await?);
+    }
+    assert!(
+        refused.is_empty(),
+        "{} of {} orders refused, e.g. {:?}",
+        refused.len(),
+        callers * each,
+        refused.first()
+    );
+    let stock = call(&client, "inventory.stock", json!({"sku": "hot-sku"})).await?;
+    assert_eq!(
+        stock,
+        json!({"sku": "hot-sku", "available": 1000 - callers * each, "reserved": callers * each})
+    );
+    Ok(())
+}
