@@ -3,16 +3,18 @@
 //! - `Ok` → ack.
 //! - [`HandlerError::Retryable`] → nak with the next delay of the backoff
 //!   schedule (never an immediate redelivery storm).
-//! - [`HandlerError::Permanent`], or a retryable failure on the last allowed
-//!   delivery → dead letter (payload, headers, error, deliveries), then term.
+//! - [`HandlerError::Permanent`], or the handler's
+//!   [`max_deliver`](ConsumerSpec::max_deliver)-th failure → dead letter
+//!   (payload, headers, error, deliveries), then term.
 //!
-//! Events are fetched only as fast as handler slots free up, so nothing
-//! waits in a local buffer while its ack timer runs (over-pulling is what
-//! causes spurious redeliveries). A long handler sends in-progress signals.
-//! The server's max-deliveries advisory is watched too, so an event whose
-//! last delivery was never handled (the consumer crashed) is still
-//! dead-lettered. With [`ConsumerSpec::idempotent`], a redelivered or
-//! re-published event (same `ce-id`) has one effect.
+//! Only the handler's own failures count towards a dead letter: the server
+//! redelivers without limit, so a server restart, a consumer crash, a KV
+//! timeout or an expired ack wait never dead-letters an event whose handler
+//! did not fail (see `attempts.rs`). Events are fetched only as fast as
+//! handler slots free up, so nothing waits in a local buffer while its ack
+//! timer runs (over-pulling is what causes spurious redeliveries). A long
+//! handler sends in-progress signals. With [`ConsumerSpec::idempotent`], a
+//! redelivered or re-published event (same `ce-id`) has one effect.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -27,6 +29,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::task::TaskTracker;
 
 use super::EventError;
+use super::attempts::HandlerFailures;
 use super::dead_letter::DeadLetters;
 use super::envelope;
 use super::envelope::DeadLetterInfo;
@@ -66,7 +69,8 @@ pub struct ConsumerSpec {
     pub filter_subjects: Vec<String>,
     /// How long a delivery may go unacknowledged before redelivery.
     pub ack_wait: Duration,
-    /// Deliveries before an event is dead-lettered.
+    /// Handler failures before an event is dead-lettered (deliveries lost
+    /// to outages and crashes do not count).
     pub max_deliver: u64,
     /// Delays before the 1st, 2nd, … retry (the last repeats).
     pub backoff: Vec<Duration>,
@@ -156,7 +160,8 @@ impl ConsumerSpec {
             filter_subjects: self.filter_subjects.clone(),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait: self.ack_wait,
-            max_deliver: i64::try_from(self.max_deliver).unwrap_or(i64::MAX),
+            // Unlimited: only the handler's own failures count (attempts.rs).
+            max_deliver: -1,
             max_ack_pending: i64::try_from(self.max_ack_pending.max(self.concurrency))
                 .unwrap_or(i64::MAX),
             ..Default::default()
@@ -179,6 +184,7 @@ struct Shared<F> {
     handler: F,
     dead_letters: DeadLetters,
     idempotency: Option<Idempotency>,
+    failures: HandlerFailures,
 }
 
 /// Consumes events with `handler` until `shutdown`, then lets running
@@ -231,21 +237,13 @@ where
         ),
         None => None,
     };
-    let advisories = js
-        .client()
-        .subscribe(format!(
-            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}",
-            spec.stream, spec.durable
-        ))
-        .await
-        .map_err(|e| EventError::js("watch max-deliveries advisories")(e))?;
     let shared = Arc::new(Shared {
         spec,
         handler,
         dead_letters,
         idempotency,
+        failures: HandlerFailures::default(),
     });
-    let watcher = tokio::spawn(watch_max_deliveries(advisories, stream, shared.clone()));
 
     let slots = Arc::new(Semaphore::new(shared.spec.concurrency));
     let tasks = TaskTracker::new();
@@ -329,7 +327,6 @@ where
     {
         tracing::warn!(consumer = %shared.spec.durable, "handlers still running at shutdown; they will be redelivered");
     }
-    watcher.abort();
     Ok(())
 }
 
@@ -435,10 +432,12 @@ where
         .await
         .unwrap_or_else(|_| Err(HandlerError::retry("handler panicked")));
         match outcome {
-            Err(HandlerError::Retryable(reason))
-                if in_place && delivery.delivered < spec.max_deliver =>
-            {
-                let delay = spec.delay_after(delivery.delivered);
+            Err(HandlerError::Retryable(reason)) if in_place => {
+                let failed = shared.failures.record(delivery.stream_sequence);
+                if failed >= spec.max_deliver {
+                    break Err(HandlerError::Retryable(reason));
+                }
+                let delay = spec.delay_after(failed);
                 tracing::info!(%event_id, %reason, ?delay, "retrying in place (ordered)");
                 keep_alive(&message, spec, claim, tokio::time::sleep(delay)).await;
                 delivery.delivered += 1;
@@ -449,6 +448,7 @@ where
 
     match outcome {
         Ok(()) => {
+            shared.failures.forget(delivery.stream_sequence);
             if let Some(idempotency) = &shared.idempotency
                 && let Err(error) = idempotency.done(&event_id).await
             {
@@ -462,15 +462,22 @@ where
             {
                 tracing::warn!(%event_id, error = %e, "cannot release the claim");
             }
+            // Only the handler's own failures count (see attempts.rs); an
+            // ordered lane has already counted its in-place retries.
+            let failed = match (&error, in_place) {
+                (HandlerError::Retryable(_), false) => {
+                    shared.failures.record(delivery.stream_sequence)
+                }
+                _ => spec.max_deliver,
+            };
             match error {
-                HandlerError::Retryable(reason)
-                    if !in_place && delivery.delivered < spec.max_deliver =>
-                {
-                    let delay = spec.delay_after(delivery.delivered);
+                HandlerError::Retryable(reason) if failed < spec.max_deliver => {
+                    let delay = spec.delay_after(failed);
                     tracing::info!(%event_id, %reason, ?delay, "retrying later");
                     settle(&message, AckKind::Nak(Some(delay))).await;
                 }
                 HandlerError::Retryable(reason) | HandlerError::Permanent(reason) => {
+                    shared.failures.forget(delivery.stream_sequence);
                     dead_letter(shared, &message, &delivery, &subject, reason).await;
                 }
             }
@@ -605,47 +612,5 @@ async fn dead_letter<F>(
 async fn settle(message: &jetstream::Message, kind: AckKind) {
     if let Err(error) = message.ack_with(kind).await {
         tracing::warn!(%error, ?kind, "acknowledgement failed; the event may be redelivered");
-    }
-}
-
-#[derive(serde::Deserialize)]
-struct MaxDeliveries {
-    stream_seq: u64,
-    deliveries: u64,
-}
-
-/// Dead-letters events that ran out of deliveries without a handler seeing
-/// the last one (a crash, or a handler stuck past the ack wait).
-async fn watch_max_deliveries<F>(
-    mut advisories: async_nats::Subscriber,
-    stream: jetstream::stream::Stream,
-    shared: Arc<Shared<F>>,
-) {
-    while let Some(advisory) = advisories.next().await {
-        let Ok(advisory) = serde_json::from_slice::<MaxDeliveries>(&advisory.payload) else {
-            continue;
-        };
-        let original = match stream.get_raw_message(advisory.stream_seq).await {
-            Ok(original) => original,
-            Err(error) => {
-                tracing::warn!(sequence = advisory.stream_seq, %error, "max deliveries reached, but the event is gone");
-                continue;
-            }
-        };
-        let info = DeadLetterInfo {
-            subject: original.subject.to_string(),
-            stream: shared.spec.stream.clone(),
-            consumer: shared.spec.durable.clone(),
-            stream_sequence: advisory.stream_seq,
-            deliveries: advisory.deliveries,
-            error: "max deliveries reached without a handler result (consumer crashed or handler exceeded the ack wait)".to_owned(),
-            failed_at: super::now_rfc3339(),
-        };
-        let put = shared
-            .dead_letters
-            .put(&info, Some(&original.headers), original.payload.clone());
-        if let Err(error) = put.await {
-            tracing::error!(%error, "cannot dead-letter an event that ran out of deliveries");
-        }
     }
 }

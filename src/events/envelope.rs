@@ -158,8 +158,8 @@ pub struct DeadLetterInfo {
 }
 
 /// The original headers plus the dead-letter facts, with a de-duplication
-/// id per (stream, consumer, sequence) so a dead letter written twice (by the
-/// handler and by the max-deliveries advisory) is stored once.
+/// id per (stream, consumer, sequence) so a dead letter written twice (two
+/// instances, or a retry after a lost ack) is stored once.
 pub fn dead_letter_headers(original: Option<&HeaderMap>, info: &DeadLetterInfo) -> HeaderMap {
     let mut headers = original.cloned().unwrap_or_default();
     headers.insert(static_name(DLQ_SUBJECT), info.subject.as_str());

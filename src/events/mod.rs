@@ -36,6 +36,7 @@
 //! # Ok(()) }
 //! ```
 
+mod attempts;
 pub mod consumer;
 mod dead_letter;
 pub mod envelope;

@@ -230,14 +230,6 @@ impl ServiceAccess {
         if self.watches_events {
             allow.push("events.>".into());
         }
-        for Consumer {
-            stream, durable, ..
-        } in &self.consumers
-        {
-            allow.push(format!(
-                "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{durable}"
-            ));
-        }
         allow.sort();
         allow.dedup();
         allow
