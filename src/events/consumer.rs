@@ -220,8 +220,10 @@ where
             Err(e) => return Err(EventError::js(format!("open stream {}", spec.stream))(e)),
         }
     };
+    // Create or update: a consumer left by an older declaration (say, a
+    // server-side delivery limit) is brought in line, not kept.
     let consumer = stream
-        .get_or_create_consumer(&spec.durable, spec.config())
+        .create_consumer(spec.config())
         .await
         .map_err(|e| EventError::js(format!("create consumer {}", spec.durable))(e))?;
     let dead_letters = DeadLetters::open(&js).await?;
