@@ -667,3 +667,28 @@ async fn ordered_consumers_keep_each_subjects_events_in_order_even_across_retrie
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_claim_left_by_a_crashed_handler_is_taken_over_after_its_lease() -> TestResult {
+    use switchboard::events::{Claim, Idempotency};
+    let server = TestServer::start().await?;
+    let js = jetstream::new(server.client().await?);
+    let lease = Duration::from_millis(400);
+    let records = Idempotency::open(&js, "processed-test", Duration::from_secs(600), lease).await?;
+    assert_eq!(records.claim("e-1").await?, Claim::New);
+    // Another delivery while the first handler (here: a crashed one) holds it.
+    assert_eq!(records.claim("e-1").await?, Claim::InProgress);
+    // A live handler renews; this one does not, and loses it after the lease.
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    assert_eq!(records.claim("e-1").await?, Claim::New, "taken over");
+    records.done("e-1").await?;
+    assert_eq!(records.claim("e-1").await?, Claim::AlreadyDone);
+    // Renewed claims are not taken over.
+    assert_eq!(records.claim("e-2").await?, Claim::New);
+    for _ in 0..4 {
+        tokio::time::sleep(lease / 3).await;
+        records.renew("e-2").await?;
+    }
+    assert_eq!(records.claim("e-2").await?, Claim::InProgress);
+    Ok(())
+}

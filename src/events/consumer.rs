@@ -233,7 +233,7 @@ where
                 &js,
                 &Idempotency::bucket_for(&spec.durable),
                 ttl,
-                spec.ack_wait * 2,
+                super::idempotency::CLAIM_LEASE,
             )
             .await?,
         ),
@@ -557,7 +557,12 @@ async fn keep_alive<O>(
         return work.await;
     }
     tokio::pin!(work);
-    let every = (spec.ack_wait / 3).max(Duration::from_millis(50));
+    // Often enough for both: the ack wait and, with a claim, its lease.
+    let mut every = spec.ack_wait / 3;
+    if claim.is_some() {
+        every = every.min(super::idempotency::CLAIM_LEASE / 3);
+    }
+    let every = every.max(Duration::from_millis(50));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tokio::select! {

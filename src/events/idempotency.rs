@@ -9,8 +9,10 @@
 //! The record is a claim first (`pending`, created atomically, so two
 //! concurrent deliveries of one event cannot both run) and becomes `done`
 //! only after the handler succeeded; a failed handler releases it. The
-//! consumer renews a claim while its handler runs; a claim left behind by a
-//! crashed process is taken over once it is older than `stale_after`.
+//! consumer renews a claim every third of its lease while the handler runs;
+//! a claim left behind by a crashed process is taken over once it has gone
+//! unrenewed for the lease ([`CLAIM_LEASE`], 10 s by default) — seconds, not
+//! the record's TTL, so a crash delays its events by that much at most.
 
 use std::time::Duration;
 
@@ -18,6 +20,11 @@ use async_nats::jetstream::{self, kv};
 
 use super::EventError;
 use crate::state::checked_key;
+
+/// How long an unrenewed claim holds off other deliveries of its event. The
+/// consumer renews every third of it, so a live handler keeps its claim
+/// through two missed renewals (a slow KV write, say).
+pub const CLAIM_LEASE: Duration = Duration::from_secs(10);
 
 /// What to do with an event id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -53,7 +53,7 @@ pub use dead_letter::{DLQ_STREAM, DeadLetter, DeadLetters};
 pub use error::EventError;
 pub use event::{Delivery, Event, ReceivedEvent};
 pub use group::Consumers;
-pub use idempotency::{Claim, Idempotency};
+pub use idempotency::{CLAIM_LEASE, Claim, Idempotency};
 pub use publisher::{
     AtomicBatch, BatchPublisher, MAX_ATOMIC_BATCH, Published, Publisher, now_rfc3339,
 };
