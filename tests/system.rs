@@ -486,3 +486,56 @@ async fn thirty_two_callers_ordering_one_sku_all_succeed_while_stock_lasts() -> 
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_cancel_still_compensates_when_the_first_one_died_before_its_event() -> TestResult
+{
+    let dir = tempfile::tempdir()?;
+    let _system = start(dir.path(), free_port()?, free_port()?);
+    let client = admin(dir.path()).await?;
+    let user = call(
+        &client,
+        "users.create",
+        json!({"name": "Cy", "email": "cy@example.com"}),
+    )
+    .await?;
+    call(
+        &client,
+        "inventory.restock",
+        json!({"sku": "gizmo", "quantity": 5}),
+    )
+    .await?;
+    let order = call(
+        &client,
+        "orders.create",
+        json!({"user_id": user["id"], "items": [{"sku": "gizmo", "quantity": 2}]}),
+    )
+    .await?;
+    let order_id = order["id"].as_str().ok_or("no order id")?.to_owned();
+
+    // The first cancel wrote `cancelled` and died before publishing its
+    // event: the state says cancelled, nothing was released.
+    let js = async_nats::jetstream::new(client.nats().clone());
+    let orders = js.get_key_value("orders").await?;
+    let mut stored: Value = serde_json::from_slice(
+        &orders
+            .get(order_id.as_str())
+            .await?
+            .ok_or("order not stored")?,
+    )?;
+    stored["status"] = json!("cancelled");
+    orders
+        .put(order_id.as_str(), serde_json::to_vec(&stored)?.into())
+        .await?;
+    let stock = call(&client, "inventory.stock", json!({"sku": "gizmo"})).await?;
+    assert_eq!(stock["reserved"], 2, "nothing released yet");
+
+    // The caller retries: the compensation must happen now.
+    let cancelled = call(&client, "orders.cancel", json!({"id": order_id})).await?;
+    assert_eq!(cancelled["status"], "cancelled");
+    eventually_value(&client, "inventory.stock", json!({"sku": "gizmo"}), |s| {
+        s["available"] == 5 && s["reserved"] == 0
+    })
+    .await?;
+    Ok(())
+}

@@ -96,7 +96,6 @@ async fn cancel(orders: Arc<Orders>, ctx: Context, req: OrderRef) -> Result<Orde
     let outcome = orders
         .by_id
         .transition(&req.id, |order| {
-            // Cancelling twice is fine and publishes once.
             Ok((order.status != OrderStatus::Cancelled).then(|| Order {
                 status: OrderStatus::Cancelled,
                 ..order.clone()
@@ -104,13 +103,16 @@ async fn cancel(orders: Arc<Orders>, ctx: Context, req: OrderRef) -> Result<Orde
         })
         .await?
         .ok_or_else(|| ServiceError::not_found(format!("no order {}", req.id)))?;
-    match outcome {
-        Transition::Unchanged(order) => Ok(order),
-        Transition::Changed(order) => {
-            publish(&orders, &ctx, orders::CANCELLED, "cancelled", &order).await?;
-            Ok(order)
-        }
-    }
+    let order = match outcome {
+        Transition::Changed(order) | Transition::Unchanged(order) => order,
+    };
+    // Also when it was already cancelled: the call that cancelled it may have
+    // died before its event was stored, and this retry must not skip the
+    // compensation. The event id is the same (`<order>-cancelled`), so
+    // JetStream drops the copy within its duplicate window and the
+    // consumers' idempotency after it: one effect either way.
+    publish(&orders, &ctx, orders::CANCELLED, "cancelled", &order).await?;
+    Ok(order)
 }
 
 async fn publish(
