@@ -36,7 +36,6 @@
 //! # Ok(()) }
 //! ```
 
-mod attempts;
 pub mod consumer;
 mod dead_letter;
 pub mod envelope;

@@ -1,0 +1,253 @@
+//! One delivery, step by step: decode → claim (idempotency) → run the
+//! handler (with in-progress signals, retried in place on an ordered lane)
+//! → settle: ack, nak with the next backoff delay, or dead-letter.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use futures::FutureExt;
+use serde::de::DeserializeOwned;
+
+use super::{ConsumerSpec, HandlerError, Shared};
+use crate::events::EventError;
+use crate::events::envelope::DeadLetterInfo;
+use crate::events::event::{Delivery, ReceivedEvent};
+use crate::events::idempotency::{Claim, Idempotency};
+
+/// Handles one event. `in_place`: retry a retryable failure here (ordered
+/// lanes) instead of nak-ing it for a later redelivery.
+pub(super) async fn handle<T, F, Fut>(
+    shared: &Shared<F>,
+    message: jetstream::Message,
+    in_place: bool,
+) where
+    T: DeserializeOwned + Send + 'static,
+    F: Fn(ReceivedEvent<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    let spec = &shared.spec;
+    let (delivery, subject) = match message.info() {
+        Ok(info) => (
+            Delivery {
+                stream: info.stream.to_owned(),
+                consumer: info.consumer.to_owned(),
+                stream_sequence: info.stream_sequence,
+                delivered: u64::try_from(info.delivered).unwrap_or(1),
+            },
+            message.subject.to_string(),
+        ),
+        Err(error) => {
+            tracing::error!(%error, "a message without JetStream metadata; ignoring it");
+            return;
+        }
+    };
+    let event = match ReceivedEvent::<T>::decode(&message) {
+        Ok(mut event) => {
+            event.delivery = Some(delivery.clone());
+            event
+        }
+        Err(error) => {
+            // Nothing a retry could fix.
+            dead_letter(
+                shared,
+                &message,
+                &delivery,
+                &subject,
+                format!("undecodable: {error}"),
+            )
+            .await;
+            return;
+        }
+    };
+    let event_id = event.attributes.id.clone();
+    if let Some(idempotency) = &shared.idempotency {
+        match idempotency.claim(&event_id).await {
+            Ok(Claim::New) => {}
+            Ok(Claim::AlreadyDone) => {
+                tracing::debug!(%event_id, "already processed; acknowledging");
+                return settle(&message, AckKind::Ack).await;
+            }
+            Ok(Claim::InProgress) => {
+                return settle(&message, AckKind::Nak(Some(spec.delay_after(1)))).await;
+            }
+            Err(error @ EventError::InvalidAttribute { .. }) => {
+                // No retry makes the id shorter.
+                dead_letter(shared, &message, &delivery, &subject, error.to_string()).await;
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%event_id, %error, "idempotency record unavailable; retrying later");
+                return settle(
+                    &message,
+                    AckKind::Nak(Some(spec.delay_after(delivery.delivered))),
+                )
+                .await;
+            }
+        }
+    }
+
+    let claim = shared.idempotency.as_ref().map(|i| (i, event_id.as_str()));
+    let mut delivery = delivery;
+    let mut event = Some(event);
+    let outcome = loop {
+        let current = match event.take() {
+            Some(current) => current,
+            // A retry in place: the same message, decoded again.
+            None => match ReceivedEvent::<T>::decode(&message) {
+                Ok(mut again) => {
+                    again.delivery = Some(delivery.clone());
+                    again
+                }
+                Err(error) => break Err(HandlerError::permanent(error.to_string())),
+            },
+        };
+        let span = tracing::info_span!(
+            "event",
+            consumer = %spec.durable,
+            subject = %subject,
+            event_id = %event_id,
+            delivered = delivery.delivered,
+            trace_id = current.trace.map(|t| t.trace_id()).unwrap_or_default(),
+        );
+        let work = AssertUnwindSafe((shared.handler)(current)).catch_unwind();
+        let outcome = keep_alive(
+            &message,
+            spec,
+            claim,
+            tracing::Instrument::instrument(work, span),
+        )
+        .await
+        .unwrap_or_else(|_| Err(HandlerError::retry("handler panicked")));
+        match outcome {
+            Err(HandlerError::Retryable(reason)) if in_place => {
+                let failed = shared.failures.record(delivery.stream_sequence);
+                if failed >= spec.max_deliver {
+                    break Err(HandlerError::Retryable(reason));
+                }
+                let delay = spec.delay_after(failed);
+                tracing::info!(%event_id, %reason, ?delay, "retrying in place (ordered)");
+                keep_alive(&message, spec, claim, tokio::time::sleep(delay)).await;
+                delivery.delivered += 1;
+            }
+            other => break other,
+        }
+    };
+
+    match outcome {
+        Ok(()) => {
+            shared.failures.forget(delivery.stream_sequence);
+            if let Some(idempotency) = &shared.idempotency
+                && let Err(error) = idempotency.done(&event_id).await
+            {
+                tracing::warn!(%event_id, %error, "cannot record the event as processed");
+            }
+            settle(&message, AckKind::Ack).await;
+        }
+        Err(error) => {
+            if let Some(idempotency) = &shared.idempotency
+                && let Err(e) = idempotency.release(&event_id).await
+            {
+                tracing::warn!(%event_id, error = %e, "cannot release the claim");
+            }
+            // Only the handler's own failures count (see attempts.rs); an
+            // ordered lane has already counted its in-place retries.
+            let failed = match (&error, in_place) {
+                (HandlerError::Retryable(_), false) => {
+                    shared.failures.record(delivery.stream_sequence)
+                }
+                _ => spec.max_deliver,
+            };
+            match error {
+                HandlerError::Retryable(reason) if failed < spec.max_deliver => {
+                    let delay = spec.delay_after(failed);
+                    tracing::info!(%event_id, %reason, ?delay, "retrying later");
+                    settle(&message, AckKind::Nak(Some(delay))).await;
+                }
+                HandlerError::Retryable(reason) | HandlerError::Permanent(reason) => {
+                    shared.failures.forget(delivery.stream_sequence);
+                    dead_letter(shared, &message, &delivery, &subject, reason).await;
+                }
+            }
+        }
+    }
+}
+
+/// Runs `work` while telling the server the event is still being worked on
+/// (if enabled) and renewing the idempotency claim (so a long handler's
+/// claim is never taken over by a redelivery).
+pub(super) async fn keep_alive<O>(
+    message: &jetstream::Message,
+    spec: &ConsumerSpec,
+    claim: Option<(&Idempotency, &str)>,
+    work: impl Future<Output = O>,
+) -> O {
+    if !spec.progress && claim.is_none() {
+        return work.await;
+    }
+    tokio::pin!(work);
+    // Often enough for both: the ack wait and, with a claim, its lease.
+    let mut every = spec.ack_wait / 3;
+    if claim.is_some() {
+        every = every.min(crate::events::idempotency::CLAIM_LEASE / 3);
+    }
+    let every = every.max(Duration::from_millis(50));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = ticker.tick() => {
+                if spec.progress
+                    && let Err(error) = message.ack_with(AckKind::Progress).await
+                {
+                    tracing::debug!(%error, "in-progress signal failed");
+                }
+                if let Some((idempotency, id)) = claim
+                    && let Err(error) = idempotency.renew(id).await
+                {
+                    tracing::debug!(%error, "claim renewal failed");
+                }
+            }
+        }
+    }
+}
+
+async fn dead_letter<F>(
+    shared: &Shared<F>,
+    message: &jetstream::Message,
+    delivery: &Delivery,
+    subject: &str,
+    error: String,
+) {
+    let info = DeadLetterInfo {
+        subject: subject.to_owned(),
+        stream: delivery.stream.clone(),
+        consumer: delivery.consumer.clone(),
+        stream_sequence: delivery.stream_sequence,
+        deliveries: delivery.delivered,
+        error,
+        failed_at: crate::events::now_rfc3339(),
+    };
+    let put = shared
+        .dead_letters
+        .put(&info, message.headers.as_ref(), message.payload.clone());
+    match put.await {
+        Ok(()) => settle(message, AckKind::Term).await,
+        Err(e) => {
+            // Not stored as a dead letter: keep it in the stream and retry.
+            tracing::error!(error = %e, "cannot write the dead letter; retrying the event later");
+            settle(
+                message,
+                AckKind::Nak(Some(shared.spec.delay_after(delivery.delivered))),
+            )
+            .await;
+        }
+    }
+}
+
+async fn settle(message: &jetstream::Message, kind: AckKind) {
+    if let Err(error) = message.ack_with(kind).await {
+        tracing::warn!(%error, ?kind, "acknowledgement failed; the event may be redelivered");
+    }
+}

@@ -1,0 +1,201 @@
+//! Durable pull consumers whose handler's result decides each event's fate.
+//!
+//! - `Ok` → ack.
+//! - [`HandlerError::Retryable`] → nak with the next delay of the backoff
+//!   schedule (never an immediate redelivery storm).
+//! - [`HandlerError::Permanent`], or the handler's
+//!   [`max_deliver`](ConsumerSpec::max_deliver)-th failure → dead letter
+//!   (payload, headers, error, deliveries), then term.
+//!
+//! Only the handler's own failures count towards a dead letter: the server
+//! redelivers without limit, so a server restart, a consumer crash, a KV
+//! timeout or an expired ack wait never dead-letters an event whose handler
+//! did not fail (see `attempts.rs`). Events are fetched only as fast as
+//! handler slots free up, so nothing waits in a local buffer while its ack
+//! timer runs (over-pulling is what causes spurious redeliveries). A long
+//! handler sends in-progress signals. With [`ConsumerSpec::idempotent`], a
+//! redelivered or re-published event (same `ce-id`) has one effect.
+//!
+//! One concept per file, along the steps of a delivery: `spec` (what a
+//! consumer is declared as), this module (fetching only as slots free up),
+//! `delivery` (decode → claim → run with retries → settle or dead-letter),
+//! `ordered` (one lane per subject) and `attempts` (the handler's own
+//! failures).
+
+mod attempts;
+mod delivery;
+mod ordered;
+mod spec;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::task::TaskTracker;
+
+use super::EventError;
+use super::dead_letter::DeadLetters;
+use super::event::ReceivedEvent;
+use super::idempotency::Idempotency;
+use attempts::HandlerFailures;
+use delivery::handle;
+use ordered::{lane, lane_of};
+pub use spec::{ConsumerSpec, HandlerError};
+
+/// Everything a running consumer shares between its tasks.
+struct Shared<F> {
+    spec: ConsumerSpec,
+    handler: F,
+    dead_letters: DeadLetters,
+    idempotency: Option<Idempotency>,
+    failures: HandlerFailures,
+}
+
+/// Consumes events with `handler` until `shutdown`, then lets running
+/// handlers finish (bounded by the ack wait) and returns.
+///
+/// # Errors
+///
+/// When the consumer, the `DLQ` stream or the idempotency bucket cannot be
+/// set up. Per-event failures never end the loop.
+pub async fn run<T, F, Fut>(
+    js: jetstream::Context,
+    spec: ConsumerSpec,
+    handler: F,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), EventError>
+where
+    T: DeserializeOwned + Send + 'static,
+    F: Fn(ReceivedEvent<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    tokio::pin!(shutdown);
+    // The stream belongs to the publishing service, which may start later.
+    let stream = loop {
+        match js.get_stream(&spec.stream).await {
+            Ok(stream) => break stream,
+            Err(e) if super::stream::is_not_found(&e) => {
+                tracing::info!(stream = %spec.stream, consumer = %spec.durable, "waiting for the stream to be declared");
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            Err(e) => return Err(EventError::js(format!("open stream {}", spec.stream))(e)),
+        }
+    };
+    // Create or update: a consumer left by an older declaration (say, a
+    // server-side delivery limit) is brought in line, not kept.
+    let consumer = stream
+        .create_consumer(spec.config())
+        .await
+        .map_err(|e| EventError::js(format!("create consumer {}", spec.durable))(e))?;
+    let dead_letters = DeadLetters::open(&js).await?;
+    let idempotency = match spec.idempotency_ttl {
+        Some(ttl) => Some(
+            Idempotency::open(
+                &js,
+                &Idempotency::bucket_for(&spec.durable),
+                ttl,
+                super::idempotency::CLAIM_LEASE,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let shared = Arc::new(Shared {
+        spec,
+        handler,
+        dead_letters,
+        idempotency,
+        failures: HandlerFailures::default(),
+    });
+
+    let slots = Arc::new(Semaphore::new(shared.spec.concurrency));
+    let tasks = TaskTracker::new();
+    // Ordered mode: one lane per slot; a subject always maps to the same lane.
+    let lanes: Vec<mpsc::UnboundedSender<(jetstream::Message, OwnedSemaphorePermit)>> =
+        if shared.spec.ordered_by_subject {
+            (0..shared.spec.concurrency)
+                .map(|_| {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    tasks.spawn(lane(shared.clone(), rx));
+                    tx
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+    loop {
+        let first = tokio::select! {
+            () = &mut shutdown => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        // Ask only for as many events as there are free slots.
+        let free = 1 + slots.available_permits();
+        let batch = consumer
+            .batch()
+            .max_messages(free)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::warn!(consumer = %shared.spec.durable, %error, "fetch failed; retrying");
+                drop(first);
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+        };
+        let mut permit = Some(first);
+        while let Some(message) = batch.next().await {
+            let message = match message {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::debug!(%error, "batch ended");
+                    break;
+                }
+            };
+            let slot = match permit.take() {
+                Some(p) => p,
+                None => match slots.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            if !lanes.is_empty() {
+                let index = lane_of(&message, lanes.len());
+                if let Some(lane) = lanes.get(index)
+                    && let Err(error) = lane.send((message, slot))
+                {
+                    tracing::error!(%error, "an ordered lane is gone; the event will be redelivered");
+                }
+                continue;
+            }
+            let shared = shared.clone();
+            tasks.spawn(async move {
+                handle(&shared, message, false).await;
+                drop(slot);
+            });
+        }
+    }
+    drop(lanes); // lanes finish what they hold, then end
+    tasks.close();
+    if tokio::time::timeout(shared.spec.ack_wait, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(consumer = %shared.spec.durable, "handlers still running at shutdown; they will be redelivered");
+    }
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! What a consumer is declared as, and what a handler may answer.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull};
+
+/// A handler's failure: retry later, or give up now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    /// A transient failure (dependency down, conflict): retry with backoff.
+    #[error("retryable: {0}")]
+    Retryable(String),
+    /// The event can never succeed (invalid, unknown reference): dead-letter it.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+impl HandlerError {
+    /// A retryable failure.
+    pub fn retry(message: impl Into<String>) -> Self {
+        HandlerError::Retryable(message.into())
+    }
+    /// A permanent failure.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        HandlerError::Permanent(message.into())
+    }
+}
+
+/// A durable consumer as declared in code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerSpec {
+    /// The stream to consume.
+    pub stream: String,
+    /// Durable name (also the queue that instances share).
+    pub durable: String,
+    /// Subjects of the stream to receive (empty: all).
+    pub filter_subjects: Vec<String>,
+    /// How long a delivery may go unacknowledged before redelivery.
+    pub ack_wait: Duration,
+    /// Handler failures before an event is dead-lettered (deliveries lost
+    /// to outages and crashes do not count).
+    pub max_deliver: u64,
+    /// Delays before the 1st, 2nd, … retry (the last repeats).
+    pub backoff: Vec<Duration>,
+    /// Unacknowledged events the server allows in flight.
+    pub max_ack_pending: usize,
+    /// Handlers running at once in this process.
+    pub concurrency: usize,
+    /// Send in-progress signals while a handler runs (every `ack_wait / 3`).
+    pub progress: bool,
+    /// One effect per `ce-id`, recorded for this long (≥ the duplicate window).
+    pub idempotency_ttl: Option<Duration>,
+    /// Handle events with the same `ce-subject` (e.g. one order) one at a
+    /// time, in stream order; retryable failures are then retried in place.
+    pub ordered_by_subject: bool,
+}
+
+impl ConsumerSpec {
+    /// A consumer `durable` on `stream`, with defaults: ack wait 30 s, 5
+    /// deliveries, backoff 1 s, 5 s, 30 s, 16 handlers, 256 pending.
+    pub fn new(stream: impl Into<String>, durable: impl Into<String>) -> Self {
+        ConsumerSpec {
+            stream: stream.into(),
+            durable: durable.into(),
+            filter_subjects: Vec::new(),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+            backoff: vec![
+                Duration::from_secs(1),
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+            ],
+            max_ack_pending: 256,
+            concurrency: 16,
+            progress: true,
+            idempotency_ttl: None,
+            ordered_by_subject: false,
+        }
+    }
+    /// Receives only these subjects.
+    pub fn filter<S: Into<String>>(mut self, subjects: impl IntoIterator<Item = S>) -> Self {
+        self.filter_subjects = subjects.into_iter().map(Into::into).collect();
+        self
+    }
+    /// Sets the ack wait.
+    pub fn ack_wait(mut self, ack_wait: Duration) -> Self {
+        self.ack_wait = ack_wait;
+        self
+    }
+    /// Sets the deliveries before dead-lettering.
+    pub fn max_deliver(mut self, max_deliver: u64) -> Self {
+        self.max_deliver = max_deliver.max(1);
+        self
+    }
+    /// Sets the retry delays.
+    pub fn backoff(mut self, backoff: Vec<Duration>) -> Self {
+        self.backoff = backoff;
+        self
+    }
+    /// Sets handlers in flight (at least 1).
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+    /// Turns in-progress signals on or off.
+    pub fn progress(mut self, progress: bool) -> Self {
+        self.progress = progress;
+        self
+    }
+    /// Events about the same thing (same `ce-subject`) are handled in order,
+    /// one at a time; different subjects still run concurrently. A retryable
+    /// failure is retried in place (after the backoff delay) so that later
+    /// events of that subject wait for it.
+    pub fn ordered_by_subject(mut self) -> Self {
+        self.ordered_by_subject = true;
+        self
+    }
+
+    /// One effect per event id, remembered for `ttl`.
+    pub fn idempotent(mut self, ttl: Duration) -> Self {
+        self.idempotency_ttl = Some(ttl);
+        self
+    }
+
+    pub(super) fn config(&self) -> pull::Config {
+        pull::Config {
+            durable_name: Some(self.durable.clone()),
+            filter_subjects: self.filter_subjects.clone(),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: self.ack_wait,
+            // Unlimited: only the handler's own failures count (attempts.rs).
+            max_deliver: -1,
+            max_ack_pending: i64::try_from(self.max_ack_pending.max(self.concurrency))
+                .unwrap_or(i64::MAX),
+            ..Default::default()
+        }
+    }
+
+    pub(super) fn delay_after(&self, delivered: u64) -> Duration {
+        let index = usize::try_from(delivered.saturating_sub(1)).unwrap_or(usize::MAX);
+        self.backoff
+            .get(index)
+            .or(self.backoff.last())
+            .copied()
+            .unwrap_or(Duration::from_secs(1))
+    }
+}
