@@ -24,6 +24,11 @@ use crate::telemetry::LOG_ANSI_ENV;
 
 /// The reference system's services, in start order.
 pub const SERVICES: [&str; 5] = ["users", "inventory", "orders", "notifications", "gateway"];
+/// The gateway's listen address, set by `up` (`--http-addr`).
+pub const HTTP_ADDR_ENV: &str = "SWITCHBOARD_HTTP_ADDR";
+/// The services the gateway routes before it joins discovery, set by `up`
+/// to those it runs (comma-separated).
+pub const GATEWAY_REQUIRES_ENV: &str = "SWITCHBOARD_GATEWAY_REQUIRES";
 /// The operators' NATS user.
 pub const ADMIN_USER: &str = "admin";
 /// The configuration compiled in, used when no `nats.conf` is at hand.

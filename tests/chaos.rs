@@ -138,6 +138,15 @@ async fn event_ids(
     Ok(ids)
 }
 
+/// The event ids a stored order must have: created, and cancelled if it is.
+fn expected_events(id: &str, order: &Value) -> Vec<String> {
+    let mut wanted = vec![format!("{id}-created")];
+    if order["status"] == "cancelled" {
+        wanted.push(format!("{id}-cancelled"));
+    }
+    wanted
+}
+
 fn check(broken: &mut Vec<String>, invariant: &str, failures: Vec<String>) {
     if !failures.is_empty() {
         broken.push(format!(
@@ -298,11 +307,7 @@ async fn invariants_hold_after_kills_under_load() -> TestResult {
     check(&mut broken, "I5 what callers were told is in the state", i5);
     let mut i6 = Vec::new();
     for (id, order) in &orders {
-        let mut wanted = vec![format!("{id}-created")];
-        if status(order) == "cancelled" {
-            wanted.push(format!("{id}-cancelled"));
-        }
-        for event in wanted {
+        for event in expected_events(id, order) {
             let stored = order_events.get(&event).copied().unwrap_or(0);
             if stored != 1 {
                 i6.push(format!("{event} stored {stored} times"));
@@ -322,11 +327,7 @@ async fn invariants_hold_after_kills_under_load() -> TestResult {
                 .or_default() += 1;
         }
         for (id, order) in orders.iter().filter(|(_, o)| o["user_id"] == json!(user)) {
-            let mut wanted = vec![format!("{id}-created")];
-            if status(order) == "cancelled" {
-                wanted.push(format!("{id}-cancelled"));
-            }
-            for event in wanted {
+            for event in expected_events(id, order) {
                 let count = per_event.get(&event).copied().unwrap_or(0);
                 if count != 1 {
                     i7.push(format!("{event}: {count} notifications"));

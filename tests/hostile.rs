@@ -23,8 +23,8 @@ use common::{Http, admin, start_system};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-/// The service users whose connections must survive.
-const SERVICES: [&str; 5] = ["users", "inventory", "orders", "notifications", "gateway"];
+/// The service users whose connections must survive: every service `up` runs.
+use switchboard::system::SERVICES;
 
 /// How one case must be answered.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -33,6 +33,28 @@ fn code(result: &Result<Value, CallError>) -> Option<u16> {
         .map(|e| e.code)
 }
 
+/// A user (its id) and `quantity` of `sku` in stock.
+async fn user_and_stock(
+    client: &Client,
+    email: &str,
+    sku: &str,
+    quantity: u64,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let user = call(
+        client,
+        "users.create",
+        json!({"name": "Buyer", "email": email}),
+    )
+    .await?;
+    call(
+        client,
+        "inventory.restock",
+        json!({"sku": sku, "quantity": quantity}),
+    )
+    .await?;
+    Ok(user["id"].as_str().ok_or("no user id")?.to_owned())
+}
+
 async fn eventually_value(
     client: &Client,
     subject: &str,
@@ -270,18 +292,7 @@ async fn two_orders_instances_share_requests_and_both_serve_correctly() -> TestR
         .spawn()?;
     let guard = scopeguard(second.id());
 
-    let user = call(
-        &client,
-        "users.create",
-        json!({"name": "Cy", "email": "cy@example.com"}),
-    )
-    .await?;
-    call(
-        &client,
-        "inventory.restock",
-        json!({"sku": "gadget", "quantity": 100}),
-    )
-    .await?;
+    let user_id = user_and_stock(&client, "cy@example.com", "gadget", 100).await?;
     let mut instances = 0;
     for _ in 0..50 {
         instances = switchboard::discovery::ping(
@@ -301,7 +312,7 @@ async fn two_orders_instances_share_requests_and_both_serve_correctly() -> TestR
         let order = call(
             &client,
             "orders.create",
-            json!({"user_id": user["id"], "items": [{"sku": "gadget", "quantity": 1}]}),
+            json!({"user_id": user_id, "items": [{"sku": "gadget", "quantity": 1}]}),
         )
         .await?;
         ids.push(order["id"].as_str().ok_or("no id")?.to_owned());
@@ -438,19 +449,7 @@ async fn thirty_two_callers_ordering_one_sku_all_succeed_while_stock_lasts() -> 
     let dir = tempfile::tempdir()?;
     let _system = start(dir.path(), free_port()?, free_port()?);
     let client = admin(dir.path()).await?;
-    let user = call(
-        &client,
-        "users.create",
-        json!({"name": "Hot", "email": "hot@example.com"}),
-    )
-    .await?;
-    let user_id = user["id"].as_str().ok_or("no user id")?.to_owned();
-    call(
-        &client,
-        "inventory.restock",
-        json!({"sku": "hot-sku", "quantity": 1000}),
-    )
-    .await?;
+    let user_id = user_and_stock(&client, "hot@example.com", "hot-sku", 1000).await?;
 
     let (callers, each) = (32, 10);
     let mut tasks = Vec::new();
@@ -493,22 +492,11 @@ async fn a_retried_cancel_still_compensates_when_the_first_one_died_before_its_e
     let dir = tempfile::tempdir()?;
     let _system = start(dir.path(), free_port()?, free_port()?);
     let client = admin(dir.path()).await?;
-    let user = call(
-        &client,
-        "users.create",
-        json!({"name": "Cy", "email": "cy@example.com"}),
-    )
-    .await?;
-    call(
-        &client,
-        "inventory.restock",
-        json!({"sku": "gizmo", "quantity": 5}),
-    )
-    .await?;
+    let user_id = user_and_stock(&client, "cy@example.com", "gizmo", 5).await?;
     let order = call(
         &client,
         "orders.create",
-        json!({"user_id": user["id"], "items": [{"sku": "gizmo", "quantity": 2}]}),
+        json!({"user_id": user_id, "items": [{"sku": "gizmo", "quantity": 2}]}),
     )
     .await?;
     let order_id = order["id"].as_str().ok_or("no order id")?.to_owned();

@@ -69,13 +69,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         config.services = services;
     }
     config.service_env.push((
-        "SWITCHBOARD_HTTP_ADDR".to_owned(),
+        switchboard::system::HTTP_ADDR_ENV.to_owned(),
         args.http_addr.to_string(),
     ));
     // The gateway routes these before it joins discovery (so `ready` means
     // routed); it waits for no service that `up` does not run.
     config.service_env.push((
-        "SWITCHBOARD_GATEWAY_REQUIRES".to_owned(),
+        switchboard::system::GATEWAY_REQUIRES_ENV.to_owned(),
         config
             .services
             .iter()

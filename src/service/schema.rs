@@ -93,9 +93,10 @@ impl RequestSchema {
         let Some(validator) = &self.validator else {
             return codec::decode_request(payload);
         };
-        let value: Value = codec::decode_request(payload)?;
+        let mut value: Value = codec::decode_request(payload)?;
         check(validator, &value)?;
-        let value = integers_as_integers(value);
+        // In place: no second tree per request.
+        integers_as_integers(&mut value);
         T::deserialize(&value)
             .map_err(|e| ServiceError::bad_request(format!("invalid request: {e}")))
     }
@@ -140,21 +141,25 @@ fn check(validator: &jsonschema::Validator, value: &Value) -> Result<(), Service
 /// `1332.0` is an integer to JSON Schema (it is one number), not to serde:
 /// a whole float becomes an integer before decoding, so a request the
 /// schema accepts is not refused by the type.
-fn integers_as_integers(value: Value) -> Value {
+fn integers_as_integers(value: &mut Value) {
     match value {
-        Value::Number(number) if !number.is_i64() && !number.is_u64() => match number.as_f64() {
-            Some(f) if f.fract() == 0.0 && f >= 0.0 && f < u64::MAX as f64 => Value::from(f as u64),
-            Some(f) if f.fract() == 0.0 && f < 0.0 && f >= i64::MIN as f64 => Value::from(f as i64),
-            _ => Value::Number(number),
-        },
-        Value::Array(items) => Value::Array(items.into_iter().map(integers_as_integers).collect()),
-        Value::Object(object) => Value::Object(
-            object
-                .into_iter()
-                .map(|(k, v)| (k, integers_as_integers(v)))
-                .collect(),
-        ),
-        other => other,
+        Value::Number(number) if !number.is_i64() && !number.is_u64() => {
+            let whole = match number.as_f64() {
+                Some(f) if f.fract() == 0.0 && f >= 0.0 && f < u64::MAX as f64 => {
+                    Some(Value::from(f as u64))
+                }
+                Some(f) if f.fract() == 0.0 && f < 0.0 && f >= i64::MIN as f64 => {
+                    Some(Value::from(f as i64))
+                }
+                _ => None,
+            };
+            if let Some(whole) = whole {
+                *value = whole;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integers_as_integers),
+        Value::Object(object) => object.values_mut().for_each(integers_as_integers),
+        _ => {}
     }
 }
 

@@ -41,9 +41,6 @@ pub use routes::{Route, RouteTable};
 /// Largest request body accepted (larger: 413).
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
-/// The services the gateway waits for before it joins discovery.
-pub const REQUIRES_ENV: &str = "SWITCHBOARD_GATEWAY_REQUIRES";
-
 /// Settings; `Default` reads nothing, [`GatewayConfig::from_env`] reads
 /// `SWITCHBOARD_HTTP_ADDR`, `SWITCHBOARD_HTTP_TIMEOUT_MS` and
 /// `SWITCHBOARD_GATEWAY_REQUIRES` (comma-separated services; `switchboard
@@ -90,7 +87,7 @@ impl GatewayConfig {
     /// A message naming a variable that does not parse.
     pub fn from_env() -> Result<Self, String> {
         let mut config = GatewayConfig::default();
-        if let Ok(addr) = std::env::var("SWITCHBOARD_HTTP_ADDR") {
+        if let Ok(addr) = std::env::var(switchboard::system::HTTP_ADDR_ENV) {
             config.addr = addr
                 .parse()
                 .map_err(|e| format!("SWITCHBOARD_HTTP_ADDR={addr:?}: {e}"))?;
@@ -101,7 +98,7 @@ impl GatewayConfig {
                 .map_err(|e| format!("SWITCHBOARD_HTTP_TIMEOUT_MS={ms:?}: {e}"))?;
             config.request_timeout = Duration::from_millis(ms);
         }
-        if let Ok(services) = std::env::var(REQUIRES_ENV) {
+        if let Ok(services) = std::env::var(switchboard::system::GATEWAY_REQUIRES_ENV) {
             config.required_services = services
                 .split(',')
                 .map(str::trim)
