@@ -22,7 +22,8 @@
 //! | [`connect`] | connect from `NATS_URL`/`NATS_USER`/`NATS_PASSWORD` |
 //! | [`credentials`] | per-run passwords handed to server and services |
 //! | [`nats_context`] | the `nats` CLI context for operators |
-//! | [`state`] | typed KV state with optimistic concurrency |
+//! | [`state`] | typed KV state with optimistic concurrency; multi-key transactions with an outbox |
+//! | `batch` | ADR-50 atomic batches: all-or-nothing writes into one stream |
 //! | [`shutdown`] | the shutdown future processes are given |
 //! | [`process`] | SIGTERM-then-SIGKILL stop of child processes |
 //! | [`telemetry`] | logging set-up |
@@ -69,6 +70,7 @@
 #![warn(missing_docs)]
 
 pub mod app;
+mod batch;
 pub mod client;
 pub mod codec;
 pub mod connect;

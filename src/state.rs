@@ -5,6 +5,14 @@
 //! requests that race on the same key (a stock level, an order status)
 //! cannot both win: [`StateStore::modify`] re-reads and retries on conflict.
 //!
+//! A change that spans several keys of one bucket, or that implies events,
+//! is one [`Transaction`]: every key with its expected revision and the
+//! events as outbox entries, committed all or nothing (ADR-50 atomic
+//! batch); the outbox relay ([`crate::events::Consumers::relay`]) then
+//! publishes the events. Records of different types share a bucket through
+//! [`StateStore::view`] (stock levels and reservations, say), so that they
+//! can change together.
+//!
 //! Keys come from requests (an id, an e-mail address), and a key becomes
 //! part of a subject, so every key is bounded: longer than
 //! [`MAX_KEY_LEN`] bytes after encoding is [`StateError::KeyTooLong`] (a 400
@@ -21,9 +29,15 @@ use serde::de::DeserializeOwned;
 use crate::error::ServiceError;
 pub use crate::limits::MAX_KEY_LEN;
 
+mod deadlines;
 mod key_lock;
+mod transaction;
 
+pub use deadlines::{Deadline, watch_deadlines};
+pub use key_lock::KeyGuard;
 use key_lock::KeyLocks;
+pub use transaction::Transaction;
+pub(crate) use transaction::OUTBOX;
 
 /// How often [`StateStore::modify`] retries a conflicting write.
 const MODIFY_ATTEMPTS: usize = 16;
@@ -73,6 +87,18 @@ pub enum StateError {
         /// [`MAX_KEY_LEN`].
         max: usize,
     },
+    /// A transaction mixes stores of different buckets (a programming
+    /// error: one atomic batch writes one stream).
+    #[error("a transaction on bucket {expected} cannot write to bucket {found}")]
+    OtherBucket {
+        /// The transaction's bucket.
+        expected: String,
+        /// The store's bucket.
+        found: String,
+    },
+    /// An event of a transaction is not valid (its id, subject, payload).
+    #[error(transparent)]
+    Event(#[from] crate::events::EventError),
     /// The bucket or the server failed.
     #[error("{action}: {message}")]
     Store {
@@ -92,7 +118,8 @@ impl From<StateError> for ServiceError {
             StateError::AlreadyExists { .. } | StateError::Conflict { .. } => {
                 ServiceError::conflict(e.to_string())
             }
-            StateError::Decode { .. } => {
+            StateError::Event(e) => e.into(),
+            StateError::Decode { .. } | StateError::OtherBucket { .. } => {
                 tracing::error!(error = %e, "corrupt state");
                 ServiceError::internal("internal error")
             }
@@ -120,29 +147,103 @@ where
 /// [`StateStore::transition`].
 #[derive(Debug)]
 pub struct StateStore<T> {
+    js: jetstream::Context,
     kv: kv::Store,
     bucket: String,
+    /// Keys of this view start with `<namespace>.` (see [`StateStore::view`]).
+    namespace: Option<String>,
     writers: Arc<KeyLocks>,
     value: PhantomData<fn() -> T>,
 }
 
 impl<T> Clone for StateStore<T> {
     fn clone(&self) -> Self {
+        self.view_as(self.namespace.clone())
+    }
+}
+
+impl<T> StateStore<T> {
+    /// Records of another type in the same bucket, under keys
+    /// `<namespace>.<key>`: a [`Transaction`] can change them together
+    /// with this store's. Encoded keys never contain a dot (see
+    /// [`key_for`]), so a namespace cannot collide with a plain key.
+    pub fn view<U>(&self, namespace: &str) -> StateStore<U> {
+        self.view_as(Some(namespace.to_owned()))
+    }
+
+    fn view_as<U>(&self, namespace: Option<String>) -> StateStore<U> {
         StateStore {
+            js: self.js.clone(),
             kv: self.kv.clone(),
             bucket: self.bucket.clone(),
+            namespace,
             writers: self.writers.clone(),
             value: PhantomData,
         }
     }
+
+    /// The bucket's name.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The full, bounded key of `key` in the bucket.
+    fn key(&self, key: &str) -> Result<String, StateError> {
+        let encoded = checked_key(key)?;
+        let Some(namespace) = &self.namespace else {
+            return Ok(encoded);
+        };
+        let full = format!("{namespace}.{encoded}");
+        if full.len() > MAX_KEY_LEN {
+            return Err(StateError::KeyTooLong {
+                preview: crate::limits::preview(key),
+                length: full.len(),
+                max: MAX_KEY_LEN,
+            });
+        }
+        Ok(full)
+    }
+
+    /// The subject a write of `full_key` goes to.
+    fn subject(&self, full_key: &str) -> String {
+        let prefix = self.kv.put_prefix.as_ref().unwrap_or(&self.kv.prefix);
+        format!("{prefix}{full_key}")
+    }
+
+    /// A transaction on this store's bucket.
+    pub fn transaction(&self) -> Transaction {
+        Transaction::new(self.js.client(), &self.bucket)
+    }
+
+    /// Waits until this task is the only writer of each of `keys` in the
+    /// process (in key order, so two multi-key writers cannot deadlock).
+    pub async fn lock_keys<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k str>,
+    ) -> Result<Vec<KeyGuard<'_>>, StateError> {
+        let mut full = keys
+            .into_iter()
+            .map(|k| self.key(k))
+            .collect::<Result<Vec<_>, _>>()?;
+        full.sort();
+        full.dedup();
+        let mut guards = Vec::with_capacity(full.len());
+        for key in full {
+            guards.push(self.writers.lock(&key).await);
+        }
+        Ok(guards)
+    }
 }
 
 impl<T: Serialize + DeserializeOwned> StateStore<T> {
-    /// Opens the bucket, creating it (file storage, `replicas`) if missing.
+    /// Opens the bucket, creating it (file storage, `replicas`) if missing,
+    /// and lets its stream take atomic batches (transactions) and
+    /// per-message TTLs (the outbox's purge markers expire).
     ///
     /// # Errors
     ///
-    /// [`StateError::Store`] when the bucket cannot be opened or created.
+    /// [`StateError::Store`] when the bucket cannot be opened, created or
+    /// prepared.
     pub async fn open(
         js: &jetstream::Context,
         bucket: &str,
@@ -161,9 +262,12 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
                 .await
                 .map_err(|e| store_err(format!("create bucket {bucket}"))(e))?,
         };
+        allow_transactions(js, &kv.stream_name).await?;
         Ok(StateStore {
+            js: js.clone(),
             kv,
             bucket: bucket.to_owned(),
+            namespace: None,
             writers: Arc::default(),
             value: PhantomData,
         })
@@ -177,7 +281,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
     pub async fn get(&self, key: &str) -> Result<Option<Versioned<T>>, StateError> {
         let entry = self
             .kv
-            .entry(checked_key(key)?)
+            .entry(self.key(key)?)
             .await
             .map_err(|e| store_err(format!("read {}/{key}", self.bucket))(e))?;
         let Some(entry) = entry else { return Ok(None) };
@@ -217,7 +321,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
     pub async fn create(&self, key: &str, value: &T) -> Result<u64, StateError> {
         let bytes = encode(key, value)?;
         self.kv
-            .create(checked_key(key)?, bytes)
+            .create(self.key(key)?, bytes)
             .await
             .map_err(|e| match e.kind() {
                 kv::CreateErrorKind::AlreadyExists => StateError::AlreadyExists {
@@ -235,7 +339,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
     pub async fn update(&self, key: &str, value: &T, revision: u64) -> Result<u64, StateError> {
         let bytes = encode(key, value)?;
         self.kv
-            .update(checked_key(key)?, bytes, revision)
+            .update(self.key(key)?, bytes, revision)
             .await
             .map_err(|e| match e.kind() {
                 kv::UpdateErrorKind::WrongLastRevision => StateError::Conflict {
@@ -253,7 +357,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
     pub async fn put(&self, key: &str, value: &T) -> Result<u64, StateError> {
         let bytes = encode(key, value)?;
         self.kv
-            .put(checked_key(key)?, bytes)
+            .put(self.key(key)?, bytes)
             .await
             .map_err(|e| store_err(format!("write {}/{key}", self.bucket))(e))
     }
@@ -276,7 +380,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
     where
         T: Clone,
     {
-        let _turn = self.writers.lock(key).await;
+        let _turn = self.writers.lock(&self.key(key)?).await;
         for _ in 0..MODIFY_ATTEMPTS {
             let current = self.get(key).await?;
             let revision = current.as_ref().map(|c| c.revision);
@@ -324,7 +428,7 @@ impl<T: Serialize + DeserializeOwned + Clone> StateStore<T> {
         key: &str,
         mut change: impl FnMut(&T) -> Result<Option<T>, ServiceError>,
     ) -> Result<Option<Transition<T>>, ServiceError> {
-        let _turn = self.writers.lock(key).await;
+        let _turn = self.writers.lock(&self.key(key)?).await;
         for _ in 0..MODIFY_ATTEMPTS {
             let Some(current) = self.get(key).await? else {
                 return Ok(None);
@@ -342,6 +446,24 @@ impl<T: Serialize + DeserializeOwned + Clone> StateStore<T> {
             "{key} keeps changing concurrently; try again"
         )))
     }
+}
+
+/// Lets the bucket's stream take atomic batches and per-message TTLs
+/// (once; nothing else of the bucket's configuration changes).
+async fn allow_transactions(js: &jetstream::Context, stream: &str) -> Result<(), StateError> {
+    let read = || format!("read stream {stream}");
+    let mut handle = js.get_stream(stream).await.map_err(store_err(read()))?;
+    let info = handle.info().await.map_err(store_err(read()))?;
+    let mut config = info.config.clone();
+    if config.allow_atomic_publish && config.allow_message_ttl {
+        return Ok(());
+    }
+    config.allow_atomic_publish = true;
+    config.allow_message_ttl = true;
+    js.update_stream(config)
+        .await
+        .map_err(store_err(format!("prepare stream {stream}")))?;
+    Ok(())
 }
 
 fn encode<T: Serialize>(key: &str, value: &T) -> Result<bytes::Bytes, StateError> {

@@ -52,8 +52,9 @@ pub struct EventAttributes {
 #[error("not a CloudEvent: {0}")]
 pub struct EnvelopeError(pub String);
 
-/// Headers of an event in binary content mode; `Nats-Msg-Id` = `ce-id` so
-/// JetStream drops a re-publish of the same fact.
+/// Headers of an event in binary content mode. Publishing adds
+/// `Nats-Msg-Id` = `ce-id` ([`set_message_id`]) so JetStream drops a
+/// re-publish of the same fact; an outbox entry is stored without it.
 pub fn event_headers(attributes: &EventAttributes, trace: Option<&TraceContext>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(static_name(CE_SPECVERSION), SPEC_VERSION);
@@ -65,7 +66,6 @@ pub fn event_headers(attributes: &EventAttributes, trace: Option<&TraceContext>)
         headers.insert(static_name(CE_SUBJECT), subject.as_str());
     }
     headers.insert(static_name(CONTENT_TYPE), CONTENT_TYPE_JSON);
-    headers.insert(static_name(NATS_MSG_ID), attributes.id.as_str());
     if let Some(trace) = trace {
         headers.insert(static_name(TRACEPARENT), trace.to_string().as_str());
     }
@@ -110,22 +110,14 @@ pub fn set_message_id(headers: &mut HeaderMap, id: &str) {
     headers.insert(static_name(NATS_MSG_ID), id);
 }
 
+/// Where the outbox relay publishes an entry: the event's NATS subject,
+/// kept beside its CloudEvents headers in the outbox entry.
+pub const OUTBOX_SUBJECT: &str = "Switchboard-Outbox-Subject";
+
 /// Reads a header as text (for code that must pass headers through, such
 /// as dead letters).
 pub fn header(headers: Option<&HeaderMap>, name: &str) -> Option<String> {
     headers?.get(name).map(|v| v.as_str().to_owned())
-}
-
-/// Marks a message as part of an atomic batch (ADR-50); the last one commits.
-pub fn mark_batch(headers: &mut HeaderMap, batch_id: &str, sequence: usize, commit: bool) {
-    headers.insert(static_name("Nats-Batch-Id"), batch_id);
-    headers.insert(
-        static_name("Nats-Batch-Sequence"),
-        sequence.to_string().as_str(),
-    );
-    if commit {
-        headers.insert(static_name("Nats-Batch-Commit"), "1");
-    }
 }
 
 /// Dead-letter headers, added to the original event's headers.

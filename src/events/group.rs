@@ -1,4 +1,5 @@
-//! Consumers that run beside a service and stop with it.
+//! Consumers that run beside a service and stop with it: event consumers,
+//! outbox relays and deadline watchers.
 //!
 //! A service that also consumes events starts its consumers, serves its
 //! endpoints until shutdown, drains them, and only then stops the
@@ -29,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ConsumerSpec, EventError, HandlerError, ReceivedEvent, consumer};
 use crate::app::AppError;
+use crate::state::{Deadline, StateStore, watch_deadlines};
 
 /// Durable consumers sharing one stop signal.
 #[derive(Debug)]
@@ -61,6 +63,32 @@ impl Consumers {
             handler,
             self.stop.clone().cancelled_owned(),
         )));
+    }
+
+    /// Starts the outbox relay of `store`'s bucket (see
+    /// [`outbox`](super::outbox)): the events its transactions commit get
+    /// published, also those a crashed instance committed.
+    pub fn relay<S>(&mut self, store: &StateStore<S>) {
+        self.running.push(tokio::spawn(super::outbox::relay(
+            self.js.clone(),
+            store.bucket().to_owned(),
+            self.stop.clone().cancelled_owned(),
+        )));
+    }
+
+    /// Settles the records of `store` (a view) whose deadline passed, with
+    /// `on_expired` (see [`watch_deadlines`]).
+    pub fn deadlines<T, F, Fut>(&mut self, store: StateStore<T>, on_expired: F)
+    where
+        T: Deadline + DeserializeOwned + Clone + Send + 'static,
+        F: Fn(T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), crate::ServiceError>> + Send + 'static,
+    {
+        let stop = self.stop.clone().cancelled_owned();
+        self.running.push(tokio::spawn(async move {
+            watch_deadlines(store, on_expired, stop).await;
+            Ok(())
+        }));
     }
 
     /// Stops every consumer (each finishes the events it holds) and waits.

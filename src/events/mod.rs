@@ -43,6 +43,7 @@ mod error;
 mod event;
 mod group;
 mod idempotency;
+pub mod outbox;
 mod publisher;
 pub mod signal;
 mod stream;

@@ -13,6 +13,8 @@ use serde::Serialize;
 
 use super::EventError;
 use super::envelope;
+use crate::batch::{self, BatchError, BatchMessage};
+pub use crate::batch::{AtomicBatch, MAX_ATOMIC_BATCH};
 use super::event::Event;
 
 /// A stored event's acknowledgement.
@@ -54,7 +56,22 @@ impl Publisher {
         subject: &str,
         event: &Event<T>,
     ) -> Result<(async_nats::HeaderMap, bytes::Bytes), EventError> {
-        event.encode(&self.source, subject)
+        let (mut headers, payload) = event.encode(&self.source, subject)?;
+        envelope::set_message_id(&mut headers, &event.id);
+        Ok((headers, payload))
+    }
+
+    /// An event as an outbox entry: its CloudEvents headers without
+    /// `Nats-Msg-Id` (the relay adds it when it publishes) and the subject
+    /// to publish to.
+    pub(crate) fn outbox_entry<T: Serialize>(
+        &self,
+        subject: &str,
+        event: &Event<T>,
+    ) -> Result<(async_nats::HeaderMap, bytes::Bytes), EventError> {
+        let (mut headers, payload) = event.encode(&self.source, subject)?;
+        headers.insert(envelope::OUTBOX_SUBJECT, subject);
+        Ok((headers, payload))
     }
 
     async fn send(
@@ -127,45 +144,21 @@ impl Publisher {
         subject: &str,
         events: &[Event<T>],
     ) -> Result<AtomicBatch, EventError> {
-        let batch_id = nuid::next().to_string();
-        let nats = self.js.client();
-        let last = events.len();
-        for (index, event) in events.iter().enumerate() {
-            let sequence = index + 1;
-            let (mut headers, payload) = self.message(subject, event)?;
-            envelope::mark_batch(&mut headers, &batch_id, sequence, sequence == last);
-            // The first message and the commit are requests: the server
-            // answers them (an early refusal, the final ack); the rest stream.
-            if sequence == 1 || sequence == last {
-                let request = async_nats::Request::new()
-                    .headers(headers)
-                    .payload(payload)
-                    .timeout(Some(std::time::Duration::from_secs(10)));
-                let reply = nats
-                    .send_request(subject.to_owned(), request)
-                    .await
-                    .map_err(|e| match e.kind() {
-                        async_nats::RequestErrorKind::NoResponders => EventError::NoStream {
-                            subject: subject.to_owned(),
-                        },
-                        _ => EventError::js(format!("atomic publish to {subject}"))(e),
-                    })?;
-                if let Some(ack) = read_batch_reply(subject, &reply.payload)? {
-                    if sequence == last {
-                        return Ok(ack);
-                    }
-                }
-            } else {
-                nats.publish_with_headers(subject.to_owned(), headers, payload)
-                    .await
-                    .map_err(|e| EventError::js(format!("atomic publish to {subject}"))(e))?;
-            }
+        let mut messages = Vec::with_capacity(events.len());
+        for event in events {
+            let (headers, payload) = self.message(subject, event)?;
+            messages.push(BatchMessage::new(subject.to_owned(), headers, payload));
         }
-        Err(EventError::JetStream {
-            action: format!("atomic publish to {subject}"),
-            message: "the batch was not acknowledged".to_owned(),
-            source: None,
-        })
+        batch::commit(&self.js.client(), messages)
+            .await
+            .map_err(|e| match e {
+                BatchError::NoStream(subject) => EventError::NoStream { subject },
+                other => EventError::JetStream {
+                    action: format!("atomic publish to {subject}"),
+                    message: other.to_string(),
+                    source: Some(Box::new(other)),
+                },
+            })
     }
 
     /// A batch publisher with up to `window` acknowledgements in flight.
@@ -235,50 +228,6 @@ impl BatchPublisher {
             self.settle_oldest().await;
         }
         self.done
-    }
-}
-
-/// Most events the server accepts in one atomic batch.
-pub const MAX_ATOMIC_BATCH: usize = 1000;
-
-/// The acknowledgement of one committed atomic batch.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-pub struct AtomicBatch {
-    /// The stream that stored it.
-    pub stream: String,
-    /// Sequence of the batch's last event.
-    #[serde(rename = "seq")]
-    pub last_sequence: u64,
-    /// Events stored.
-    pub count: u64,
-}
-
-#[derive(serde::Deserialize)]
-struct ApiError {
-    description: String,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(untagged)]
-enum BatchReply {
-    Error { error: ApiError },
-    Ack(AtomicBatch),
-}
-
-/// `None` for an empty flow-control answer, the ack, or the server's refusal.
-fn read_batch_reply(subject: &str, payload: &[u8]) -> Result<Option<AtomicBatch>, EventError> {
-    if payload.is_empty() {
-        return Ok(None);
-    }
-    match serde_json::from_slice::<BatchReply>(payload) {
-        Ok(BatchReply::Ack(ack)) => Ok(Some(ack)),
-        Ok(BatchReply::Error { error }) => Err(EventError::JetStream {
-            action: format!("atomic publish to {subject}"),
-            message: error.description,
-            source: None,
-        }),
-        // A plain (non-final) ack without batch fields: nothing to report.
-        Err(_) => Ok(None),
     }
 }
 

@@ -19,8 +19,8 @@ pub(crate) struct KeyLocks {
     locks: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
 }
 
-/// Held while one writer changes its key.
-pub(crate) struct KeyGuard<'a> {
+/// Held while one writer changes its key; dropping it lets the next in.
+pub struct KeyGuard<'a> {
     owner: &'a KeyLocks,
     key: String,
     lock: Arc<AsyncMutex<()>>,
@@ -47,6 +47,12 @@ impl KeyLocks {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.locks.lock().map(|l| l.len()).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for KeyGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyGuard").field("key", &self.key).finish()
     }
 }
 

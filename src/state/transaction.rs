@@ -1,0 +1,176 @@
+//! Several keys of one bucket and the events their change implies,
+//! committed together or not at all.
+//!
+//! A change that touches two keys with two writes can be cut in half by a
+//! crash (stock taken, reservation never written), and a change followed
+//! by a publish can lose its event (state written, process killed before
+//! the publish). A [`Transaction`] is one ADR-50 atomic batch on the
+//! bucket's stream: each key carries its expected revision (a multi-key
+//! compare-and-set, checked by the server inside the batch), and each
+//! event is an outbox entry under `outbox.<ce-id>` in the same bucket. The
+//! server stores all of it or none of it; the outbox relay publishes the
+//! entries afterwards (see [`crate::events::Consumers::relay`]).
+//!
+//! ```no_run
+//! # async fn demo(stock: switchboard::state::StateStore<u64>, events: switchboard::events::Publisher)
+//! # -> Result<(), switchboard::state::StateError> {
+//! use switchboard::events::Event;
+//! let current = stock.get("sku-1").await?.ok_or_else(|| unreachable!())?;
+//! let mut tx = stock.transaction();
+//! tx.update(&stock, "sku-1", &(current.value - 1), current.revision)?
+//!     .publish(&events, "events.stock.taken", &Event::new(1).id("o-1-taken"))?;
+//! tx.commit().await?; // a conflict is StateError::Conflict: re-read and decide again
+//! # Ok(()) }
+//! ```
+
+use serde::Serialize;
+
+use super::{StateError, StateStore, checked_key, encode, store_err};
+use crate::batch::{self, BatchError, BatchMessage, MAX_ATOMIC_BATCH};
+use crate::events::{Event, Publisher};
+
+/// The key prefix of outbox entries in a bucket.
+pub(crate) const OUTBOX: &str = "outbox";
+
+/// Writes and events waiting to be committed together (see the module docs).
+#[derive(Debug)]
+#[must_use = "nothing is written until commit"]
+pub struct Transaction {
+    nats: async_nats::Client,
+    bucket: String,
+    keys: Vec<String>,
+    messages: Vec<BatchMessage>,
+}
+
+impl Transaction {
+    pub(super) fn new(nats: async_nats::Client, bucket: &str) -> Self {
+        Transaction {
+            nats,
+            bucket: bucket.to_owned(),
+            keys: Vec::new(),
+            messages: Vec::new(),
+        }
+    }
+
+    /// Writes `value` under `key`, which must not exist yet.
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::KeyTooLong`], [`StateError::OtherBucket`], or the value
+    /// cannot be encoded.
+    pub fn create<U: Serialize>(
+        &mut self,
+        store: &StateStore<U>,
+        key: &str,
+        value: &U,
+    ) -> Result<&mut Self, StateError> {
+        self.write(store, key, value, 0)
+    }
+
+    /// Replaces the value of `key` if it is still at `revision`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Transaction::create`].
+    pub fn update<U: Serialize>(
+        &mut self,
+        store: &StateStore<U>,
+        key: &str,
+        value: &U,
+        revision: u64,
+    ) -> Result<&mut Self, StateError> {
+        self.write(store, key, value, revision)
+    }
+
+    /// Writes `value` under `key`, created (`None`) or at a revision.
+    ///
+    /// # Errors
+    ///
+    /// As [`Transaction::create`].
+    pub fn write<U: Serialize>(
+        &mut self,
+        store: &StateStore<U>,
+        key: &str,
+        value: &U,
+        revision: impl Into<Option<u64>>,
+    ) -> Result<&mut Self, StateError> {
+        if store.bucket != self.bucket {
+            return Err(StateError::OtherBucket {
+                expected: self.bucket.clone(),
+                found: store.bucket.clone(),
+            });
+        }
+        let full = store.key(key)?;
+        let message = BatchMessage::new(
+            store.subject(&full),
+            async_nats::HeaderMap::new(),
+            encode(key, value)?,
+        )
+        .expect_last_subject_sequence(revision.into().unwrap_or(0));
+        self.keys.push(full);
+        self.messages.push(message);
+        Ok(self)
+    }
+
+    /// Publishes `event` on `subject` once the transaction is committed —
+    /// also if this process dies right after the commit (the outbox relay
+    /// of the bucket publishes it, with `Nats-Msg-Id` = its `ce-id`).
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::Event`] for an invalid event, or an id too long to be
+    /// a key.
+    pub fn publish<E: Serialize>(
+        &mut self,
+        publisher: &Publisher,
+        subject: &str,
+        event: &Event<E>,
+    ) -> Result<&mut Self, StateError> {
+        let (headers, payload) = publisher.outbox_entry(subject, event)?;
+        let key = format!("{OUTBOX}.{}", checked_key(event.event_id())?);
+        let prefix = format!("$KV.{}.", self.bucket);
+        self.messages
+            .push(BatchMessage::new(format!("{prefix}{key}"), headers, payload));
+        Ok(self)
+    }
+
+    /// Whether nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// Stores everything or nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::Conflict`] when a key is no longer at its expected
+    /// revision (or exists, for a create): nothing was written, re-read
+    /// and decide again. [`StateError::Store`] when the server refused or
+    /// did not answer: then whether it was stored is unknown, and a retry
+    /// must re-read first (its expected revisions make a blind repeat fail
+    /// rather than apply twice).
+    pub async fn commit(self) -> Result<(), StateError> {
+        if self.messages.is_empty() {
+            return Ok(());
+        }
+        if self.messages.len() > MAX_ATOMIC_BATCH {
+            return Err(StateError::Store {
+                action: format!("commit to {}", self.bucket),
+                message: format!(
+                    "{} writes; one transaction holds at most {MAX_ATOMIC_BATCH}",
+                    self.messages.len()
+                ),
+                source: "transaction too large".into(),
+            });
+        }
+        let keys = self.keys.join(", ");
+        let action = format!("commit {keys} to {}", self.bucket);
+        match batch::commit(&self.nats, self.messages).await {
+            Ok(_) => Ok(()),
+            Err(BatchError::WrongLastSequence(_)) => Err(StateError::Conflict {
+                key: crate::limits::truncate(&keys, 200).into_owned(),
+            }),
+            Err(e) => Err(store_err(action)(e)),
+        }
+    }
+}
