@@ -150,10 +150,7 @@ pub(crate) async fn commit(
 
 fn mark(headers: &mut HeaderMap, batch_id: &str, sequence: usize, commit: bool) {
     headers.insert(static_name(BATCH_ID), batch_id);
-    headers.insert(
-        static_name(BATCH_SEQUENCE),
-        sequence.to_string().as_str(),
-    );
+    headers.insert(static_name(BATCH_SEQUENCE), sequence.to_string().as_str());
     if commit {
         headers.insert(static_name(BATCH_COMMIT), "1");
     }

@@ -36,8 +36,8 @@ mod transaction;
 pub use deadlines::{Deadline, watch_deadlines};
 pub use key_lock::KeyGuard;
 use key_lock::KeyLocks;
-pub use transaction::Transaction;
 pub(crate) use transaction::OUTBOX;
+pub use transaction::Transaction;
 
 /// How often [`StateStore::modify`] retries a conflicting write.
 const MODIFY_ATTEMPTS: usize = 16;

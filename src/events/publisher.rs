@@ -13,9 +13,9 @@ use serde::Serialize;
 
 use super::EventError;
 use super::envelope;
+use super::event::Event;
 use crate::batch::{self, BatchError, BatchMessage};
 pub use crate::batch::{AtomicBatch, MAX_ATOMIC_BATCH};
-use super::event::Event;
 
 /// A stored event's acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq)]

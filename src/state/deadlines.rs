@@ -18,9 +18,9 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
+use async_nats::jetstream::kv;
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
-use async_nats::jetstream::kv;
 
 use super::{StateStore, store_err};
 use crate::ServiceError;
@@ -44,8 +44,7 @@ pub async fn watch_deadlines<T, F, Fut>(
     store: StateStore<T>,
     on_expired: F,
     shutdown: impl Future<Output = ()>,
-)
-where
+) where
     T: Deadline + DeserializeOwned + Clone,
     F: Fn(T) -> Fut,
     Fut: Future<Output = Result<(), ServiceError>>,

@@ -129,8 +129,11 @@ impl Transaction {
         let (headers, payload) = publisher.outbox_entry(subject, event)?;
         let key = format!("{OUTBOX}.{}", checked_key(event.event_id())?);
         let prefix = format!("$KV.{}.", self.bucket);
-        self.messages
-            .push(BatchMessage::new(format!("{prefix}{key}"), headers, payload));
+        self.messages.push(BatchMessage::new(
+            format!("{prefix}{key}"),
+            headers,
+            payload,
+        ));
         Ok(self)
     }
 
