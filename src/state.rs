@@ -33,7 +33,7 @@ mod deadlines;
 mod key_lock;
 mod transaction;
 
-pub use deadlines::{Deadline, watch_deadlines};
+pub use deadlines::{Deadline, deadline_after, parse_time, watch_deadlines};
 pub use key_lock::KeyGuard;
 use key_lock::KeyLocks;
 pub(crate) use transaction::OUTBOX;
@@ -415,9 +415,8 @@ impl<T: Serialize + DeserializeOwned + Clone> StateStore<T> {
     /// nothing to do (cancelling what is already cancelled): `change` gets
     /// the current value and returns `Some(new)` to write it, `None` to leave
     /// it. A conflicting writer makes it read and decide again, so exactly
-    /// one of two racing callers sees [`Transition::Changed`] and does what
-    /// follows a change (publish its event) once. `Ok(None)` when the key
-    /// does not exist.
+    /// one of two racing callers sees [`Transition::Changed`]. `Ok(None)`
+    /// when the key does not exist.
     ///
     /// # Errors
     ///
@@ -426,7 +425,25 @@ impl<T: Serialize + DeserializeOwned + Clone> StateStore<T> {
     pub async fn transition(
         &self,
         key: &str,
+        change: impl FnMut(&T) -> Result<Option<T>, ServiceError>,
+    ) -> Result<Option<Transition<T>>, ServiceError> {
+        self.transition_with(key, change, |_, _| Ok(())).await
+    }
+
+    /// [`StateStore::transition`] whose change commits together with what
+    /// `effects` adds to the same [`Transaction`] — the events the change
+    /// implies (published by the outbox relay, also after a crash), other
+    /// keys of the bucket. `effects` gets the new value; it runs again if
+    /// the commit conflicts.
+    ///
+    /// # Errors
+    ///
+    /// As [`StateStore::transition`], and what `effects` returns.
+    pub async fn transition_with(
+        &self,
+        key: &str,
         mut change: impl FnMut(&T) -> Result<Option<T>, ServiceError>,
+        mut effects: impl FnMut(&T, &mut Transaction) -> Result<(), StateError>,
     ) -> Result<Option<Transition<T>>, ServiceError> {
         let _turn = self.writers.lock(&self.key(key)?).await;
         for _ in 0..MODIFY_ATTEMPTS {
@@ -436,8 +453,11 @@ impl<T: Serialize + DeserializeOwned + Clone> StateStore<T> {
             let Some(next) = change(&current.value)? else {
                 return Ok(Some(Transition::Unchanged(current.value)));
             };
-            match self.update(key, &next, current.revision).await {
-                Ok(_) => return Ok(Some(Transition::Changed(next))),
+            let mut tx = self.transaction();
+            tx.update(self, key, &next, current.revision)?;
+            effects(&next, &mut tx)?;
+            match tx.commit().await {
+                Ok(()) => return Ok(Some(Transition::Changed(next))),
                 Err(StateError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }

@@ -125,3 +125,34 @@ fn track<T: Deadline + DeserializeOwned>(
         }
     }
 }
+
+/// The RFC 3339 time `after` from now: a deadline as records store it.
+pub fn deadline_after(after: Duration) -> String {
+    let at = time::OffsetDateTime::now_utc() + after;
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// An RFC 3339 time as a [`SystemTime`]; `None` when it is not one.
+pub fn parse_time(text: &str) -> Option<SystemTime> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(SystemTime::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_round_trip_through_text() {
+        let text = deadline_after(Duration::from_secs(10));
+        let at = parse_time(&text).unwrap_or(SystemTime::UNIX_EPOCH);
+        let ahead = at.duration_since(SystemTime::now()).unwrap_or_default();
+        assert!(
+            ahead > Duration::from_secs(8) && ahead <= Duration::from_secs(10),
+            "{ahead:?}"
+        );
+        assert_eq!(parse_time("tomorrow"), None);
+    }
+}

@@ -89,7 +89,7 @@ pub fn system() -> Vec<ServiceAccess> {
             serves: vec![users::CREATE.subject, users::GET.subject],
             publishes: vec![users::CREATED],
             streams: vec![users::stream().name],
-            buckets: vec![users::BUCKET.into(), users::EMAILS_BUCKET.into()],
+            buckets: vec![users::BUCKET.into()],
             ..ServiceAccess::default()
         },
         ServiceAccess {
@@ -100,16 +100,24 @@ pub fn system() -> Vec<ServiceAccess> {
                 inventory::RESERVE.subject,
                 inventory::RELEASE.subject,
             ],
+            calls: vec![orders::RESOLVE.subject],
             publishes: vec![inventory::RESERVED, inventory::RELEASED],
             streams: vec![inventory::stream().name],
-            consumers: vec![Consumer {
-                stream: orders::stream().name,
-                durable: "inventory-orders-cancelled",
-                filter: vec![orders::CANCELLED],
-            }],
+            consumers: vec![
+                Consumer {
+                    stream: orders::stream().name,
+                    durable: "inventory-orders-created",
+                    filter: vec![orders::CREATED],
+                },
+                Consumer {
+                    stream: orders::stream().name,
+                    durable: "inventory-orders-cancelled",
+                    filter: vec![orders::CANCELLED],
+                },
+            ],
             buckets: vec![
                 inventory::BUCKET.into(),
-                inventory::RESERVATIONS_BUCKET.into(),
+                idempotent("inventory-orders-created"),
                 idempotent("inventory-orders-cancelled"),
             ],
             ..ServiceAccess::default()
@@ -120,6 +128,7 @@ pub fn system() -> Vec<ServiceAccess> {
                 orders::CREATE.subject,
                 orders::GET.subject,
                 orders::CANCEL.subject,
+                orders::RESOLVE.subject,
             ],
             calls: vec![users::GET.subject, inventory::RESERVE.subject],
             publishes: vec![orders::CREATED, orders::CANCELLED],
@@ -207,11 +216,24 @@ impl ServiceAccess {
             allow.push(format!("dlq.{stream}.{durable}"));
         }
         for bucket in &self.buckets {
-            for verb in ["INFO", "CREATE", "MSG.GET"] {
+            // UPDATE: a bucket's stream is made to take transactions.
+            for verb in ["INFO", "CREATE", "UPDATE", "MSG.GET"] {
                 allow.push(format!("$JS.API.STREAM.{verb}.KV_{bucket}"));
             }
             allow.push(format!("$JS.API.DIRECT.GET.KV_{bucket}.>"));
             allow.push(format!("$KV.{bucket}.>"));
+            // The outbox relay (a durable pull consumer) and deadline
+            // watches (ordered consumers, which answer flow control and
+            // replace themselves after a gap).
+            let relay = switchboard::events::outbox::RELAY_DURABLE;
+            let stream = format!("KV_{bucket}");
+            allow.push(format!("$JS.API.CONSUMER.CREATE.{stream}"));
+            allow.push(format!("$JS.API.CONSUMER.CREATE.{stream}.>"));
+            allow.push(format!("$JS.API.CONSUMER.INFO.{stream}.>"));
+            allow.push(format!("$JS.API.CONSUMER.DELETE.{stream}.>"));
+            allow.push(format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{relay}"));
+            allow.push(format!("$JS.ACK.{stream}.{relay}.>"));
+            allow.push(format!("$JS.FC.{stream}.>"));
         }
         allow.sort();
         allow.dedup();

@@ -36,7 +36,7 @@ pub const STOCK: EndpointContract = EndpointContract {
 /// `inventory.reserve` (internal: orders calls it).
 pub const RESERVE: EndpointContract = EndpointContract {
     subject: "inventory.reserve",
-    description: "Reserve all items of an order, or none",
+    description: "Hold all items of an order, or none, until the order is confirmed",
     idempotent: true,
     http: None,
     errors: "400; 409 an item is short (nothing reserved)",
@@ -49,10 +49,16 @@ pub const RELEASE: EndpointContract = EndpointContract {
     http: None,
     errors: "400; 404 no reservation",
 };
-/// The KV bucket of stock levels by sku.
+/// The KV bucket of stock levels by sku, and of reservations by order id
+/// under `reservation.<order id>` (one bucket, so that stock and
+/// reservation change in one transaction).
 pub const BUCKET: &str = "inventory";
-/// The KV bucket of reservations by order id.
-pub const RESERVATIONS_BUCKET: &str = "inventory-reservations";
+/// The view of reservations in [`BUCKET`].
+pub const RESERVATIONS: &str = "reservation";
+/// How long a reservation is held for an order that has not been
+/// confirmed (`events.orders.created`) before inventory asks orders to
+/// resolve it (`INVENTORY_HOLD_MS` overrides).
+pub const HOLD: std::time::Duration = std::time::Duration::from_secs(10);
 /// Published when an order's items were reserved.
 pub const RESERVED: &str = "events.inventory.reserved";
 /// Published when an order's reservation was released.
@@ -133,18 +139,41 @@ pub struct Reservation {
     pub order_id: String,
     /// What is (or was) reserved.
     pub items: Vec<Item>,
-    /// Held or given back.
+    /// Held, reserved for good, or given back.
     pub status: ReservationStatus,
+    /// While `held`: when the hold expires (RFC 3339) unless the order is
+    /// confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
-/// Whether a reservation holds its stock (`reserved`, `released` on the wire).
+/// Whether a reservation holds its stock (`held`, `reserved`, `released`
+/// on the wire).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ReservationStatus {
-    /// The stock is held for the order.
+    /// The stock is held for an order being placed, until `expires_at`.
+    Held,
+    /// The stock is held for a confirmed order.
     Reserved,
     /// The stock was given back.
     Released,
+}
+
+impl switchboard::state::Deadline for Reservation {
+    /// A hold must be confirmed or released by `expires_at`; a reserved or
+    /// released reservation is settled. An unreadable time counts as
+    /// expired (inventory then asks orders, which is always safe).
+    fn deadline(&self) -> Option<std::time::SystemTime> {
+        if self.status != ReservationStatus::Held {
+            return None;
+        }
+        let at = self
+            .expires_at
+            .as_deref()
+            .and_then(switchboard::state::parse_time);
+        Some(at.unwrap_or(std::time::UNIX_EPOCH))
+    }
 }
 
 /// `events.inventory.reserved` / `events.inventory.released` data.

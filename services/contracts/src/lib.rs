@@ -67,7 +67,7 @@ pub fn canonical_items(items: &[Item]) -> Vec<Item> {
 }
 
 /// Every endpoint of the reference system, in service order.
-pub fn endpoints() -> [EndpointContract; 10] {
+pub fn endpoints() -> [EndpointContract; 11] {
     [
         users::CREATE,
         users::GET,
@@ -78,6 +78,7 @@ pub fn endpoints() -> [EndpointContract; 10] {
         orders::CREATE,
         orders::GET,
         orders::CANCEL,
+        orders::RESOLVE,
         notifications::LIST,
     ]
 }

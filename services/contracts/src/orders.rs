@@ -45,6 +45,15 @@ pub const CANCEL: EndpointContract = EndpointContract {
     }),
     errors: "400; 404 unknown id",
 };
+/// `orders.resolve` (internal: inventory asks it when a stock hold
+/// expires before the order confirmed it).
+pub const RESOLVE: EndpointContract = EndpointContract {
+    subject: "orders.resolve",
+    description: "Decide an order whose stock hold expired: its status if it was placed, else rejected for good",
+    idempotent: true,
+    http: None,
+    errors: "400",
+};
 /// The KV bucket of orders by id.
 pub const BUCKET: &str = "orders";
 /// Published when an order was confirmed.
@@ -60,6 +69,16 @@ pub fn service(version: &str) -> ServiceBuilder {
         .stream(stream())
         .publishes::<Order>(CREATED, "An order was confirmed")
         .publishes::<Order>(CANCELLED, "An order was cancelled")
+}
+
+/// `orders.resolve` reply: where the order stands for good.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Resolution {
+    /// Order id.
+    pub id: String,
+    /// `confirmed` or `cancelled` if it was placed; `rejected` if it was
+    /// not and now never will be.
+    pub status: OrderStatus,
 }
 
 /// The stream of order events.
@@ -103,7 +122,7 @@ pub struct Order {
     pub created_at: String,
 }
 
-/// Where an order stands (`confirmed`, `cancelled` on the wire).
+/// Where an order stands (`confirmed`, `cancelled`, `rejected` on the wire).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OrderStatus {
@@ -111,6 +130,10 @@ pub enum OrderStatus {
     Confirmed,
     /// Cancelled; its stock is released.
     Cancelled,
+    /// Never placed: its stock hold expired before the order was stored,
+    /// and `orders.resolve` closed the id so it cannot be stored later.
+    /// `orders.get` and `orders.cancel` answer 404 for it.
+    Rejected,
 }
 
 /// `events.orders.created` / `events.orders.cancelled` data.

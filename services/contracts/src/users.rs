@@ -34,8 +34,6 @@ pub const GET: EndpointContract = EndpointContract {
 };
 /// The KV bucket of users by id.
 pub const BUCKET: &str = "users";
-/// The KV bucket of e-mail addresses (lower case) → user id.
-pub const EMAILS_BUCKET: &str = "users-emails";
 /// Published when a user was created.
 pub const CREATED: &str = "events.users.created";
 

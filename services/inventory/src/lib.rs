@@ -1,11 +1,24 @@
 //! The `inventory` service: stock levels and all-or-nothing reservations.
 //!
-//! State: KV `inventory` (sku → levels) and `inventory-reservations`
-//! (order id → reservation). Stock changes are compare-and-set, so racing
-//! reservations cannot oversell; a reservation that cannot be completed
-//! gives back what it took. Releases on `events.orders.cancelled`
-//! (compensation through an event, not a call).
+//! State: KV `inventory`: levels by sku, reservations by order id under
+//! `reservation.<order id>`. Every change of stock is one transaction with
+//! the reservation it belongs to and its event, so `reserved` is always the
+//! sum of the live reservations — also when this process dies between any
+//! two lines (there is no "between two skus" any more).
+//!
+//! A reservation is a hold first (`held`, with `expires_at`):
+//! - `events.orders.created` makes it permanent (`reserved`);
+//! - `events.orders.cancelled` releases it (compensation through an event,
+//!   not a call);
+//! - a hold past its expiry makes inventory ask `orders.resolve`: a placed
+//!   order confirms it, an order never placed (now closed as `rejected`)
+//!   releases it. So no stock stays held for an order that does not exist.
+//!
+//! Writers of one sku in this process take turns (see
+//! `switchboard::state::StateStore::lock_keys`): a popular sku is a queue,
+//! not a storm of conflicts.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,15 +26,22 @@ use async_nats::jetstream;
 use contracts::inventory::{
     self, GetStock, Release, Reservation, ReservationStatus, Reserve, Restock, Stock,
 };
-use contracts::orders::OrderChanged;
+use contracts::orders::{self, OrderChanged, OrderRef, OrderStatus, Resolution};
 use contracts::{Item, canonical_items};
 use serde::{Deserialize, Serialize};
 use switchboard::ServiceError;
 use switchboard::app::AppError;
+use switchboard::client::Client;
 use switchboard::events::{Consumers, Event, HandlerError, Publisher, ReceivedEvent};
 use switchboard::service::Context;
 use switchboard::shutdown::Shutdown;
-use switchboard::state::{StateError, StateStore, Transition};
+use switchboard::state::{StateError, StateStore, Transaction, Versioned};
+use switchboard::trace_context::TraceContext;
+
+/// How often a transaction that met another instance's write is retried.
+const ATTEMPTS: usize = 16;
+/// Overrides [`inventory::HOLD`] (milliseconds): tests settle faster.
+const HOLD_ENV: &str = "INVENTORY_HOLD_MS";
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Levels {
@@ -33,15 +53,24 @@ struct Inventory {
     events: Publisher,
     stock: StateStore<Levels>,
     reservations: StateStore<Reservation>,
+    client: Client,
+    hold: Duration,
 }
 
 impl Inventory {
     async fn open(nats: &async_nats::Client) -> Result<Self, AppError> {
         let js = jetstream::new(nats.clone());
+        let stock = StateStore::open(&js, inventory::BUCKET, 1).await?;
+        let hold = std::env::var(HOLD_ENV)
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map_or(inventory::HOLD, Duration::from_millis);
         Ok(Inventory {
-            stock: StateStore::open(&js, inventory::BUCKET, 1).await?,
-            reservations: StateStore::open(&js, inventory::RESERVATIONS_BUCKET, 1).await?,
+            reservations: stock.view(inventory::RESERVATIONS),
+            stock,
             events: Publisher::new(js, "inventory"),
+            client: Client::new(nats.clone()),
+            hold,
         })
     }
 }
@@ -50,25 +79,35 @@ impl Inventory {
 ///
 /// # Errors
 ///
-/// When its stream, buckets, endpoints or consumer cannot be set up.
+/// When its stream, buckets, endpoints or consumers cannot be set up.
 pub async fn run(nats: async_nats::Client, shutdown: Shutdown) -> Result<(), AppError> {
     let state = Arc::new(Inventory::open(&nats).await?);
-    // Compensation through an event, not a call: a cancelled order's stock
-    // comes back even if orders never calls.
     let mut consumers = Consumers::new(state.events.jetstream().clone());
-    let spec = contracts::access::declared_consumer("inventory-orders-cancelled")?
-        .idempotent(Duration::from_secs(24 * 3600));
+    consumers.relay(&state.stock);
+    let idempotent = |durable| {
+        contracts::access::declared_consumer(durable)
+            .map(|spec| spec.idempotent(Duration::from_secs(24 * 3600)))
+    };
+    let on_created = state.clone();
+    consumers.spawn(
+        idempotent("inventory-orders-created")?,
+        move |event: ReceivedEvent<OrderChanged>| {
+            let state = on_created.clone();
+            async move { handled(confirm(&state, &event.data.id).await) }
+        },
+    );
     let on_cancel = state.clone();
-    consumers.spawn(spec, move |event: ReceivedEvent<OrderChanged>| {
-        let state = on_cancel.clone();
-        async move {
-            match release_order(&state, &event.data.id, event.trace).await {
-                Ok(_) => Ok(()),
-                Err(e) if e.code == 404 => Ok(()), // nothing was reserved
-                Err(e) if e.is_server_error() => Err(HandlerError::retry(e.message)),
-                Err(e) => Err(HandlerError::permanent(e.message)),
-            }
-        }
+    consumers.spawn(
+        idempotent("inventory-orders-cancelled")?,
+        move |event: ReceivedEvent<OrderChanged>| {
+            let state = on_cancel.clone();
+            async move { handled(release_order(&state, &event.data.id, event.trace).await) }
+        },
+    );
+    let on_expired = state.clone();
+    consumers.deadlines(state.reservations.clone(), move |hold: Reservation| {
+        let state = on_expired.clone();
+        async move { expire(&state, hold).await }
     });
     inventory::service(env!("CARGO_PKG_VERSION"))
         .endpoint(inventory::RESTOCK.bind(state.clone(), restock))
@@ -78,6 +117,17 @@ pub async fn run(nats: async_nats::Client, shutdown: Shutdown) -> Result<(), App
         .serve(nats, shutdown)
         .await?;
     consumers.stop().await
+}
+
+/// A handler's result as the consumer's verdict: 404 means nothing was
+/// reserved, a server-side failure is retried, anything else is permanent.
+fn handled<T>(result: Result<T, ServiceError>) -> Result<(), HandlerError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if e.code == 404 => Ok(()),
+        Err(e) if e.is_server_error() => Err(HandlerError::retry(e.message)),
+        Err(e) => Err(HandlerError::permanent(e.message)),
+    }
 }
 
 async fn restock(inv: Arc<Inventory>, _ctx: Context, req: Restock) -> Result<Stock, ServiceError> {
@@ -98,71 +148,65 @@ async fn stock(inv: Arc<Inventory>, _ctx: Context, req: GetStock) -> Result<Stoc
     Ok(to_stock(&req.sku, &levels))
 }
 
+/// Holds every item of the order or none: levels, hold and `reserved`
+/// event in one transaction.
 async fn reserve(
     inv: Arc<Inventory>,
     ctx: Context,
     req: Reserve,
 ) -> Result<Reservation, ServiceError> {
     let items = canonical_items(&req.items);
-    if let Some(existing) = inv.reservations.get(&req.order_id).await? {
-        return same_reservation(existing.value, &items);
-    }
-    // Take each sku in turn; on the first shortage give back what was taken.
-    let mut taken: Vec<&Item> = Vec::new();
-    for item in &items {
-        let quantity = u64::from(item.quantity);
-        let result = inv
-            .stock
-            .modify(&item.sku, |current| {
-                let mut levels = current.unwrap_or_default();
-                if levels.available < quantity {
-                    return Err(ServiceError::conflict(format!(
-                        "{}: {} available, {} requested",
-                        item.sku, levels.available, quantity
-                    ))
-                    .with_details(serde_json::json!({
-                        "sku": item.sku, "available": levels.available, "requested": quantity
-                    })));
-                }
-                levels.available -= quantity;
-                levels.reserved += quantity;
-                Ok(levels)
-            })
-            .await;
-        if let Err(error) = result {
-            give_back(&inv, &taken).await;
-            return Err(error);
+    let wanted = per_sku(&items);
+    let _turns = inv.stock.lock_keys(wanted.keys().copied()).await?;
+    for _ in 0..ATTEMPTS {
+        if let Some(existing) = inv.reservations.get(&req.order_id).await? {
+            return same_reservation(existing.value, &items);
         }
-        taken.push(item);
-    }
-    let reservation = Reservation {
-        order_id: req.order_id.clone(),
-        items: items.clone(),
-        status: ReservationStatus::Reserved,
-    };
-    match inv.reservations.create(&req.order_id, &reservation).await {
-        Ok(_) => {}
-        Err(StateError::AlreadyExists { .. }) => {
-            // A concurrent identical request won: keep its reservation, not ours.
-            give_back(&inv, &taken).await;
-            let existing = inv.reservations.get(&req.order_id).await?;
-            return existing
-                .map(|e| same_reservation(e.value, &items))
-                .unwrap_or_else(|| {
-                    Err(ServiceError::conflict("reservation changed concurrently"))
-                });
+        let mut tx = inv.stock.transaction();
+        for (sku, levels) in read_levels(&inv, wanted.keys().copied()).await? {
+            let quantity = wanted.get(sku).copied().unwrap_or_default();
+            let (mut next, revision) = levels
+                .map(|v| (v.value, Some(v.revision)))
+                .unwrap_or_default();
+            if next.available < quantity {
+                return Err(ServiceError::conflict(format!(
+                    "{sku}: {} available, {quantity} requested",
+                    next.available
+                ))
+                .with_details(serde_json::json!({
+                    "sku": sku, "available": next.available, "requested": quantity
+                })));
+            }
+            next.available -= quantity;
+            next.reserved += quantity;
+            tx.write(&inv.stock, sku, &next, revision)?;
         }
-        Err(e) => {
-            give_back(&inv, &taken).await;
-            return Err(e.into());
+        let hold = Reservation {
+            order_id: req.order_id.clone(),
+            items: items.clone(),
+            status: ReservationStatus::Held,
+            expires_at: Some(switchboard::state::deadline_after(inv.hold)),
+        };
+        tx.create(&inv.reservations, &req.order_id, &hold)?;
+        announce(
+            &inv,
+            &mut tx,
+            inventory::RESERVED,
+            "reserved",
+            &hold,
+            Some(*ctx.trace()),
+        )?;
+        match tx.commit().await {
+            Ok(()) => return Ok(hold),
+            // Another instance changed a level, or an identical request
+            // stored the hold first: read again and decide again.
+            Err(StateError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
-    let event = Event::new(reservation.clone())
-        .id(format!("{}-reserved", req.order_id))
-        .subject(req.order_id.clone())
-        .trace(*ctx.trace());
-    inv.events.publish(inventory::RESERVED, &event).await?;
-    Ok(reservation)
+    Err(ServiceError::conflict(
+        "stock keeps changing concurrently; try again",
+    ))
 }
 
 async fn release(
@@ -173,62 +217,139 @@ async fn release(
     release_order(&inv, &req.order_id, Some(*ctx.trace())).await
 }
 
-/// Marks the reservation released (compare-and-set, so it happens once),
-/// returns its stock and publishes `events.inventory.released`.
-async fn release_order(
-    inv: &Inventory,
-    order_id: &str,
-    trace: Option<switchboard::trace_context::TraceContext>,
-) -> Result<Reservation, ServiceError> {
-    let outcome = inv
-        .reservations
+/// Makes a hold permanent (its order was placed). Already reserved or
+/// released: nothing to do (a cancel may have overtaken the confirmation).
+async fn confirm(inv: &Inventory, order_id: &str) -> Result<(), ServiceError> {
+    inv.reservations
         .transition(order_id, |reservation| {
             Ok(
-                (reservation.status != ReservationStatus::Released).then(|| Reservation {
-                    status: ReservationStatus::Released,
+                (reservation.status == ReservationStatus::Held).then(|| Reservation {
+                    status: ReservationStatus::Reserved,
+                    expires_at: None,
                     ..reservation.clone()
                 }),
             )
         })
-        .await?
-        .ok_or_else(|| ServiceError::not_found(format!("no reservation for {order_id}")))?;
-    let released = match outcome {
-        Transition::Unchanged(reservation) => return Ok(reservation),
-        Transition::Changed(released) => released,
-    };
-    let items: Vec<&Item> = released.items.iter().collect();
-    give_back(inv, &items).await;
-    let mut event = Event::new(released.clone())
-        .id(format!("{order_id}-released"))
-        .subject(order_id.to_owned());
-    if let Some(trace) = trace {
-        event = event.trace(trace);
-    }
-    inv.events.publish(inventory::RELEASED, &event).await?;
-    Ok(released)
+        .await?;
+    Ok(())
 }
 
-async fn give_back(inv: &Inventory, items: &[&Item]) {
-    for item in items {
-        let quantity = u64::from(item.quantity);
-        let result = inv
-            .stock
-            .modify(&item.sku, |current| {
-                let mut levels = current.unwrap_or_default();
-                levels.reserved = levels.reserved.saturating_sub(quantity);
-                levels.available += quantity;
-                Ok(levels)
-            })
-            .await;
-        if let Err(error) = result {
-            tracing::error!(sku = %item.sku, quantity, %error, "cannot give back reserved stock");
+/// Releases the reservation and gives its stock back, with the `released`
+/// event, in one transaction (so it happens once, and whole).
+async fn release_order(
+    inv: &Inventory,
+    order_id: &str,
+    trace: Option<TraceContext>,
+) -> Result<Reservation, ServiceError> {
+    let missing = || ServiceError::not_found(format!("no reservation for {order_id}"));
+    let first = inv.reservations.get(order_id).await?.ok_or_else(missing)?;
+    if first.value.status == ReservationStatus::Released {
+        return Ok(first.value);
+    }
+    let given_back = per_sku(&first.value.items);
+    let _turns = inv.stock.lock_keys(given_back.keys().copied()).await?;
+    for _ in 0..ATTEMPTS {
+        let current = inv.reservations.get(order_id).await?.ok_or_else(missing)?;
+        if current.value.status == ReservationStatus::Released {
+            return Ok(current.value);
+        }
+        let released = Reservation {
+            status: ReservationStatus::Released,
+            expires_at: None,
+            ..current.value.clone()
+        };
+        let mut tx = inv.stock.transaction();
+        tx.update(&inv.reservations, order_id, &released, current.revision)?;
+        for (sku, levels) in read_levels(inv, given_back.keys().copied()).await? {
+            let quantity = given_back.get(sku).copied().unwrap_or_default();
+            let (mut next, revision) = levels
+                .map(|v| (v.value, Some(v.revision)))
+                .unwrap_or_default();
+            next.reserved = next.reserved.saturating_sub(quantity);
+            next.available += quantity;
+            tx.write(&inv.stock, sku, &next, revision)?;
+        }
+        announce(
+            inv,
+            &mut tx,
+            inventory::RELEASED,
+            "released",
+            &released,
+            trace,
+        )?;
+        match tx.commit().await {
+            Ok(()) => return Ok(released),
+            Err(StateError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ServiceError::conflict(
+        "stock keeps changing concurrently; try again",
+    ))
+}
+
+/// A hold expired unconfirmed: orders decides (a placed order keeps it, an
+/// order never placed is closed for good and the hold released).
+async fn expire(inv: &Inventory, hold: Reservation) -> Result<(), ServiceError> {
+    let order = OrderRef {
+        id: hold.order_id.clone(),
+    };
+    let resolution: Resolution = inv.client.call(orders::RESOLVE.subject, &order).await?;
+    tracing::info!(order = %hold.order_id, status = ?resolution.status, "hold expired; resolved");
+    match resolution.status {
+        OrderStatus::Confirmed => confirm(inv, &hold.order_id).await,
+        OrderStatus::Cancelled | OrderStatus::Rejected => {
+            match release_order(inv, &hold.order_id, None).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.code == 404 => Ok(()),
+                Err(e) => Err(e),
+            }
         }
     }
 }
 
-/// The same order asked twice gets the same answer; other items are a conflict.
+/// Adds a reservation event to `tx` (id `<order>-<what>`: committed twice,
+/// published once).
+fn announce(
+    inv: &Inventory,
+    tx: &mut Transaction,
+    subject: &str,
+    what: &str,
+    reservation: &Reservation,
+    trace: Option<TraceContext>,
+) -> Result<(), StateError> {
+    let mut event = Event::new(reservation.clone())
+        .id(format!("{}-{what}", reservation.order_id))
+        .subject(reservation.order_id.clone());
+    if let Some(trace) = trace {
+        event = event.trace(trace);
+    }
+    tx.publish(&inv.events, subject, &event)?;
+    Ok(())
+}
+
+/// Quantities by sku (an order may name a sku twice).
+fn per_sku(items: &[Item]) -> BTreeMap<&str, u64> {
+    let mut wanted = BTreeMap::new();
+    for item in items {
+        *wanted.entry(item.sku.as_str()).or_default() += u64::from(item.quantity);
+    }
+    wanted
+}
+
+/// The levels of each sku, read together.
+async fn read_levels<'s>(
+    inv: &Inventory,
+    skus: impl Iterator<Item = &'s str>,
+) -> Result<Vec<(&'s str, Option<Versioned<Levels>>)>, StateError> {
+    let reads = skus.map(|sku| async move { inv.stock.get(sku).await.map(|l| (sku, l)) });
+    futures::future::try_join_all(reads).await
+}
+
+/// The same order asked twice gets the same answer; other items, or a
+/// released reservation, are a conflict.
 fn same_reservation(existing: Reservation, items: &[Item]) -> Result<Reservation, ServiceError> {
-    if existing.status == ReservationStatus::Reserved && existing.items == items {
+    if existing.status != ReservationStatus::Released && existing.items == items {
         Ok(existing)
     } else {
         Err(ServiceError::conflict(format!(

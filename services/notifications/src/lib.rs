@@ -58,6 +58,14 @@ pub async fn run(nats: async_nats::Client, shutdown: Shutdown) -> Result<(), App
                         order.id,
                         order.items.len()
                     ),
+                    // Orders never publishes an event for an id it closed
+                    // without placing an order.
+                    OrderStatus::Rejected => {
+                        return Err(HandlerError::permanent(format!(
+                            "order {} was never placed; no event expected",
+                            order.id
+                        )));
+                    }
                 };
                 record(&store, &event, &order.user_id, text).await
             }

@@ -1,21 +1,31 @@
-//! The `orders` service: create (checks the user, reserves stock), look up
+//! The `orders` service: create (checks the user, holds stock), look up
 //! and cancel orders. Publishes `events.orders.created` and
-//! `events.orders.cancelled`, with ids derived from the order id so a
-//! retried publish is a duplicate. State: KV `orders`.
+//! `events.orders.cancelled` through the bucket's outbox: an order and its
+//! event are one transaction, so neither exists without the other. State:
+//! KV `orders`.
+//!
+//! Placing an order is a saga: `users.get` → `inventory.reserve` (a hold
+//! that expires) → the order and its `created` event, committed together.
+//! Inventory makes the hold permanent when it sees `created`; a hold whose
+//! order never appears (this service died, the caller gave up) expires, and
+//! inventory asks `orders.resolve`, which closes the id as `rejected` with
+//! a compare-and-set — so either the order was stored first (the hold is
+//! confirmed) or it never will be (the hold is released). Nothing is left
+//! half done.
 
 use std::sync::Arc;
 
 use async_nats::jetstream;
 use contracts::inventory::{self, Reservation, Reserve};
-use contracts::orders::{self, CreateOrder, Order, OrderRef, OrderStatus};
+use contracts::orders::{self, CreateOrder, Order, OrderRef, OrderStatus, Resolution};
 use contracts::users::{self, GetUser, User};
 use switchboard::ServiceError;
 use switchboard::app::AppError;
 use switchboard::client::CallError;
-use switchboard::events::{Event, Publisher};
+use switchboard::events::{Consumers, Event, Publisher};
 use switchboard::service::Context;
 use switchboard::shutdown::Shutdown;
-use switchboard::state::{StateStore, Transition};
+use switchboard::state::{StateError, StateStore, Transaction, Transition};
 
 struct Orders {
     by_id: StateStore<Order>,
@@ -33,13 +43,16 @@ pub async fn run(nats: async_nats::Client, shutdown: Shutdown) -> Result<(), App
         events: Publisher::new(js.clone(), "orders"),
         by_id: StateStore::open(&js, orders::BUCKET, 1).await?,
     });
+    let mut relay = Consumers::new(js);
+    relay.relay(&state.by_id);
     orders::service(env!("CARGO_PKG_VERSION"))
         .endpoint(orders::CREATE.bind(state.clone(), create))
         .endpoint(orders::GET.bind(state.clone(), get))
-        .endpoint(orders::CANCEL.bind(state, cancel))
+        .endpoint(orders::CANCEL.bind(state.clone(), cancel))
+        .endpoint(orders::RESOLVE.bind(state, resolve))
         .serve(nats, shutdown)
         .await?;
-    Ok(())
+    relay.stop().await
 }
 
 async fn create(
@@ -82,54 +95,104 @@ async fn create(
         status: OrderStatus::Confirmed,
         created_at: switchboard::events::now_rfc3339(),
     };
-    orders.by_id.create(&id, &order).await?;
-    publish(&orders, &ctx, orders::CREATED, "created", &order).await?;
-    Ok(order)
+    let mut tx = orders.by_id.transaction();
+    tx.create(&orders.by_id, &id, &order)?;
+    event(&orders, &ctx, orders::CREATED, "created", &order, &mut tx)?;
+    match tx.commit().await {
+        Ok(()) => Ok(order),
+        // The id is new: only orders.resolve can have taken it, because the
+        // hold expired first. The hold is released; nothing was placed.
+        Err(StateError::Conflict { .. }) => Err(ServiceError::unavailable(format!(
+            "order {id} took too long to place and was given up; try again"
+        ))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn get(orders: Arc<Orders>, _ctx: Context, req: OrderRef) -> Result<Order, ServiceError> {
     let missing = || ServiceError::not_found(format!("no order {}", req.id));
-    orders.by_id.fetch(&req.id, missing).await
-}
-
-async fn cancel(orders: Arc<Orders>, ctx: Context, req: OrderRef) -> Result<Order, ServiceError> {
-    let outcome = orders
-        .by_id
-        .transition(&req.id, |order| {
-            Ok((order.status != OrderStatus::Cancelled).then(|| Order {
-                status: OrderStatus::Cancelled,
-                ..order.clone()
-            }))
-        })
-        .await?
-        .ok_or_else(|| ServiceError::not_found(format!("no order {}", req.id)))?;
-    let order = match outcome {
-        Transition::Changed(order) | Transition::Unchanged(order) => order,
-    };
-    // Also when it was already cancelled: the call that cancelled it may have
-    // died before its event was stored, and this retry must not skip the
-    // compensation. The event id is the same (`<order>-cancelled`), so
-    // JetStream drops the copy within its duplicate window and the
-    // consumers' idempotency after it: one effect either way.
-    publish(&orders, &ctx, orders::CANCELLED, "cancelled", &order).await?;
+    let order = orders.by_id.fetch(&req.id, missing).await?;
+    if order.status == OrderStatus::Rejected {
+        return Err(missing());
+    }
     Ok(order)
 }
 
-async fn publish(
+async fn cancel(orders: Arc<Orders>, ctx: Context, req: OrderRef) -> Result<Order, ServiceError> {
+    let missing = || ServiceError::not_found(format!("no order {}", req.id));
+    // The new status and its event are one transaction: a cancel that
+    // returned (or died after committing) has its compensation on the way.
+    let outcome = orders
+        .by_id
+        .transition_with(
+            &req.id,
+            |order| match order.status {
+                OrderStatus::Rejected => Err(missing()),
+                OrderStatus::Cancelled => Ok(None),
+                OrderStatus::Confirmed => Ok(Some(Order {
+                    status: OrderStatus::Cancelled,
+                    ..order.clone()
+                })),
+            },
+            |order, tx| event(&orders, &ctx, orders::CANCELLED, "cancelled", order, tx),
+        )
+        .await?
+        .ok_or_else(missing)?;
+    match outcome {
+        Transition::Changed(order) | Transition::Unchanged(order) => Ok(order),
+    }
+}
+
+/// Where an order stands for good; an id never stored becomes `rejected`
+/// (compare-and-set create, so `create` cannot store it afterwards).
+async fn resolve(
+    orders: Arc<Orders>,
+    _ctx: Context,
+    req: OrderRef,
+) -> Result<Resolution, ServiceError> {
+    loop {
+        if let Some(order) = orders.by_id.get(&req.id).await? {
+            return Ok(Resolution {
+                id: req.id,
+                status: order.value.status,
+            });
+        }
+        let rejected = Order {
+            id: req.id.clone(),
+            user_id: String::new(),
+            items: Vec::new(),
+            status: OrderStatus::Rejected,
+            created_at: switchboard::events::now_rfc3339(),
+        };
+        match orders.by_id.create(&req.id, &rejected).await {
+            Ok(_) => {
+                tracing::info!(order = %req.id, "order never placed; its id is closed");
+                return Ok(Resolution {
+                    id: req.id,
+                    status: OrderStatus::Rejected,
+                });
+            }
+            // Stored meanwhile: read what it is.
+            Err(StateError::AlreadyExists { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Adds the order's event to `tx`, with an id derived from the order (a
+/// second commit of the same fact is a duplicate, never a second event).
+fn event(
     orders: &Orders,
     ctx: &Context,
     subject: &str,
     what: &str,
     order: &Order,
-) -> Result<(), ServiceError> {
+    tx: &mut Transaction,
+) -> Result<(), StateError> {
     let event = Event::new(order.clone())
         .id(format!("{}-{what}", order.id))
         .subject(order.id.clone())
         .trace(*ctx.trace());
-    orders
-        .events
-        .publish(subject, &event)
-        .await
-        .map(|_| ())
-        .map_err(ServiceError::from)
+    tx.publish(&orders.events, subject, &event)?;
+    Ok(())
 }

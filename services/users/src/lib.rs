@@ -1,7 +1,8 @@
 //! The `users` service: create users (unique e-mail) and look them up.
-//! Publishes `events.users.created`. State: KV buckets `users` (by id) and
-//! `users-emails` (e-mail → id, created atomically so two requests cannot
-//! take one address).
+//! Publishes `events.users.created`. State: KV bucket `users`: users by id,
+//! and `email.<address>` → id. A user, its address and its event are one
+//! transaction, so two requests cannot take one address and a crash cannot
+//! leave an address taken by nobody or a user without its event.
 
 use std::sync::Arc;
 
@@ -13,6 +14,9 @@ use switchboard::events::{Event, Publisher};
 use switchboard::service::Context;
 use switchboard::shutdown::Shutdown;
 use switchboard::state::{StateError, StateStore};
+
+/// The view of addresses in the users bucket.
+const EMAILS: &str = "email";
 
 struct Users {
     events: Publisher,
@@ -27,17 +31,20 @@ struct Users {
 /// When its stream, buckets or endpoints cannot be set up.
 pub async fn run(nats: async_nats::Client, shutdown: Shutdown) -> Result<(), AppError> {
     let js = jetstream::new(nats.clone());
+    let by_id = StateStore::open(&js, users::BUCKET, 1).await?;
     let state = Arc::new(Users {
         events: Publisher::new(js.clone(), "users"),
-        by_id: StateStore::open(&js, users::BUCKET, 1).await?,
-        emails: StateStore::open(&js, users::EMAILS_BUCKET, 1).await?,
+        emails: by_id.view(EMAILS),
+        by_id,
     });
+    let mut relay = switchboard::events::Consumers::new(js);
+    relay.relay(&state.by_id);
     users::service(env!("CARGO_PKG_VERSION"))
         .endpoint(users::CREATE.bind(state.clone(), create))
         .endpoint(users::GET.bind(state, get))
         .serve(nats, shutdown)
         .await?;
-    Ok(())
+    relay.stop().await
 }
 
 async fn create(users: Arc<Users>, ctx: Context, req: CreateUser) -> Result<User, ServiceError> {
@@ -46,30 +53,32 @@ async fn create(users: Arc<Users>, ctx: Context, req: CreateUser) -> Result<User
     // Addresses are compared in lower case; the schema admits only ASCII.
     let email = req.email.to_ascii_lowercase();
     let id = switchboard::state::new_id("u");
-    match users.emails.create(&email, &id).await {
-        Ok(_) => {}
-        Err(StateError::AlreadyExists { .. }) => {
-            return Err(ServiceError::conflict(format!("{email} is already used")));
-        }
-        Err(e) => return Err(e.into()),
-    }
     let user = User {
         id: id.clone(),
         name: req.name,
         email: email.clone(),
         created_at: now(),
     };
-    users.by_id.create(&id, &user).await?;
     let event = Event::new(UserCreated {
         user_id: id.clone(),
         name: user.name.clone(),
-        email,
+        email: email.clone(),
     })
     .id(format!("{id}-created"))
-    .subject(id)
+    .subject(id.clone())
     .trace(*ctx.trace());
-    users.events.publish(users::CREATED, &event).await?;
-    Ok(user)
+    let mut tx = users.by_id.transaction();
+    tx.create(&users.by_id, &id, &user)?
+        .create(&users.emails, &email, &id)?
+        .publish(&users.events, users::CREATED, &event)?;
+    match tx.commit().await {
+        Ok(()) => Ok(user),
+        // The id is new, so the address is what is taken.
+        Err(StateError::Conflict { .. }) => {
+            Err(ServiceError::conflict(format!("{email} is already used")))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn get(users: Arc<Users>, _ctx: Context, req: GetUser) -> Result<User, ServiceError> {
