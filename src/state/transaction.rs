@@ -13,9 +13,9 @@
 //!
 //! ```no_run
 //! # async fn demo(stock: switchboard::state::StateStore<u64>, events: switchboard::events::Publisher)
-//! # -> Result<(), switchboard::state::StateError> {
+//! # -> Result<(), Box<dyn std::error::Error>> {
 //! use switchboard::events::Event;
-//! let current = stock.get("sku-1").await?.ok_or_else(|| unreachable!())?;
+//! let current = stock.get("sku-1").await?.ok_or("no such sku")?;
 //! let mut tx = stock.transaction();
 //! tx.update(&stock, "sku-1", &(current.value - 1), current.revision)?
 //!     .publish(&events, "events.stock.taken", &Event::new(1).id("o-1-taken"))?;

@@ -325,7 +325,23 @@ pub struct System {
 
 /// Starts `up` in `dir` and waits for `switchboard: ready`.
 pub fn start_system(dir: &Path, port: u16, http_port: u16) -> System {
+    start_system_with_env(dir, port, http_port, &[])
+}
+
+/// [`start_system`] with extra environment for `up` and the services it
+/// starts (e.g. a shorter stock hold).
+pub fn start_system_with_env(
+    dir: &Path,
+    port: u16,
+    http_port: u16,
+    extra: &[(&str, &str)],
+) -> System {
     let mut env = vec![("XDG_CONFIG_HOME".to_owned(), dir.display().to_string())];
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
     // Fixed passwords, so a second instance of a service can join.
     env.extend(test_passwords());
     let args = up_args(port, http_port, &dir.join("data"));

@@ -120,6 +120,11 @@ pub fn endpoints() -> Vec<EndpointDoc> {
             fields::<orders::Order>(),
         ),
         doc(
+            orders::RESOLVE,
+            schema::<orders::OrderRef>(),
+            fields::<orders::Resolution>(),
+        ),
+        doc(
             notifications::LIST,
             schema::<notifications::ListNotifications>(),
             fields::<notifications::Notifications>(),
