@@ -17,6 +17,7 @@ mod peers;
 mod publish;
 mod report;
 mod reqreply;
+mod saga;
 
 use std::time::Duration;
 
@@ -36,6 +37,8 @@ enum Scenario {
     Peers,
     /// Resident memory of idle processes and time from `up` to ready.
     Footprint,
+    /// Crash safety's cost: store + publish vs transaction + outbox; one hot sku vs spread.
+    Saga,
 }
 
 #[derive(Debug, Parser)]
@@ -109,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Http,
             Scenario::Peers,
             Scenario::Footprint,
+            Scenario::Saga,
         ]
     } else {
         args.scenarios
@@ -122,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Http => http::run(&settings, &mut report).await?,
             Scenario::Peers => peers::run(&settings, &mut report).await?,
             Scenario::Footprint => footprint::run(&mut report).await?,
+            Scenario::Saga => saga::run(&settings, &mut report).await?,
         }
     }
     if let Some(path) = args.json {

@@ -58,13 +58,9 @@ struct Inventory {
 }
 
 impl Inventory {
-    async fn open(nats: &async_nats::Client) -> Result<Self, AppError> {
+    async fn open(nats: &async_nats::Client, hold: Duration) -> Result<Self, AppError> {
         let js = jetstream::new(nats.clone());
         let stock = StateStore::open(&js, inventory::BUCKET, 1).await?;
-        let hold = std::env::var(HOLD_ENV)
-            .ok()
-            .and_then(|ms| ms.parse().ok())
-            .map_or(inventory::HOLD, Duration::from_millis);
         Ok(Inventory {
             reservations: stock.view(inventory::RESERVATIONS),
             stock,
@@ -75,13 +71,31 @@ impl Inventory {
     }
 }
 
-/// Serves and consumes until `shutdown`, then drains.
+/// Serves and consumes until `shutdown`, then drains; holds last
+/// [`inventory::HOLD`] (or `INVENTORY_HOLD_MS`).
 ///
 /// # Errors
 ///
 /// When its stream, buckets, endpoints or consumers cannot be set up.
 pub async fn run(nats: async_nats::Client, shutdown: Shutdown) -> Result<(), AppError> {
-    let state = Arc::new(Inventory::open(&nats).await?);
+    let hold = std::env::var(HOLD_ENV)
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(inventory::HOLD, Duration::from_millis);
+    run_with_hold(nats, shutdown, hold).await
+}
+
+/// [`run`] with holds that last `hold`.
+///
+/// # Errors
+///
+/// As [`run`].
+pub async fn run_with_hold(
+    nats: async_nats::Client,
+    shutdown: Shutdown,
+    hold: Duration,
+) -> Result<(), AppError> {
+    let state = Arc::new(Inventory::open(&nats, hold).await?);
     let mut consumers = Consumers::new(state.events.jetstream().clone());
     consumers.relay(&state.stock);
     let idempotent = |durable| {

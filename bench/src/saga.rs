@@ -1,0 +1,267 @@
+//! What crash safety costs, and what a hot key does.
+//!
+//! - **outbox**: an `orders.create`-shaped endpoint (store a new record,
+//!   publish its event) as it was before issue 13 — a KV create, then a
+//!   publish that waits for the ack — against the same endpoint on a
+//!   transaction (record + outbox entry in one atomic batch) with the
+//!   bucket's relay publishing the events. Two ratios: requests answered,
+//!   and events stored in the stream per second until the last one is
+//!   there (the relay's lag included). Only the changed part is measured:
+//!   the real `orders.create` also calls users and inventory, which would
+//!   dilute the difference.
+//! - **hot sku**: the inventory service's `inventory.reserve` with every
+//!   caller on one sku, against every caller on a sku of its own (the
+//!   baseline): what queueing writers of one key costs, and that none of
+//!   them is refused.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use contracts::Item;
+use contracts::inventory::{self, Reservation, Reserve, Restock, Stock};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use switchboard::ServiceError;
+use switchboard::client::Client;
+use switchboard::events::{Consumers, Event, Publisher, StreamSpec};
+use switchboard::service::{Context, Endpoint, Service};
+use switchboard::shutdown::Shutdown;
+use switchboard::state::StateStore;
+use switchboard::testing::TestServer;
+use tokio::sync::Notify;
+
+use crate::Settings;
+use crate::drive::{Caller, drive};
+use crate::report::{Report, Run};
+
+/// Callers in flight, as in the issue's hot-sku target.
+const CALLERS: usize = 32;
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+struct NewOrder {
+    user_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+struct Placed {
+    id: String,
+    user_id: String,
+    created_at: String,
+}
+
+pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
+    outbox(settings, report).await?;
+    hot_sku(settings, report).await
+}
+
+#[derive(Clone)]
+struct Create {
+    client: Client,
+    subject: &'static str,
+}
+
+impl Caller for Create {
+    async fn call(&self) -> bool {
+        let order = NewOrder {
+            user_id: "u-bench".into(),
+        };
+        self.client
+            .call::<_, Placed>(self.subject, &order)
+            .await
+            .is_ok()
+    }
+}
+
+async fn outbox(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
+    let scenario = "outbox";
+    println!("{scenario} (orders.create-shaped: store + event, {CALLERS} in flight)");
+    let server = TestServer::start().await?;
+    let nats = server.client().await?;
+    let js = jetstream::new(nats.clone());
+    StreamSpec::new("DIRECT", ["events.direct.>"])
+        .ensure(&js)
+        .await?;
+    StreamSpec::new("OUTBOX", ["events.outbox.>"])
+        .ensure(&js)
+        .await?;
+    let direct: StateStore<Placed> = StateStore::open(&js, "direct", 1).await?;
+    let outboxed: StateStore<Placed> = StateStore::open(&js, "outboxed", 1).await?;
+    let mut relay = Consumers::new(js.clone());
+    relay.relay(&outboxed);
+    let (to_direct, to_outbox) = (
+        (direct, Publisher::new(js.clone(), "orders")),
+        (outboxed, Publisher::new(js.clone(), "orders")),
+    );
+    let _service = Service::builder("bench", "1.0.0")
+        .endpoint(
+            Endpoint::new("direct", move |_ctx: Context, req: NewOrder| {
+                let (store, events) = to_direct.clone();
+                async move {
+                    let order = placed(req);
+                    store.create(&order.id, &order).await?;
+                    let event = Event::new(order.clone()).id(format!("{}-created", order.id));
+                    events.publish("events.direct.created", &event).await?;
+                    Ok::<_, ServiceError>(order)
+                }
+            })
+            .max_in_flight(1024),
+        )
+        .endpoint(
+            Endpoint::new("outbox", move |_ctx: Context, req: NewOrder| {
+                let (store, events) = to_outbox.clone();
+                async move {
+                    let order = placed(req);
+                    let event = Event::new(order.clone()).id(format!("{}-created", order.id));
+                    let mut tx = store.transaction();
+                    tx.create(&store, &order.id, &order)?.publish(
+                        &events,
+                        "events.outbox.created",
+                        &event,
+                    )?;
+                    tx.commit().await?;
+                    Ok::<_, ServiceError>(order)
+                }
+            })
+            .max_in_flight(1024),
+        )
+        .start(nats.clone())
+        .await?;
+    nats.flush().await?;
+    let client = Client::new(server.client().await?);
+    let pid = server.pid();
+    let call = |subject| Create {
+        client: client.clone(),
+        subject,
+    };
+    let mut end_to_end = Vec::new();
+    let mut baseline = None;
+    for (variant, subject, stream) in [
+        ("KV create, then publish (before)", "bench.direct", "DIRECT"),
+        ("transaction + outbox relay", "bench.outbox", "OUTBOX"),
+    ] {
+        let started = Instant::now();
+        let run = drive(pid, CALLERS, settings.duration, call(subject)).await?;
+        let requests = report.add_run(scenario, variant, &run, baseline);
+        baseline.get_or_insert(requests);
+        // Events are "done" when the stream has one per answered request.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut stored = 0;
+        while Instant::now() < deadline {
+            stored = js.get_stream(stream).await?.info().await?.state.messages;
+            if stored >= run.ops {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        end_to_end.push((variant, stored, started.elapsed()));
+    }
+    let mut events_baseline = None;
+    for (variant, stored, took) in end_to_end {
+        let run = Run {
+            ops: stored,
+            took,
+            latency_us: None,
+            cpu: None,
+        };
+        let rate = report.add_run("outbox events stored", variant, &run, events_baseline);
+        events_baseline.get_or_insert(rate);
+    }
+    relay.stop().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+fn placed(req: NewOrder) -> Placed {
+    Placed {
+        id: switchboard::state::new_id("o"),
+        user_id: req.user_id,
+        created_at: switchboard::events::now_rfc3339(),
+    }
+}
+
+#[derive(Clone)]
+struct ReserveOne {
+    client: Client,
+    /// `None`: one sku for everyone; else each call takes the next of these.
+    skus: Option<Arc<Vec<String>>>,
+    next: Arc<AtomicU64>,
+    refused: Arc<AtomicU64>,
+}
+
+impl Caller for ReserveOne {
+    async fn call(&self) -> bool {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let sku = match &self.skus {
+            Some(skus) => skus[(n as usize) % skus.len()].clone(),
+            None => "hot".to_owned(),
+        };
+        let request = Reserve {
+            order_id: format!("o-{}", nuid::next()),
+            items: vec![Item { sku, quantity: 1 }],
+        };
+        let reply: Result<Reservation, _> =
+            self.client.call(inventory::RESERVE.subject, &request).await;
+        if reply.is_err() {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        reply.is_ok()
+    }
+}
+
+async fn hot_sku(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
+    let scenario = "hot sku";
+    println!("{scenario} (inventory.reserve, {CALLERS} in flight, 1 unit each)");
+    let server = TestServer::start().await?;
+    let nats = server.client().await?;
+    let stop = Arc::new(Notify::new());
+    let stopped = stop.clone();
+    // Holds outlive the run: nobody confirms them here (no orders service),
+    // and expiring ones would be work the measurement does not want.
+    let service = tokio::spawn(inventory::run_with_hold(
+        nats.clone(),
+        Shutdown::new(async move { stopped.notified().await }),
+        Duration::from_secs(3600),
+    ));
+    let client = Client::new(server.client().await?);
+    let spread: Vec<String> = (0..CALLERS).map(|i| format!("sku-{i}")).collect();
+    // The service needs a moment to subscribe; restocking waits for it.
+    for sku in spread.iter().map(String::as_str).chain(["hot"]) {
+        let restock = Restock {
+            sku: sku.to_owned(),
+            quantity: 1_000_000,
+        };
+        let mut stocked: Result<Stock, _> = client.call(inventory::RESTOCK.subject, &restock).await;
+        for _ in 0..50 {
+            if stocked.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            stocked = client.call(inventory::RESTOCK.subject, &restock).await;
+        }
+        stocked?;
+    }
+    let mut baseline = None;
+    for (variant, skus) in [
+        ("a sku per caller (baseline)", Some(Arc::new(spread))),
+        ("every caller on one sku", None),
+    ] {
+        let caller = ReserveOne {
+            client: client.clone(),
+            skus,
+            next: Arc::default(),
+            refused: Arc::default(),
+        };
+        let run = drive(server.pid(), CALLERS, settings.duration, caller.clone()).await?;
+        let rate = report.add_run(scenario, variant, &run, baseline);
+        baseline.get_or_insert(rate);
+        println!(
+            "  {variant}: {} refused of {}",
+            caller.refused.load(Ordering::Relaxed),
+            run.ops + caller.refused.load(Ordering::Relaxed)
+        );
+    }
+    stop.notify_one();
+    service.await??;
+    Ok(())
+}
