@@ -218,7 +218,7 @@ async fn hot_sku(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
     let stopped = stop.clone();
     // Holds outlive the run: nobody confirms them here (no orders service),
     // and expiring ones would be work the measurement does not want.
-    let service = tokio::spawn(inventory::run_with_hold(
+    let service = tokio::spawn(::inventory::run_with_hold(
         nats.clone(),
         Shutdown::new(async move { stopped.notified().await }),
         Duration::from_secs(3600),
