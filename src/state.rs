@@ -37,7 +37,7 @@ pub use deadlines::{Deadline, deadline_after, parse_time, watch_deadlines};
 pub use key_lock::KeyGuard;
 use key_lock::KeyLocks;
 pub(crate) use transaction::OUTBOX;
-pub use transaction::Transaction;
+pub use transaction::{Attempt, Transaction, commit_retrying};
 
 /// How often [`StateStore::modify`] retries a conflicting write.
 const MODIFY_ATTEMPTS: usize = 16;

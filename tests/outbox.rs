@@ -118,6 +118,16 @@ async fn outbox_entries(f: &Fixture) -> Result<usize, Box<dyn std::error::Error>
     Ok(count)
 }
 
+/// Waits until every outbox entry was published and cleared.
+async fn outbox_cleared(f: &Fixture, within: Duration) -> TestResult {
+    let deadline = Instant::now() + within;
+    while outbox_entries(f).await? > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(outbox_entries(f).await?, 0, "outbox entries left");
+    Ok(())
+}
+
 #[tokio::test]
 async fn crash_between_commit_and_publish_publishes_once_when_a_relay_runs() -> TestResult {
     let f = fixture().await?;
@@ -176,11 +186,7 @@ async fn crash_between_publish_and_ack_publishes_once() -> TestResult {
     assert_eq!(outbox_entries(&f).await?, 1);
     // The next relay publishes it again; JetStream drops the copy.
     let (stop, task) = start_relay(&f);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while outbox_entries(&f).await? > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(outbox_entries(&f).await?, 0, "the entry was handled");
+    outbox_cleared(&f, Duration::from_secs(10)).await?;
     settle_at(&f, 1, Duration::from_secs(1)).await?;
     stop.cancel();
     task.await?;
@@ -204,11 +210,7 @@ async fn relay_killed_mid_round_and_a_second_relay_publish_each_event_once() -> 
     }
     crashing.abort();
     settle_at(&f, ORDERS, outbox::ACK_WAIT + Duration::from_secs(15)).await?;
-    let deadline = Instant::now() + outbox::ACK_WAIT + Duration::from_secs(5);
-    while outbox_entries(&f).await? > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(outbox_entries(&f).await?, 0);
+    outbox_cleared(&f, outbox::ACK_WAIT + Duration::from_secs(5)).await?;
     assert_eq!(stored_events(&f).await?, ORDERS, "each event exactly once");
     stop_b.cancel();
     task_b.await?;

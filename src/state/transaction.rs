@@ -32,6 +32,53 @@ use crate::events::{Event, Publisher};
 /// The key prefix of outbox entries in a bucket.
 pub(crate) const OUTBOX: &str = "outbox";
 
+/// What one try of [`commit_retrying`] decided.
+#[derive(Debug)]
+// Lives for one try, on the stack of one call: boxing would cost an
+// allocation per try for nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Attempt<R> {
+    /// Commit this transaction; `R` is the answer if it commits.
+    Commit(Transaction, R),
+    /// Nothing to write (already done, say): the answer as it is.
+    Done(R),
+}
+
+/// How often [`commit_retrying`] reads and decides again.
+const ATTEMPTS: usize = 16;
+
+/// Read, decide, commit — again from the reading when the commit meets a
+/// concurrent write (another instance's, or an identical request's). Each
+/// try of `attempt` reads what it needs and returns the transaction to
+/// commit with its answer, or an answer without writing.
+///
+/// # Errors
+///
+/// The domain error of `attempt`, a 409 naming `what` after repeated
+/// conflicts, or the store's failure as a [`ServiceError`].
+pub async fn commit_retrying<R, F, Fut>(
+    what: &str,
+    mut attempt: F,
+) -> Result<R, crate::ServiceError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Attempt<R>, crate::ServiceError>>,
+{
+    for _ in 0..ATTEMPTS {
+        match attempt().await? {
+            Attempt::Done(answer) => return Ok(answer),
+            Attempt::Commit(tx, answer) => match tx.commit().await {
+                Ok(()) => return Ok(answer),
+                Err(StateError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            },
+        }
+    }
+    Err(crate::ServiceError::conflict(format!(
+        "{what} keeps changing concurrently; try again"
+    )))
+}
+
 /// Writes and events waiting to be committed together (see the module docs).
 #[derive(Debug)]
 #[must_use = "nothing is written until commit"]

@@ -35,11 +35,11 @@ use switchboard::client::Client;
 use switchboard::events::{Consumers, Event, HandlerError, Publisher, ReceivedEvent};
 use switchboard::service::Context;
 use switchboard::shutdown::Shutdown;
-use switchboard::state::{StateError, StateStore, Transaction, Versioned};
+use switchboard::state::{
+    Attempt, StateError, StateStore, Transaction, Versioned, commit_retrying,
+};
 use switchboard::trace_context::TraceContext;
 
-/// How often a transaction that met another instance's write is retried.
-const ATTEMPTS: usize = 16;
 /// Overrides [`inventory::HOLD`] (milliseconds): tests settle faster.
 const HOLD_ENV: &str = "INVENTORY_HOLD_MS";
 
@@ -172,12 +172,14 @@ async fn reserve(
     let items = canonical_items(&req.items);
     let wanted = per_sku(&items);
     let _turns = inv.stock.lock_keys(wanted.keys().copied()).await?;
-    for _ in 0..ATTEMPTS {
+    let (inv, req, items, wanted) = (&inv, &req, &items, &wanted);
+    let trace = Some(*ctx.trace());
+    commit_retrying("stock", || async move {
         if let Some(existing) = inv.reservations.get(&req.order_id).await? {
-            return same_reservation(existing.value, &items);
+            return same_reservation(existing.value, items).map(Attempt::Done);
         }
         let mut tx = inv.stock.transaction();
-        for (sku, levels) in read_levels(&inv, wanted.keys().copied()).await? {
+        for (sku, levels) in read_levels(inv, wanted.keys().copied()).await? {
             let quantity = wanted.get(sku).copied().unwrap_or_default();
             let (mut next, revision) = levels
                 .map(|v| (v.value, Some(v.revision)))
@@ -202,25 +204,12 @@ async fn reserve(
             expires_at: Some(switchboard::state::deadline_after(inv.hold)),
         };
         tx.create(&inv.reservations, &req.order_id, &hold)?;
-        announce(
-            &inv,
-            &mut tx,
-            inventory::RESERVED,
-            "reserved",
-            &hold,
-            Some(*ctx.trace()),
-        )?;
-        match tx.commit().await {
-            Ok(()) => return Ok(hold),
-            // Another instance changed a level, or an identical request
-            // stored the hold first: read again and decide again.
-            Err(StateError::Conflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ServiceError::conflict(
-        "stock keeps changing concurrently; try again",
-    ))
+        announce(inv, &mut tx, inventory::RESERVED, "reserved", &hold, trace)?;
+        // A conflict (another instance changed a level, an identical
+        // request stored the hold first) reads and decides again.
+        Ok(Attempt::Commit(tx, hold))
+    })
+    .await
 }
 
 async fn release(
@@ -262,10 +251,11 @@ async fn release_order(
     }
     let given_back = per_sku(&first.value.items);
     let _turns = inv.stock.lock_keys(given_back.keys().copied()).await?;
-    for _ in 0..ATTEMPTS {
+    let given_back = &given_back;
+    commit_retrying("stock", || async move {
         let current = inv.reservations.get(order_id).await?.ok_or_else(missing)?;
         if current.value.status == ReservationStatus::Released {
-            return Ok(current.value);
+            return Ok(Attempt::Done(current.value));
         }
         let released = Reservation {
             status: ReservationStatus::Released,
@@ -291,15 +281,9 @@ async fn release_order(
             &released,
             trace,
         )?;
-        match tx.commit().await {
-            Ok(()) => return Ok(released),
-            Err(StateError::Conflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ServiceError::conflict(
-        "stock keeps changing concurrently; try again",
-    ))
+        Ok(Attempt::Commit(tx, released))
+    })
+    .await
 }
 
 /// A hold expired unconfirmed: orders decides (a placed order keeps it, an
