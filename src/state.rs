@@ -29,12 +29,14 @@ use serde::de::DeserializeOwned;
 use crate::error::ServiceError;
 pub use crate::limits::MAX_KEY_LEN;
 
+mod committer;
 mod deadlines;
 mod key_lock;
 mod transaction;
 
 pub use deadlines::{Deadline, deadline_after, parse_time, watch_deadlines};
 pub use key_lock::KeyGuard;
+use committer::Committer;
 use key_lock::KeyLocks;
 pub(crate) use transaction::OUTBOX;
 pub use transaction::{Attempt, Transaction, commit_retrying};
@@ -153,6 +155,7 @@ pub struct StateStore<T> {
     /// Keys of this view start with `<namespace>.` (see [`StateStore::view`]).
     namespace: Option<String>,
     writers: Arc<KeyLocks>,
+    committer: Committer,
     value: PhantomData<fn() -> T>,
 }
 
@@ -178,6 +181,7 @@ impl<T> StateStore<T> {
             bucket: self.bucket.clone(),
             namespace,
             writers: self.writers.clone(),
+            committer: self.committer.clone(),
             value: PhantomData,
         }
     }
@@ -212,7 +216,7 @@ impl<T> StateStore<T> {
 
     /// A transaction on this store's bucket.
     pub fn transaction(&self) -> Transaction {
-        Transaction::new(self.js.client(), &self.bucket)
+        Transaction::new(self.committer.clone(), &self.bucket)
     }
 
     /// Waits until this task is the only writer of each of `keys` in the
@@ -269,6 +273,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
             bucket: bucket.to_owned(),
             namespace: None,
             writers: Arc::default(),
+            committer: Committer::start(js.client()),
             value: PhantomData,
         })
     }

@@ -10,6 +10,9 @@
 //! event is an outbox entry under `outbox.<ce-id>` in the same bucket. The
 //! server stores all of it or none of it; the outbox relay publishes the
 //! entries afterwards (see [`crate::events::Consumers::relay`]).
+//! Transactions of a bucket that wait together share one batch (group
+//! commit, see `committer.rs`), so a busy bucket is not capped by one disk
+//! sync per transaction.
 //!
 //! ```no_run
 //! # async fn demo(stock: switchboard::state::StateStore<u64>, events: switchboard::events::Publisher)
@@ -26,7 +29,8 @@
 use serde::Serialize;
 
 use super::{StateError, StateStore, checked_key, encode, store_err};
-use crate::batch::{self, BatchError, BatchMessage, MAX_ATOMIC_BATCH};
+use super::committer::Committer;
+use crate::batch::{BatchError, BatchMessage, MAX_ATOMIC_BATCH};
 use crate::events::{Event, Publisher};
 
 /// The key prefix of outbox entries in a bucket.
@@ -83,16 +87,16 @@ where
 #[derive(Debug)]
 #[must_use = "nothing is written until commit"]
 pub struct Transaction {
-    nats: async_nats::Client,
+    committer: Committer,
     bucket: String,
     keys: Vec<String>,
     messages: Vec<BatchMessage>,
 }
 
 impl Transaction {
-    pub(super) fn new(nats: async_nats::Client, bucket: &str) -> Self {
+    pub(super) fn new(committer: Committer, bucket: &str) -> Self {
         Transaction {
-            nats,
+            committer,
             bucket: bucket.to_owned(),
             keys: Vec::new(),
             messages: Vec::new(),
@@ -215,8 +219,8 @@ impl Transaction {
         }
         let keys = self.keys.join(", ");
         let action = format!("commit {keys} to {}", self.bucket);
-        match batch::commit(&self.nats, self.messages).await {
-            Ok(_) => Ok(()),
+        match self.committer.commit(self.messages).await {
+            Ok(()) => Ok(()),
             Err(BatchError::WrongLastSequence(_)) => Err(StateError::Conflict {
                 key: crate::limits::truncate(&keys, 200).into_owned(),
             }),
