@@ -34,9 +34,9 @@ mod deadlines;
 mod key_lock;
 mod transaction;
 
+use committer::Committer;
 pub use deadlines::{Deadline, deadline_after, parse_time, watch_deadlines};
 pub use key_lock::KeyGuard;
-use committer::Committer;
 use key_lock::KeyLocks;
 pub(crate) use transaction::OUTBOX;
 pub use transaction::{Attempt, Transaction, commit_retrying};

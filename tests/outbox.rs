@@ -279,3 +279,48 @@ async fn views_share_a_bucket_and_change_together() -> TestResult {
     ));
     Ok(())
 }
+
+#[tokio::test]
+async fn transactions_committed_together_keep_their_own_verdicts() -> TestResult {
+    let f = fixture().await?;
+    place(&f, "o-taken").await?;
+    // Many at once, so the bucket's committer groups them into shared
+    // batches; one of them conflicts (its key exists) and must fail alone.
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let id = if i == 17 {
+            "o-taken".to_owned()
+        } else {
+            format!("o-new-{i}")
+        };
+        let (orders, events) = (f.orders.clone(), f.events.clone());
+        tasks.push(tokio::spawn(async move {
+            let event = created(&id);
+            let mut tx = orders.transaction();
+            tx.create(&orders, &id, &event_data(&event))?.publish(
+                &events,
+                "events.orders.created",
+                &event,
+            )?;
+            tx.commit().await.map(|()| id)
+        }));
+    }
+    let mut committed = 0;
+    for task in tasks {
+        match task.await? {
+            Ok(id) => {
+                assert_ne!(id, "o-taken");
+                committed += 1;
+            }
+            Err(StateError::Conflict { .. }) => {}
+            Err(other) => return Err(other.into()),
+        }
+    }
+    assert_eq!(committed, 63, "every transaction but the conflicting one");
+    assert_eq!(
+        outbox_entries(&f).await?,
+        64,
+        "63 new events and the first order's"
+    );
+    Ok(())
+}

@@ -28,8 +28,8 @@
 
 use serde::Serialize;
 
-use super::{StateError, StateStore, checked_key, encode, store_err};
 use super::committer::Committer;
+use super::{StateError, StateStore, checked_key, encode, store_err};
 use crate::batch::{BatchError, BatchMessage, MAX_ATOMIC_BATCH};
 use crate::events::{Event, Publisher};
 
