@@ -22,6 +22,7 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::jetstream::{self, kv};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -31,14 +32,16 @@ pub use crate::limits::MAX_KEY_LEN;
 
 mod committer;
 mod deadlines;
+mod floor;
 mod key_lock;
 mod transaction;
 
+use crate::events::outbox::{PendingEvent, decode_pending};
 use committer::Committer;
 pub use deadlines::{Deadline, deadline_after, parse_time, watch_deadlines};
+use floor::RelayFloor;
 pub use key_lock::KeyGuard;
 use key_lock::KeyLocks;
-pub(crate) use transaction::OUTBOX;
 pub use transaction::{Attempt, Transaction, commit_retrying};
 
 /// How often [`StateStore::modify`] retries a conflicting write.
@@ -51,6 +54,9 @@ pub struct Versioned<T> {
     pub value: T,
     /// Its revision in the bucket.
     pub revision: u64,
+    /// Events committed with this revision that the relay may not have
+    /// published yet: a write replacing it carries them forward.
+    pub(crate) pending: Vec<PendingEvent>,
 }
 
 /// Errors of the state store; match on the variant.
@@ -156,6 +162,7 @@ pub struct StateStore<T> {
     namespace: Option<String>,
     writers: Arc<KeyLocks>,
     committer: Committer,
+    floor: Arc<RelayFloor>,
     value: PhantomData<fn() -> T>,
 }
 
@@ -182,6 +189,7 @@ impl<T> StateStore<T> {
             namespace,
             writers: self.writers.clone(),
             committer: self.committer.clone(),
+            floor: self.floor.clone(),
             value: PhantomData,
         }
     }
@@ -216,7 +224,7 @@ impl<T> StateStore<T> {
 
     /// A transaction on this store's bucket.
     pub fn transaction(&self) -> Transaction {
-        Transaction::new(self.committer.clone(), &self.bucket)
+        Transaction::new(self.js.clone(), self.committer.clone(), &self.bucket)
     }
 
     /// Waits until this task is the only writer of each of `keys` in the
@@ -267,6 +275,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
                 .map_err(|e| store_err(format!("create bucket {bucket}"))(e))?,
         };
         allow_transactions(js, &kv.stream_name).await?;
+        let floor = Arc::new(RelayFloor::new(kv.stream.clone()));
         Ok(StateStore {
             js: js.clone(),
             kv,
@@ -274,6 +283,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
             namespace: None,
             writers: Arc::default(),
             committer: Committer::start(js.client()),
+            floor,
             value: PhantomData,
         })
     }
@@ -284,22 +294,36 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
     ///
     /// [`StateError::Decode`] or [`StateError::Store`].
     pub async fn get(&self, key: &str) -> Result<Option<Versioned<T>>, StateError> {
-        let entry = self
-            .kv
-            .entry(self.key(key)?)
-            .await
-            .map_err(|e| store_err(format!("read {}/{key}", self.bucket))(e))?;
-        let Some(entry) = entry else { return Ok(None) };
-        if entry.operation != kv::Operation::Put {
+        let full = self.key(key)?;
+        let read = || format!("read {}/{key}", self.bucket);
+        // The raw message, not `kv::Store::entry`: its headers hold the
+        // events a write carries (see `events::outbox`).
+        let subject = format!("{}{full}", self.kv.prefix);
+        let message = match self.kv.stream.direct_get_last_for_subject(subject).await {
+            Ok(message) => message,
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(store_err(read())(e)),
+        };
+        let operation = crate::events::envelope::header(Some(&message.headers), KV_OPERATION);
+        if operation.is_some_and(|op| op != "PUT") {
             return Ok(None);
         }
-        let value = serde_json::from_slice(&entry.value).map_err(|source| StateError::Decode {
-            key: key.to_owned(),
-            source,
-        })?;
+        let value =
+            serde_json::from_slice(&message.payload).map_err(|source| StateError::Decode {
+                key: key.to_owned(),
+                source,
+            })?;
+        let mut pending = decode_pending(Some(&message.headers)).unwrap_or_else(|reason| {
+            tracing::error!(key = %full, %reason, "unreadable outbox events; not carried");
+            Vec::new()
+        });
+        if !pending.is_empty() && self.floor.covers(message.sequence).await {
+            pending.clear();
+        }
         Ok(Some(Versioned {
             value,
-            revision: entry.revision,
+            revision: message.sequence,
+            pending,
         }))
     }
 
@@ -323,48 +347,32 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
     /// # Errors
     ///
     /// [`StateError::AlreadyExists`], or [`StateError::Store`].
-    pub async fn create(&self, key: &str, value: &T) -> Result<u64, StateError> {
-        let bytes = encode(key, value)?;
-        self.kv
-            .create(self.key(key)?, bytes)
-            .await
-            .map_err(|e| match e.kind() {
-                kv::CreateErrorKind::AlreadyExists => StateError::AlreadyExists {
-                    key: key.to_owned(),
-                },
-                _ => store_err(format!("create {}/{key}", self.bucket))(e),
-            })
+    pub async fn create(&self, key: &str, value: &T) -> Result<(), StateError> {
+        let mut tx = self.transaction();
+        tx.create(self, key, value)?;
+        tx.commit().await.map_err(|e| match e {
+            StateError::Conflict { .. } => StateError::AlreadyExists {
+                key: key.to_owned(),
+            },
+            other => other,
+        })
     }
 
-    /// Replaces a value if it is still at `revision`.
+    /// Replaces `current` (as read), if the key is still at its revision;
+    /// events the old value still carries go with the new one.
     ///
     /// # Errors
     ///
     /// [`StateError::Conflict`], or [`StateError::Store`].
-    pub async fn update(&self, key: &str, value: &T, revision: u64) -> Result<u64, StateError> {
-        let bytes = encode(key, value)?;
-        self.kv
-            .update(self.key(key)?, bytes, revision)
-            .await
-            .map_err(|e| match e.kind() {
-                kv::UpdateErrorKind::WrongLastRevision => StateError::Conflict {
-                    key: key.to_owned(),
-                },
-                _ => store_err(format!("update {}/{key}", self.bucket))(e),
-            })
-    }
-
-    /// Stores a value unconditionally.
-    ///
-    /// # Errors
-    ///
-    /// [`StateError::Store`].
-    pub async fn put(&self, key: &str, value: &T) -> Result<u64, StateError> {
-        let bytes = encode(key, value)?;
-        self.kv
-            .put(self.key(key)?, bytes)
-            .await
-            .map_err(|e| store_err(format!("write {}/{key}", self.bucket))(e))
+    pub async fn update(
+        &self,
+        key: &str,
+        value: &T,
+        current: &Versioned<T>,
+    ) -> Result<(), StateError> {
+        let mut tx = self.transaction();
+        tx.update(self, key, value, current)?;
+        tx.commit().await
     }
 
     /// Read-modify-write with optimistic concurrency: `change` gets the
@@ -388,10 +396,9 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
         let _turn = self.writers.lock(&self.key(key)?).await;
         for _ in 0..MODIFY_ATTEMPTS {
             let current = self.get(key).await?;
-            let revision = current.as_ref().map(|c| c.revision);
-            let next = change(current.map(|c| c.value))?;
-            let written = match revision {
-                Some(revision) => self.update(key, &next, revision).await,
+            let next = change(current.as_ref().map(|c| c.value.clone()))?;
+            let written = match &current {
+                Some(current) => self.update(key, &next, current).await,
                 None => self.create(key, &next).await,
             };
             match written {
@@ -459,7 +466,7 @@ impl<T: Serialize + DeserializeOwned + Clone> StateStore<T> {
                 return Ok(Some(Transition::Unchanged(current.value)));
             };
             let mut tx = self.transaction();
-            tx.update(self, key, &next, current.revision)?;
+            tx.update(self, key, &next, &current)?;
             effects(&next, &mut tx)?;
             match tx.commit().await {
                 Ok(()) => return Ok(Some(Transition::Changed(next))),
@@ -490,6 +497,9 @@ async fn allow_transactions(js: &jetstream::Context, stream: &str) -> Result<(),
         .map_err(store_err(format!("prepare stream {stream}")))?;
     Ok(())
 }
+
+/// The KV header that marks a delete or purge.
+const KV_OPERATION: &str = "KV-Operation";
 
 fn encode<T: Serialize>(key: &str, value: &T) -> Result<bytes::Bytes, StateError> {
     serde_json::to_vec(value)

@@ -106,26 +106,36 @@ async fn settle_at(f: &Fixture, expected: u64, within: Duration) -> TestResult {
     Ok(())
 }
 
-async fn outbox_entries(f: &Fixture) -> Result<usize, Box<dyn std::error::Error>> {
-    let kv = f.js.get_key_value("orders").await?;
-    let mut keys = kv.keys().await?;
-    let mut count = 0;
-    while let Some(key) = futures::StreamExt::next(&mut keys).await {
-        if key?.starts_with("outbox.") {
-            count += 1;
-        }
-    }
-    Ok(count)
+/// The outbox header of a key's latest write, if any.
+async fn riding(f: &Fixture, key: &str) -> Result<Option<String>, Box<dyn std::error::Error>> {
+    let message =
+        f.js.get_stream("KV_orders")
+            .await?
+            .direct_get_last_for_subject(format!("$KV.orders.{key}"))
+            .await?;
+    Ok(envelope::header(Some(&message.headers), envelope::OUTBOX))
 }
 
-/// Waits until every outbox entry was published and cleared.
-async fn outbox_cleared(f: &Fixture, within: Duration) -> TestResult {
+/// Waits until the relay has acknowledged every write of the bucket (its
+/// ack floor is the bucket's last sequence).
+async fn relayed(f: &Fixture, within: Duration) -> TestResult {
     let deadline = Instant::now() + within;
-    while outbox_entries(f).await? > 0 && Instant::now() < deadline {
+    loop {
+        let mut stream = f.js.get_stream("KV_orders").await?;
+        let last = stream.info().await?.state.last_sequence;
+        let floor = stream
+            .consumer_info(outbox::RELAY_DURABLE)
+            .await
+            .map(|i| i.ack_floor.stream_sequence)
+            .unwrap_or(0);
+        if floor >= last {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("relay at {floor} of {last}").into());
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(outbox_entries(f).await?, 0, "outbox entries left");
-    Ok(())
 }
 
 #[tokio::test]
@@ -138,10 +148,10 @@ async fn crash_between_commit_and_publish_publishes_once_when_a_relay_runs() -> 
         Some("confirmed".into())
     );
     assert_eq!(stored_events(&f).await?, 0);
-    assert_eq!(
-        outbox_entries(&f).await?,
-        1,
-        "the event waits in the outbox"
+    let waiting = riding(&f, "o-1").await?.unwrap_or_default();
+    assert!(
+        waiting.contains("o-1-created"),
+        "the event rides on the write: {waiting}"
     );
     // Any instance's relay finishes it.
     let (stop, task) = start_relay(&f);
@@ -158,18 +168,13 @@ async fn crash_between_commit_and_publish_publishes_once_when_a_relay_runs() -> 
         Some("o-1-created")
     );
     assert_eq!(
-        envelope::header(headers, envelope::OUTBOX_SUBJECT),
+        envelope::header(headers, envelope::OUTBOX),
         None,
-        "relay bookkeeping stays in the outbox"
+        "outbox bookkeeping stays in the bucket"
     );
     assert_eq!(envelope::header(headers, "Nats-Batch-Id"), None);
     stop.cancel();
     task.await?;
-    assert_eq!(
-        outbox_entries(&f).await?,
-        0,
-        "published entries are cleared"
-    );
     Ok(())
 }
 
@@ -183,10 +188,9 @@ async fn crash_between_publish_and_ack_publishes_once() -> TestResult {
         .publish("events.orders.created", &created("o-2"))
         .await?;
     assert_eq!(stored_events(&f).await?, 1);
-    assert_eq!(outbox_entries(&f).await?, 1);
     // The next relay publishes it again; JetStream drops the copy.
     let (stop, task) = start_relay(&f);
-    outbox_cleared(&f, Duration::from_secs(10)).await?;
+    relayed(&f, Duration::from_secs(10)).await?;
     settle_at(&f, 1, Duration::from_secs(1)).await?;
     stop.cancel();
     task.await?;
@@ -210,7 +214,7 @@ async fn relay_killed_mid_round_and_a_second_relay_publish_each_event_once() -> 
     }
     crashing.abort();
     settle_at(&f, ORDERS, outbox::ACK_WAIT + Duration::from_secs(15)).await?;
-    outbox_cleared(&f, outbox::ACK_WAIT + Duration::from_secs(5)).await?;
+    relayed(&f, outbox::ACK_WAIT + Duration::from_secs(5)).await?;
     assert_eq!(stored_events(&f).await?, ORDERS, "each event exactly once");
     stop_b.cancel();
     task_b.await?;
@@ -235,21 +239,31 @@ async fn a_conflicting_transaction_writes_neither_state_nor_events() -> TestResu
         tx.commit().await,
         Err(StateError::Conflict { .. })
     ));
-    assert_eq!(outbox_entries(&f).await?, 1, "only the first order's entry");
-    // A stale revision conflicts too; the current one commits.
-    let current = f.orders.get("o-3").await?.ok_or("o-3 missing")?;
+    let waiting = riding(&f, "o-3").await?.unwrap_or_default();
+    assert!(
+        !waiting.contains("o-3-other"),
+        "the refused event is not kept: {waiting}"
+    );
+    // A stale read conflicts too; the current one commits.
+    let stale = f.orders.get("o-3").await?.ok_or("o-3 missing")?;
+    let noted = Order {
+        status: "noted".into(),
+        ..stale.value.clone()
+    };
+    f.orders.update("o-3", &noted, &stale).await?;
     let cancelled = Order {
         status: "cancelled".into(),
-        ..current.value.clone()
+        ..stale.value.clone()
     };
-    let mut stale = f.orders.transaction();
-    stale.update(&f.orders, "o-3", &cancelled, current.revision + 7)?;
+    let mut late = f.orders.transaction();
+    late.update(&f.orders, "o-3", &cancelled, &stale)?;
     assert!(matches!(
-        stale.commit().await,
+        late.commit().await,
         Err(StateError::Conflict { .. })
     ));
+    let current = f.orders.get("o-3").await?.ok_or("o-3 missing")?;
     let mut fresh = f.orders.transaction();
-    fresh.update(&f.orders, "o-3", &cancelled, current.revision)?;
+    fresh.update(&f.orders, "o-3", &cancelled, &current)?;
     fresh.commit().await?;
     assert_eq!(
         f.orders.get("o-3").await?.map(|v| v.value.status),
@@ -317,10 +331,52 @@ async fn transactions_committed_together_keep_their_own_verdicts() -> TestResult
         }
     }
     assert_eq!(committed, 63, "every transaction but the conflicting one");
-    assert_eq!(
-        outbox_entries(&f).await?,
-        64,
-        "63 new events and the first order's"
+    let (stop, task) = start_relay(&f);
+    settle_at(&f, 64, Duration::from_secs(10)).await?;
+    stop.cancel();
+    task.await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_overwrite_before_the_relay_carries_the_events_forward() -> TestResult {
+    let f = fixture().await?;
+    // Created and cancelled before any relay ran: the bucket keeps one
+    // revision per key, so the created write's message is gone — its event
+    // must ride on the cancel's.
+    place(&f, "o-5").await?;
+    let current = f.orders.get("o-5").await?.ok_or("o-5 missing")?;
+    let cancelled = Order {
+        status: "cancelled".into(),
+        ..current.value.clone()
+    };
+    let event = Event::new(cancelled.clone())
+        .id("o-5-cancelled")
+        .subject("o-5");
+    let mut tx = f.orders.transaction();
+    tx.update(&f.orders, "o-5", &cancelled, &current)?.publish(
+        &f.events,
+        "events.orders.cancelled",
+        &event,
+    )?;
+    tx.commit().await?;
+    let waiting = riding(&f, "o-5").await?.unwrap_or_default();
+    assert!(
+        waiting.contains("o-5-created") && waiting.contains("o-5-cancelled"),
+        "both ride on the last write: {waiting}"
     );
+    let (stop, task) = start_relay(&f);
+    settle_at(&f, 2, Duration::from_secs(10)).await?;
+    relayed(&f, Duration::from_secs(10)).await?;
+    stop.cancel();
+    task.await?;
+    // Published events are not carried any further.
+    let current = f.orders.get("o-5").await?.ok_or("o-5 missing")?;
+    let noted = Order {
+        status: "archived".into(),
+        ..current.value.clone()
+    };
+    f.orders.update("o-5", &noted, &current).await?;
+    assert_eq!(riding(&f, "o-5").await?, None, "nothing left to publish");
     Ok(())
 }

@@ -110,9 +110,10 @@ pub fn set_message_id(headers: &mut HeaderMap, id: &str) {
     headers.insert(static_name(NATS_MSG_ID), id);
 }
 
-/// Where the outbox relay publishes an entry: the event's NATS subject,
-/// kept beside its CloudEvents headers in the outbox entry.
-pub const OUTBOX_SUBJECT: &str = "Switchboard-Outbox-Subject";
+/// The events a state write implies, on the KV message of that write
+/// until the bucket's outbox relay has published them (a JSON array of
+/// `{subject, headers, data}`; see `events::outbox`).
+pub const OUTBOX: &str = "Switchboard-Outbox";
 
 /// Reads a header as text (for code that must pass headers through, such
 /// as dead letters).

@@ -4,65 +4,123 @@
 //!
 //! # What is written, in which order
 //!
-//! 1. **Commit** ([`Transaction`](crate::state::Transaction)): one ADR-50
-//!    atomic batch on the bucket's stream holds the state writes (each
-//!    with its expected revision) and, per event, an outbox entry: key
-//!    `outbox.<ce-id>`, the event's payload, its CloudEvents headers and
-//!    the subject to publish to (`Switchboard-Outbox-Subject`). All or
-//!    nothing: there is no state without its events, no event without its
-//!    state.
+//! 1. **Commit** ([`Transaction`](crate::state::Transaction)): the events
+//!    ride on the KV message of the state write itself, in the
+//!    `Switchboard-Outbox` header (subject, CloudEvents headers and data of
+//!    each). One message — one compare-and-set write, as fast as a plain
+//!    update — or, for a change of several keys, one ADR-50 atomic batch.
+//!    There is no state without its events and no event without its state.
 //! 2. **Publish** ([`relay`]): a durable pull consumer `outbox` on the
-//!    bucket's stream, filtered to `outbox.>`, receives the entry and
-//!    publishes it to its subject with `Nats-Msg-Id` = `ce-id`, waiting for
-//!    the stream's ack.
-//! 3. **Clear**: the entry is purged (a purge marker that expires after a
-//!    minute, so the bucket does not grow with every event ever published).
-//! 4. **Ack** the entry to the relay consumer.
+//!    bucket's stream receives every write; one that carries events has
+//!    them published with `Nats-Msg-Id` = `ce-id`, waiting for the acks.
+//! 3. **Ack** the write to the relay consumer: its ack floor is how far
+//!    the bucket's events are published.
+//!
+//! A write that replaces a value whose events are not yet published (its
+//! revision is above the relay's ack floor) carries them forward onto the
+//! new message, so an overwrite never loses them — the bucket keeps one
+//! revision per key, and the server drops the old message. A repeat
+//! publish is a duplicate (below).
 //!
 //! # What a crash at each step leaves, and how it is finished
 //!
 //! | crash | left behind | finished by |
 //! |---|---|---|
-//! | before 1 completes | nothing (the batch is not committed) | the caller's retry, if any |
-//! | between 1 and 2 | the entry, unacked | redelivery to any relay instance after [`ACK_WAIT`] |
-//! | during 2 (sent, ack lost) | the event stored, the entry unacked | redelivery: published again, dropped by JetStream as a duplicate (same `Nats-Msg-Id`) |
-//! | between 2 and 3 | as above | as above, then purged |
-//! | between 3 and 4 | nothing to publish: the entry is gone | the server never redelivers a purged message |
+//! | before 1 completes | nothing (the write is not stored) | the caller's retry, if any |
+//! | between 1 and 2 | the write with its events, unacked | redelivery to any relay instance after [`ACK_WAIT`] |
+//! | during 2 (sent, acks lost) | events stored, the write unacked | redelivery: published again, dropped by JetStream as duplicates (same `Nats-Msg-Id`) |
+//! | between 2 and 3 | as above | as above |
+//! | anywhere, then the key is written again | the new write carries the events forward | the relay, from the new write |
 //!
 //! The duplicate window of the event stream (2 minutes by default) covers a
 //! relay restart; a re-publish later than that is still one effect, because
 //! consumers that declare [`idempotent`](super::ConsumerSpec::idempotent)
 //! handling key their effect by `ce-id`.
 //!
-//! Order: entries are published in commit order; a publish that fails is
-//! retried later, after entries committed after it (events of one record
+//! Order: events are published in commit order; a publish that fails is
+//! retried later, after events committed after it (events of one record
 //! that must be seen in order are ordered by their consumers' lanes).
 
 use std::future::Future;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer::pull, kv};
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures::StreamExt;
+use serde::{Deserialize, Serialize};
 
 use super::EventError;
-use super::envelope::{self, CE_ID, NATS_MSG_ID, OUTBOX_SUBJECT};
+use super::envelope::{self, NATS_MSG_ID, OUTBOX};
 use crate::codec::static_name;
 
 /// The durable name of every bucket's relay consumer.
 pub const RELAY_DURABLE: &str = "outbox";
-/// How long an entry may stay unacknowledged before another relay takes it.
+/// How long a write may stay unacknowledged before another relay takes it.
 pub const ACK_WAIT: Duration = Duration::from_secs(10);
-/// How long a purge marker stays before the server removes it.
-const MARKER_TTL: Duration = Duration::from_secs(60);
-/// Most entries handled as one round (publishes in flight together).
+/// Most writes handled as one round (their publishes in flight together).
 const ROUND: usize = 256;
 /// Wait before a failed publish is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// The KV operation header (a purge marker is not an entry).
-const KV_OPERATION: &str = "KV-Operation";
+/// One event waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PendingEvent {
+    subject: String,
+    headers: Vec<(String, String)>,
+    data: String,
+}
 
-/// Publishes the outbox entries of `bucket` until `shutdown` (see the
+impl PendingEvent {
+    pub(crate) fn new(
+        subject: &str,
+        headers: &HeaderMap,
+        payload: &[u8],
+    ) -> Result<Self, EventError> {
+        let mut pairs = Vec::new();
+        for (name, values) in headers.iter() {
+            for value in values {
+                pairs.push((name.to_string(), value.as_str().to_owned()));
+            }
+        }
+        let data = String::from_utf8(payload.to_vec()).map_err(|e| EventError::JetStream {
+            action: format!("keep an event for {subject} in the outbox"),
+            message: "the event's data is not UTF-8 JSON".to_owned(),
+            source: Some(Box::new(e)),
+        })?;
+        Ok(PendingEvent {
+            subject: subject.to_owned(),
+            headers: pairs,
+            data,
+        })
+    }
+
+    fn id(&self) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(name, _)| name == envelope::CE_ID)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// The `Switchboard-Outbox` header value for `events` (compact JSON: one
+/// line, as a header must be).
+pub(crate) fn encode_pending(events: &[PendingEvent]) -> String {
+    serde_json::to_string(events).unwrap_or_default()
+}
+
+/// The events a message carries (none without the header).
+///
+/// # Errors
+///
+/// A header that is not a list of events (written by hand).
+pub(crate) fn decode_pending(headers: Option<&HeaderMap>) -> Result<Vec<PendingEvent>, String> {
+    match envelope::header(headers, OUTBOX) {
+        None => Ok(Vec::new()),
+        Some(text) => serde_json::from_str(&text).map_err(|e| e.to_string()),
+    }
+}
+
+/// Publishes the events committed in `bucket` until `shutdown` (see the
 /// module docs). Every instance of the owning service runs one; they share
 /// the durable consumer.
 ///
@@ -79,13 +137,12 @@ pub async fn relay(
         .get_key_value(&bucket)
         .await
         .map_err(|e| EventError::js(format!("open bucket {bucket}"))(e))?;
-    let prefix = format!("$KV.{bucket}.");
     let consumer = kv
         .stream
         .create_consumer(pull::Config {
             durable_name: Some(RELAY_DURABLE.to_owned()),
-            description: Some(format!("publishes the outbox entries of {bucket}")),
-            filter_subject: format!("{prefix}{}.>", crate::state::OUTBOX),
+            description: Some(format!("publishes the events committed in {bucket}")),
+            filter_subject: format!("$KV.{bucket}.>"),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait: ACK_WAIT,
             max_ack_pending: 4 * ROUND as i64,
@@ -111,18 +168,18 @@ pub async fn relay(
                 round = rounds.next() => round,
             };
             let Some(round) = round else { break };
-            let mut entries = Vec::with_capacity(round.len());
+            let mut writes = Vec::with_capacity(round.len());
             let mut broken = false;
             for message in round {
                 match message {
-                    Ok(message) => entries.push(message),
+                    Ok(message) => writes.push(message),
                     Err(error) => {
                         tracing::warn!(%bucket, %error, "outbox relay stream broke; fetching again");
                         broken = true;
                     }
                 }
             }
-            publish_round(&js, &kv, &prefix, entries).await;
+            publish_round(&js, writes).await;
             if broken {
                 break;
             }
@@ -130,97 +187,113 @@ pub async fn relay(
     }
 }
 
-/// Publishes a round of entries (all in flight together, in order), then
-/// purges and acks those the stream stored.
-async fn publish_round(
-    js: &jetstream::Context,
-    kv: &kv::Store,
-    prefix: &str,
-    entries: Vec<jetstream::Message>,
-) {
-    let mut in_flight = Vec::with_capacity(entries.len());
-    for message in entries {
-        match send(js, &message).await {
-            Sent::Marker => ack(&message, AckKind::Ack).await,
-            Sent::Invalid(reason) => {
-                // Only a hand-written entry can be malformed: keep nothing
-                // that can never be published from blocking the rest.
-                tracing::error!(subject = %message.subject, %reason, "dropping a malformed outbox entry");
+/// Publishes the events of a round of writes (all in flight together, in
+/// order), then acks each write whose events the streams stored.
+async fn publish_round(js: &jetstream::Context, writes: Vec<jetstream::Message>) {
+    let mut in_flight = Vec::with_capacity(writes.len());
+    for message in writes {
+        let events = match decode_pending(message.headers.as_ref()) {
+            Ok(events) => events,
+            Err(reason) => {
+                // Only a hand-written header can be malformed: keep what can
+                // never be published from blocking the rest.
+                tracing::error!(subject = %message.subject, %reason, "dropping malformed outbox events");
                 ack(&message, AckKind::Term).await;
+                continue;
             }
-            Sent::Failed(error) => {
-                tracing::warn!(subject = %message.subject, %error, "outbox publish failed; retrying");
-                ack(&message, AckKind::Nak(Some(RETRY))).await;
-            }
-            Sent::Publishing(ack) => in_flight.push((message, ack)),
+        };
+        if events.is_empty() {
+            ack(&message, AckKind::Ack).await;
+            continue;
         }
+        let mut acks = Vec::with_capacity(events.len());
+        let mut failed = None;
+        for event in &events {
+            match send(js, event).await {
+                Ok(ack) => acks.push(ack),
+                Err(error) => {
+                    failed = Some(error);
+                    break;
+                }
+            }
+        }
+        if let Some(error) = failed {
+            tracing::warn!(subject = %message.subject, %error, "outbox publish failed; retrying");
+            ack(&message, AckKind::Nak(Some(RETRY))).await;
+            continue;
+        }
+        in_flight.push((message, acks));
     }
-    let acks = futures::future::join_all(in_flight.into_iter().map(|(message, ack)| async move {
-        let stored = ack.await;
-        (message, stored)
-    }))
-    .await;
-    let settled = acks.into_iter().map(|(message, stored)| async move {
-        if let Err(error) = stored {
-            tracing::warn!(subject = %message.subject, %error, "outbox event not acknowledged; retrying");
-            ack(&message, AckKind::Nak(Some(RETRY))).await;
-            return;
+    let settled = in_flight.into_iter().map(|(message, acks)| async move {
+        let acks = acks.into_iter().map(std::future::IntoFuture::into_future);
+        for stored in futures::future::join_all(acks).await {
+            if let Err(error) = stored {
+                tracing::warn!(subject = %message.subject, %error, "outbox event not acknowledged; retrying");
+                ack(&message, AckKind::Nak(Some(RETRY))).await;
+                return;
+            }
         }
-        let key = message.subject.strip_prefix(prefix).unwrap_or_default();
-        if let Err(error) = kv.purge_with_ttl(key, MARKER_TTL).await {
-            // Published but not cleared: a redelivery publishes it again,
-            // which JetStream drops as a duplicate.
-            tracing::warn!(%key, %error, "cannot clear a published outbox entry");
-            ack(&message, AckKind::Nak(Some(RETRY))).await;
-            return;
-        }
+        // Lost, the ack means a redelivery: published again, dropped by
+        // JetStream as duplicates.
         ack(&message, AckKind::Ack).await;
     });
     futures::future::join_all(settled).await;
 }
 
-enum Sent {
-    Marker,
-    Invalid(&'static str),
-    Failed(EventError),
-    Publishing(jetstream::context::PublishAckFuture),
-}
-
-async fn send(js: &jetstream::Context, message: &jetstream::Message) -> Sent {
-    let headers = message.headers.as_ref();
-    if envelope::header(headers, KV_OPERATION).is_some_and(|op| op != "PUT") {
-        return Sent::Marker;
-    }
-    let (Some(headers), Some(subject)) = (headers, envelope::header(headers, OUTBOX_SUBJECT))
-    else {
-        return Sent::Invalid("no Switchboard-Outbox-Subject");
+async fn send(
+    js: &jetstream::Context,
+    event: &PendingEvent,
+) -> Result<jetstream::context::PublishAckFuture, EventError> {
+    let Some(id) = event.id() else {
+        return Err(EventError::JetStream {
+            action: format!("publish to {}", event.subject),
+            message: "an outbox event without ce-id".to_owned(),
+            source: None,
+        });
     };
-    let Some(id) = envelope::header(Some(headers), CE_ID) else {
-        return Sent::Invalid("no ce-id");
-    };
-    let mut event_headers = async_nats::HeaderMap::new();
-    for (name, values) in headers.iter() {
-        let name = name.to_string();
-        if name == OUTBOX_SUBJECT || name.starts_with("Nats-") {
-            continue;
-        }
-        for value in values {
-            event_headers.append(name.as_str(), value.as_str());
-        }
+    let mut headers = HeaderMap::new();
+    for (name, value) in &event.headers {
+        headers.append(name.as_str(), value.as_str());
     }
-    event_headers.insert(static_name(NATS_MSG_ID), id.as_str());
-    match js
-        .publish_with_headers(subject.clone(), event_headers, message.payload.clone())
+    headers.insert(static_name(NATS_MSG_ID), id);
+    js.publish_with_headers(event.subject.clone(), headers, event.data.clone().into())
         .await
-    {
-        Ok(ack) => Sent::Publishing(ack),
-        Err(e) => Sent::Failed(EventError::js(format!("publish to {subject}"))(e)),
-    }
+        .map_err(|e| EventError::js(format!("publish to {}", event.subject))(e))
 }
 
 async fn ack(message: &jetstream::Message, kind: AckKind) {
     if let Err(error) = message.ack_with(kind).await {
-        // Unacked: the entry comes back after the ack wait.
+        // Unacked: the write comes back after the ack wait.
         tracing::debug!(subject = %message.subject, %error, "outbox ack failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_events_survive_the_header() {
+        let mut headers = HeaderMap::new();
+        headers.insert(envelope::CE_ID, "o-1-created");
+        headers.insert(envelope::CE_TYPE, "orders.created");
+        let event = PendingEvent::new(
+            "events.orders.created",
+            &headers,
+            br#"{"id":"o-1","note":"line\nbreak"}"#,
+        );
+        let Ok(event) = event else {
+            panic!("not kept: {event:?}");
+        };
+        let text = encode_pending(std::slice::from_ref(&event));
+        assert!(!text.contains(['\r', '\n']), "one header line: {text}");
+        let mut carried = HeaderMap::new();
+        carried.insert(OUTBOX, text.as_str());
+        assert_eq!(decode_pending(Some(&carried)), Ok(vec![event.clone()]));
+        assert_eq!(event.id(), Some("o-1-created"));
+        assert_eq!(decode_pending(None), Ok(Vec::new()));
+        let mut broken = HeaderMap::new();
+        broken.insert(OUTBOX, "[{");
+        assert!(decode_pending(Some(&broken)).is_err());
     }
 }

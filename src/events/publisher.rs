@@ -61,17 +61,16 @@ impl Publisher {
         Ok((headers, payload))
     }
 
-    /// An event as an outbox entry: its CloudEvents headers without
-    /// `Nats-Msg-Id` (the relay adds it when it publishes) and the subject
-    /// to publish to.
-    pub(crate) fn outbox_entry<T: Serialize>(
+    /// An event as it waits in the outbox: subject, CloudEvents headers
+    /// (without `Nats-Msg-Id`: the relay adds it when it publishes) and
+    /// data.
+    pub(crate) fn pending<T: Serialize>(
         &self,
         subject: &str,
         event: &Event<T>,
-    ) -> Result<(async_nats::HeaderMap, bytes::Bytes), EventError> {
-        let (mut headers, payload) = event.encode(&self.source, subject)?;
-        headers.insert(envelope::OUTBOX_SUBJECT, subject);
-        Ok((headers, payload))
+    ) -> Result<super::outbox::PendingEvent, EventError> {
+        let (headers, payload) = event.encode(&self.source, subject)?;
+        super::outbox::PendingEvent::new(subject, &headers, &payload)
     }
 
     async fn send(

@@ -4,15 +4,16 @@
 //! A change that touches two keys with two writes can be cut in half by a
 //! crash (stock taken, reservation never written), and a change followed
 //! by a publish can lose its event (state written, process killed before
-//! the publish). A [`Transaction`] is one ADR-50 atomic batch on the
-//! bucket's stream: each key carries its expected revision (a multi-key
-//! compare-and-set, checked by the server inside the batch), and each
-//! event is an outbox entry under `outbox.<ce-id>` in the same bucket. The
-//! server stores all of it or none of it; the outbox relay publishes the
-//! entries afterwards (see [`crate::events::Consumers::relay`]).
-//! Transactions of a bucket that wait together share one batch (group
-//! commit, see `committer.rs`), so a busy bucket is not capped by one disk
-//! sync per transaction.
+//! the publish). A [`Transaction`] is one write: each key carries its
+//! expected revision (compare-and-set), and the events ride on the first
+//! write's message (`Switchboard-Outbox`), with the events any replaced
+//! value still carried. One key is one plain compare-and-set publish; more
+//! keys are one ADR-50 atomic batch on the bucket's stream (a multi-key
+//! compare-and-set checked by the server). The outbox relay publishes the
+//! events afterwards (see [`crate::events::outbox`]). Transactions of a
+//! bucket that wait together share one batch (group commit, see
+//! `committer.rs`), so a busy bucket is not capped by one disk sync per
+//! transaction.
 //!
 //! ```no_run
 //! # async fn demo(stock: switchboard::state::StateStore<u64>, events: switchboard::events::Publisher)
@@ -20,21 +21,21 @@
 //! use switchboard::events::Event;
 //! let current = stock.get("sku-1").await?.ok_or("no such sku")?;
 //! let mut tx = stock.transaction();
-//! tx.update(&stock, "sku-1", &(current.value - 1), current.revision)?
+//! tx.update(&stock, "sku-1", &(current.value - 1), &current)?
 //!     .publish(&events, "events.stock.taken", &Event::new(1).id("o-1-taken"))?;
 //! tx.commit().await?; // a conflict is StateError::Conflict: re-read and decide again
 //! # Ok(()) }
 //! ```
 
+use async_nats::jetstream::{self, context::PublishErrorKind};
 use serde::Serialize;
 
 use super::committer::Committer;
-use super::{StateError, StateStore, checked_key, encode, store_err};
+use super::{StateError, StateStore, Versioned, encode, store_err};
 use crate::batch::{BatchError, BatchMessage, MAX_ATOMIC_BATCH};
+use crate::events::envelope;
+use crate::events::outbox::{PendingEvent, encode_pending};
 use crate::events::{Event, Publisher};
-
-/// The key prefix of outbox entries in a bucket.
-pub(crate) const OUTBOX: &str = "outbox";
 
 /// What one try of [`commit_retrying`] decided.
 #[derive(Debug)]
@@ -87,19 +88,32 @@ where
 #[derive(Debug)]
 #[must_use = "nothing is written until commit"]
 pub struct Transaction {
+    js: jetstream::Context,
     committer: Committer,
     bucket: String,
-    keys: Vec<String>,
-    messages: Vec<BatchMessage>,
+    writes: Vec<Write>,
+    events: Vec<PendingEvent>,
+}
+
+#[derive(Debug)]
+struct Write {
+    key: String,
+    subject: String,
+    payload: bytes::Bytes,
+    /// The revision replaced; 0: the key must not exist.
+    expect: u64,
+    /// Unpublished events of the value replaced.
+    carried: Vec<PendingEvent>,
 }
 
 impl Transaction {
-    pub(super) fn new(committer: Committer, bucket: &str) -> Self {
+    pub(super) fn new(js: jetstream::Context, committer: Committer, bucket: &str) -> Self {
         Transaction {
+            js,
             committer,
             bucket: bucket.to_owned(),
-            keys: Vec::new(),
-            messages: Vec::new(),
+            writes: Vec::new(),
+            events: Vec::new(),
         }
     }
 
@@ -115,10 +129,10 @@ impl Transaction {
         key: &str,
         value: &U,
     ) -> Result<&mut Self, StateError> {
-        self.write(store, key, value, 0)
+        self.write(store, key, value, None)
     }
 
-    /// Replaces the value of `key` if it is still at `revision`.
+    /// Replaces `current` (as read) if the key is still at its revision.
     ///
     /// # Errors
     ///
@@ -128,12 +142,12 @@ impl Transaction {
         store: &StateStore<U>,
         key: &str,
         value: &U,
-        revision: u64,
+        current: &Versioned<U>,
     ) -> Result<&mut Self, StateError> {
-        self.write(store, key, value, revision)
+        self.write(store, key, value, Some(current))
     }
 
-    /// Writes `value` under `key`, created (`None`) or at a revision.
+    /// Writes `value` under `key`: created (`None`) or replacing `current`.
     ///
     /// # Errors
     ///
@@ -143,7 +157,7 @@ impl Transaction {
         store: &StateStore<U>,
         key: &str,
         value: &U,
-        revision: impl Into<Option<u64>>,
+        current: Option<&Versioned<U>>,
     ) -> Result<&mut Self, StateError> {
         if store.bucket != self.bucket {
             return Err(StateError::OtherBucket {
@@ -152,45 +166,36 @@ impl Transaction {
             });
         }
         let full = store.key(key)?;
-        let message = BatchMessage::new(
-            store.subject(&full),
-            async_nats::HeaderMap::new(),
-            encode(key, value)?,
-        )
-        .expect_last_subject_sequence(revision.into().unwrap_or(0));
-        self.keys.push(full);
-        self.messages.push(message);
+        self.writes.push(Write {
+            subject: store.subject(&full),
+            key: full,
+            payload: encode(key, value)?,
+            expect: current.map_or(0, |c| c.revision),
+            carried: current.map(|c| c.pending.clone()).unwrap_or_default(),
+        });
         Ok(self)
     }
 
     /// Publishes `event` on `subject` once the transaction is committed —
-    /// also if this process dies right after the commit (the outbox relay
-    /// of the bucket publishes it, with `Nats-Msg-Id` = its `ce-id`).
+    /// also if this process dies right after the commit (the bucket's
+    /// outbox relay publishes it, with `Nats-Msg-Id` = its `ce-id`).
     ///
     /// # Errors
     ///
-    /// [`StateError::Event`] for an invalid event, or an id too long to be
-    /// a key.
+    /// [`StateError::Event`] for an invalid event.
     pub fn publish<E: Serialize>(
         &mut self,
         publisher: &Publisher,
         subject: &str,
         event: &Event<E>,
     ) -> Result<&mut Self, StateError> {
-        let (headers, payload) = publisher.outbox_entry(subject, event)?;
-        let key = format!("{OUTBOX}.{}", checked_key(event.event_id())?);
-        let prefix = format!("$KV.{}.", self.bucket);
-        self.messages.push(BatchMessage::new(
-            format!("{prefix}{key}"),
-            headers,
-            payload,
-        ));
+        self.events.push(publisher.pending(subject, event)?);
         Ok(self)
     }
 
     /// Whether nothing was added.
     pub fn is_empty(&self) -> bool {
-        self.messages.is_empty()
+        self.writes.is_empty() && self.events.is_empty()
     }
 
     /// Stores everything or nothing.
@@ -204,27 +209,73 @@ impl Transaction {
     /// must re-read first (its expected revisions make a blind repeat fail
     /// rather than apply twice).
     pub async fn commit(self) -> Result<(), StateError> {
-        if self.messages.is_empty() {
-            return Ok(());
-        }
-        if self.messages.len() > MAX_ATOMIC_BATCH {
+        let action = || format!("commit to {}", self.bucket);
+        if self.writes.is_empty() {
+            if self.events.is_empty() {
+                return Ok(());
+            }
             return Err(StateError::Store {
-                action: format!("commit to {}", self.bucket),
+                action: action(),
+                message: "events need a state write to ride on".to_owned(),
+                source: "a transaction with events and no write".into(),
+            });
+        }
+        if self.writes.len() > MAX_ATOMIC_BATCH {
+            return Err(StateError::Store {
+                action: action(),
                 message: format!(
                     "{} writes; one transaction holds at most {MAX_ATOMIC_BATCH}",
-                    self.messages.len()
+                    self.writes.len()
                 ),
                 source: "transaction too large".into(),
             });
         }
-        let keys = self.keys.join(", ");
-        let action = format!("commit {keys} to {}", self.bucket);
-        match self.committer.commit(self.messages).await {
+        let keys = self
+            .writes
+            .iter()
+            .map(|w| w.key.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let conflict = || StateError::Conflict {
+            key: crate::limits::truncate(&keys, 200).into_owned(),
+        };
+        let mut events = Some(self.events);
+        let mut messages: Vec<BatchMessage> = self
+            .writes
+            .into_iter()
+            .map(|write| {
+                let mut riding = write.carried;
+                riding.extend(events.take().unwrap_or_default());
+                let mut headers = async_nats::HeaderMap::new();
+                if !riding.is_empty() {
+                    headers.insert(envelope::OUTBOX, encode_pending(&riding).as_str());
+                }
+                BatchMessage::new(write.subject, headers, write.payload)
+                    .expect_last_subject_sequence(write.expect)
+            })
+            .collect();
+        if messages.len() == 1
+            && let Some(only) = messages.pop()
+        {
+            // One key: a plain compare-and-set publish, no batch.
+            let stored = self
+                .js
+                .publish_with_headers(only.subject, only.headers, only.payload)
+                .await;
+            let stored = match stored {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            return match stored {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Err(conflict()),
+                Err(e) => Err(store_err(format!("commit {keys} to {}", self.bucket))(e)),
+            };
+        }
+        match self.committer.commit(messages).await {
             Ok(()) => Ok(()),
-            Err(BatchError::WrongLastSequence(_)) => Err(StateError::Conflict {
-                key: crate::limits::truncate(&keys, 200).into_owned(),
-            }),
-            Err(e) => Err(store_err(action)(e)),
+            Err(BatchError::WrongLastSequence(_)) => Err(conflict()),
+            Err(e) => Err(store_err(format!("commit {keys} to {}", self.bucket))(e)),
         }
     }
 }

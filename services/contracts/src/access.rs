@@ -222,9 +222,9 @@ impl ServiceAccess {
             }
             allow.push(format!("$JS.API.DIRECT.GET.KV_{bucket}.>"));
             allow.push(format!("$KV.{bucket}.>"));
-            // The outbox relay (a durable pull consumer) and deadline
-            // watches (ordered consumers, which answer flow control and
-            // replace themselves after a gap).
+            // The outbox relay (a durable pull consumer; its ack floor is
+            // read by writers) and deadline watches (ordered consumers,
+            // which answer flow control and replace themselves after a gap).
             let relay = switchboard::events::outbox::RELAY_DURABLE;
             let stream = format!("KV_{bucket}");
             allow.push(format!("$JS.API.CONSUMER.CREATE.{stream}"));

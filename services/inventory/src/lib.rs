@@ -181,9 +181,7 @@ async fn reserve(
         let mut tx = inv.stock.transaction();
         for (sku, levels) in read_levels(inv, wanted.keys().copied()).await? {
             let quantity = wanted.get(sku).copied().unwrap_or_default();
-            let (mut next, revision) = levels
-                .map(|v| (v.value, Some(v.revision)))
-                .unwrap_or_default();
+            let mut next = levels.as_ref().map(|v| v.value.clone()).unwrap_or_default();
             if next.available < quantity {
                 return Err(ServiceError::conflict(format!(
                     "{sku}: {} available, {quantity} requested",
@@ -195,7 +193,7 @@ async fn reserve(
             }
             next.available -= quantity;
             next.reserved += quantity;
-            tx.write(&inv.stock, sku, &next, revision)?;
+            tx.write(&inv.stock, sku, &next, levels.as_ref())?;
         }
         let hold = Reservation {
             order_id: req.order_id.clone(),
@@ -263,15 +261,13 @@ async fn release_order(
             ..current.value.clone()
         };
         let mut tx = inv.stock.transaction();
-        tx.update(&inv.reservations, order_id, &released, current.revision)?;
+        tx.update(&inv.reservations, order_id, &released, &current)?;
         for (sku, levels) in read_levels(inv, given_back.keys().copied()).await? {
             let quantity = given_back.get(sku).copied().unwrap_or_default();
-            let (mut next, revision) = levels
-                .map(|v| (v.value, Some(v.revision)))
-                .unwrap_or_default();
+            let mut next = levels.as_ref().map(|v| v.value.clone()).unwrap_or_default();
             next.reserved = next.reserved.saturating_sub(quantity);
             next.available += quantity;
-            tx.write(&inv.stock, sku, &next, revision)?;
+            tx.write(&inv.stock, sku, &next, levels.as_ref())?;
         }
         announce(
             inv,
