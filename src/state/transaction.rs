@@ -5,9 +5,9 @@
 //! crash (stock taken, reservation never written), and a change followed
 //! by a publish can lose its event (state written, process killed before
 //! the publish). A [`Transaction`] is one write: each key carries its
-//! expected revision (compare-and-set), and the events ride on the first
-//! write's message (`Switchboard-Outbox`), with the events any replaced
-//! value still carried. One key is one plain compare-and-set publish; more
+//! expected revision (compare-and-set), and the events ride on one write's
+//! message (`Switchboard-Outbox`: the first key created, else the first
+//! key written), with the events any replaced value still carried. One key is one plain compare-and-set publish; more
 //! keys are one ADR-50 atomic batch on the bucket's stream (a multi-key
 //! compare-and-set checked by the server). The outbox relay publishes the
 //! events afterwards (see [`crate::events::outbox`]). Transactions of a
@@ -239,13 +239,19 @@ impl Transaction {
         let conflict = || StateError::Conflict {
             key: crate::limits::truncate(&keys, 200).into_owned(),
         };
+        // The events ride on the first key created (a new record, not a hot
+        // one that the next change overwrites at once), else the first write.
+        let carrier = self.writes.iter().position(|w| w.expect == 0).unwrap_or(0);
         let mut events = Some(self.events);
         let mut messages: Vec<BatchMessage> = self
             .writes
             .into_iter()
-            .map(|write| {
+            .enumerate()
+            .map(|(index, write)| {
                 let mut riding = write.carried;
-                riding.extend(events.take().unwrap_or_default());
+                if index == carrier {
+                    riding.extend(events.take().unwrap_or_default());
+                }
                 let mut headers = async_nats::HeaderMap::new();
                 if !riding.is_empty() {
                     headers.insert(envelope::OUTBOX, encode_pending(&riding).as_str());
