@@ -6,10 +6,10 @@
 //! cannot both win: [`StateStore::modify`] re-reads and retries on conflict.
 //!
 //! A change that spans several keys of one bucket, or that implies events,
-//! is one [`Transaction`]: every key with its expected revision and the
-//! events as outbox entries, committed all or nothing (ADR-50 atomic
-//! batch); the outbox relay ([`crate::events::Consumers::relay`]) then
-//! publishes the events. Records of different types share a bucket through
+//! is one [`Transaction`]: every key with its expected revision, the events
+//! riding on the write, committed all or nothing (one compare-and-set
+//! publish, or an ADR-50 atomic batch for several keys); the outbox relay
+//! ([`crate::events::Consumers::relay`]) then publishes the events. Records of different types share a bucket through
 //! [`StateStore::view`] (stock levels and reservations, say), so that they
 //! can change together.
 //!
@@ -249,8 +249,8 @@ impl<T> StateStore<T> {
 
 impl<T: Serialize + DeserializeOwned> StateStore<T> {
     /// Opens the bucket, creating it (file storage, `replicas`) if missing,
-    /// and lets its stream take atomic batches (transactions) and
-    /// per-message TTLs (the outbox's purge markers expire).
+    /// and lets its stream take atomic batches (transactions of several
+    /// keys).
     ///
     /// # Errors
     ///
@@ -480,18 +480,17 @@ impl<T: Serialize + DeserializeOwned + Clone> StateStore<T> {
     }
 }
 
-/// Lets the bucket's stream take atomic batches and per-message TTLs
-/// (once; nothing else of the bucket's configuration changes).
+/// Lets the bucket's stream take atomic batches (once; nothing else of
+/// the bucket's configuration changes).
 async fn allow_transactions(js: &jetstream::Context, stream: &str) -> Result<(), StateError> {
     let read = || format!("read stream {stream}");
     let mut handle = js.get_stream(stream).await.map_err(store_err(read()))?;
     let info = handle.info().await.map_err(store_err(read()))?;
     let mut config = info.config.clone();
-    if config.allow_atomic_publish && config.allow_message_ttl {
+    if config.allow_atomic_publish {
         return Ok(());
     }
     config.allow_atomic_publish = true;
-    config.allow_message_ttl = true;
     js.update_stream(config)
         .await
         .map_err(store_err(format!("prepare stream {stream}")))?;

@@ -109,8 +109,8 @@ async fn load(client: Client, users: Vec<String>, told: Arc<Mutex<Told>>, until:
 }
 
 /// The records of a KV bucket whose key is plain (`view` = `None`) or in
-/// a view (`reservation.<id>`), by their `id_field`; outbox entries and
-/// other views are left out.
+/// a view (`reservation.<id>`), by their `id_field`; other views are left
+/// out.
 async fn records(
     js: &jetstream::Context,
     name: &str,

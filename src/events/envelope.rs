@@ -54,7 +54,8 @@ pub struct EnvelopeError(pub String);
 
 /// Headers of an event in binary content mode. Publishing adds
 /// `Nats-Msg-Id` = `ce-id` ([`set_message_id`]) so JetStream drops a
-/// re-publish of the same fact; an outbox entry is stored without it.
+/// re-publish of the same fact; an event waiting in the outbox is kept
+/// without it.
 pub fn event_headers(attributes: &EventAttributes, trace: Option<&TraceContext>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(static_name(CE_SPECVERSION), SPEC_VERSION);

@@ -8,7 +8,10 @@
 //! Consumers ([`consumer::run`]) ack, nak with backoff, or dead-letter
 //! according to the handler's result, and can make the effect exactly-once
 //! per event id ([`Idempotency`]). Dead letters keep everything needed to
-//! understand and replay them ([`DeadLetters`]).
+//! understand and replay them ([`DeadLetters`]). Events that must not exist
+//! without a state change (or the change without them) are committed with
+//! it in a [`Transaction`](crate::state::Transaction) and published by the
+//! bucket's [`outbox`] relay.
 //!
 //! ```no_run
 //! use std::time::Duration;

@@ -60,7 +60,7 @@ const ATTEMPTS: usize = 16;
 /// # Errors
 ///
 /// The domain error of `attempt`, a 409 naming `what` after repeated
-/// conflicts, or the store's failure as a [`ServiceError`].
+/// conflicts, or the store's failure as a [`ServiceError`](crate::ServiceError).
 pub async fn commit_retrying<R, F, Fut>(
     what: &str,
     mut attempt: F,
