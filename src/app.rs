@@ -33,6 +33,9 @@ pub enum AppError {
     /// A state bucket failed.
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    /// The configuration is invalid (e.g. `SWITCHBOARD_REPLICAS`).
+    #[error(transparent)]
+    Replicas(#[from] crate::replication::ReplicasError),
     /// A background task panicked or was cancelled.
     #[error("a background task failed: {0}")]
     Task(String),
@@ -78,6 +81,7 @@ where
                 return ExitCode::FAILURE;
             }
         };
+        crate::replication::warn_if_under_replicated(&nats);
         let result = run(nats.clone(), Shutdown::new(crate::shutdown::signal())).await;
         if let Err(error) = nats.drain().await {
             tracing::warn!(%error, "cannot drain the connection");

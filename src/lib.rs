@@ -24,6 +24,7 @@
 //! | [`nats_context`] | the `nats` CLI context for operators |
 //! | [`state`] | typed KV state with optimistic concurrency; multi-key transactions with an outbox |
 //! | `batch` | ADR-50 atomic batches: all-or-nothing writes into one stream |
+//! | [`replication`] | how many copies of streams and buckets: configuration, migrated in place |
 //! | [`shutdown`] | the shutdown future processes are given |
 //! | [`process`] | SIGTERM-then-SIGKILL stop of child processes |
 //! | [`telemetry`] | logging set-up |
@@ -82,6 +83,7 @@ pub mod limits;
 pub mod micro;
 pub mod nats_context;
 pub mod process;
+pub mod replication;
 pub mod server;
 pub mod service;
 pub mod shutdown;

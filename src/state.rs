@@ -248,9 +248,10 @@ impl<T> StateStore<T> {
 }
 
 impl<T: Serialize + DeserializeOwned> StateStore<T> {
-    /// Opens the bucket, creating it (file storage, `replicas`) if missing,
-    /// and lets its stream take atomic batches (transactions of several
-    /// keys).
+    /// Opens the bucket, creating it (file storage, `replicas`) if missing
+    /// or changing its replica count in place if it differs (see
+    /// [`crate::replication`]), and lets its stream take atomic batches
+    /// (transactions of several keys).
     ///
     /// # Errors
     ///
@@ -262,7 +263,16 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
         replicas: usize,
     ) -> Result<Self, StateError> {
         let kv = match js.get_key_value(bucket).await {
-            Ok(kv) => kv,
+            Ok(kv) => {
+                crate::replication::migrate(js, &kv.stream_name, replicas)
+                    .await
+                    .map_err(|e| StateError::Store {
+                        action: format!("set the replicas of bucket {bucket}"),
+                        message: e.to_string(),
+                        source: e,
+                    })?;
+                kv
+            }
             Err(_) => js
                 .create_key_value(kv::Config {
                     bucket: bucket.to_owned(),

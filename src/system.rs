@@ -267,6 +267,11 @@ impl System {
         })
     }
 
+    /// The operator's connection (`admin`).
+    pub fn admin(&self) -> &async_nats::Client {
+        &self.admin
+    }
+
     /// Client URL of the server in use.
     pub fn url(&self) -> &str {
         &self.url

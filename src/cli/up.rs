@@ -43,6 +43,10 @@ pub struct UpArgs {
     /// Do not write the `nats` CLI context.
     #[arg(long)]
     no_context: bool,
+    /// Copies JetStream keeps of every stream and bucket (1-5; 3 on a
+    /// cluster). Existing ones are changed in place.
+    #[arg(long, env = "SWITCHBOARD_REPLICAS", value_parser = clap::value_parser!(u8).range(1..=5))]
+    replicas: Option<u8>,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -87,6 +91,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if args.no_context {
         config.context_dir = None;
     }
+    let replicas = usize::from(args.replicas.unwrap_or(1));
+    config.service_env.push((
+        switchboard::replication::REPLICAS_ENV.to_owned(),
+        replicas.to_string(),
+    ));
     let width = config.services.iter().map(String::len).max().unwrap_or(0);
     let sink = Arc::new(move |name: &str, line: &str| {
         let mut out = std::io::stdout().lock();
@@ -97,6 +106,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         system = System::start(config, sink) => system?,
         () = &mut shutdown => return Ok(()),
     };
+    let nodes = switchboard::replication::cluster_nodes(system.admin());
+    if let Some(advice) = switchboard::replication::advice(replicas, nodes) {
+        say(format_args!("switchboard: warning: {advice}"));
+    }
     if let Some(pid) = system.server_pid() {
         say(format_args!(
             "switchboard: nats-server pid {pid} listening on {}",

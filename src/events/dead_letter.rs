@@ -67,6 +67,8 @@ impl DeadLetters {
     pub async fn open(js: &jetstream::Context) -> Result<Self, EventError> {
         let mut spec = StreamSpec::new(DLQ_STREAM, ["dlq.>"]);
         spec.max_age = Duration::from_secs(30 * 24 * 3600);
+        // A bad setting stopped the service at start; here it is 1.
+        spec.replicas = crate::replication::replicas().unwrap_or(1);
         spec.ensure(js).await?;
         let stream = js
             .get_stream(DLQ_STREAM)

@@ -65,8 +65,18 @@ impl Idempotency {
         ttl: Duration,
         stale_after: Duration,
     ) -> Result<Self, EventError> {
+        let replicas = crate::replication::replicas().unwrap_or(1);
         let kv = match js.get_key_value(bucket).await {
-            Ok(kv) => kv,
+            Ok(kv) => {
+                crate::replication::migrate(js, &kv.stream_name, replicas)
+                    .await
+                    .map_err(|e| EventError::JetStream {
+                        action: format!("set the replicas of bucket {bucket}"),
+                        message: e.to_string(),
+                        source: Some(e),
+                    })?;
+                kv
+            }
             Err(_) => js
                 .create_key_value(kv::Config {
                     bucket: bucket.to_owned(),
@@ -74,6 +84,7 @@ impl Idempotency {
                     history: 1,
                     max_age: ttl,
                     storage: jetstream::stream::StorageType::File,
+                    num_replicas: replicas,
                     ..Default::default()
                 })
                 .await

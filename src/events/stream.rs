@@ -131,13 +131,20 @@ impl StreamSpec {
         if differences.is_empty() {
             return Ok(StreamStatus::Unchanged);
         }
-        if !self.update_on_drift {
+        // The replica count follows the deployment (crate::replication):
+        // NATS changes it in place, moving the data, so it is no drift.
+        let only_replicas = differences.iter().all(|d| d.starts_with("replicas:"));
+        if only_replicas {
+            tracing::warn!(stream = %self.name, from = info.config.num_replicas, to = wanted.num_replicas, "replicas changed");
+        } else if !self.update_on_drift {
             return Err(EventError::StreamDrift {
                 stream: self.name.clone(),
                 differences,
             });
         }
-        tracing::warn!(stream = %self.name, ?differences, "updating a stream that differs from its declaration");
+        if !only_replicas {
+            tracing::warn!(stream = %self.name, ?differences, "updating a stream that differs from its declaration");
+        }
         js.update_stream(wanted)
             .await
             .map_err(|e| EventError::js(format!("update stream {}", self.name))(e))?;

@@ -101,6 +101,9 @@ pub enum ServeError {
     /// The service could not connect to NATS.
     #[error(transparent)]
     Connect(#[from] crate::connect::ConnectError),
+    /// `SWITCHBOARD_REPLICAS` is invalid.
+    #[error(transparent)]
+    Replicas(#[from] crate::replication::ReplicasError),
     /// Subscribing failed.
     #[error("service {service} cannot subscribe: {source}")]
     Subscribe {
@@ -292,7 +295,13 @@ impl ServiceBuilder {
         self.validate()?;
         if !self.streams.is_empty() {
             let js = async_nats::jetstream::new(nats.clone());
+            // The configured replica count wins over the declaration's.
+            let replicas = crate::replication::configured()?;
             for spec in &self.streams {
+                let mut spec = spec.clone();
+                if let Some(replicas) = replicas {
+                    spec.replicas = replicas;
+                }
                 spec.ensure(&js)
                     .await
                     .map_err(|source| ServeError::Stream {

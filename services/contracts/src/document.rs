@@ -362,6 +362,11 @@ pub fn subjects_md_block() -> String {
     let _ = writeln!(out, "\n## Streams and KV buckets\n");
     let _ = writeln!(
         out,
+        "Replicas: `SWITCHBOARD_REPLICAS` (`switchboard up --replicas`), default 1; \
+         existing streams and buckets are changed in place when it changes.\n"
+    );
+    let _ = writeln!(
+        out,
         "| name | kind | subjects | retention | replicas | owner |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|");
@@ -373,12 +378,11 @@ pub fn subjects_md_block() -> String {
             if let Some(spec) = spec {
                 let _ = writeln!(
                     out,
-                    "| `{}` | stream | `{}` | limits, {} days, duplicate window {} s | {} | {} |",
+                    "| `{}` | stream | `{}` | limits, {} days, duplicate window {} s | configured | {} |",
                     spec.name,
                     spec.subjects.join("`, `"),
                     spec.max_age.as_secs() / 86_400,
                     spec.duplicate_window.as_secs(),
-                    spec.replicas,
                     service.user
                 );
             }
@@ -386,13 +390,13 @@ pub fn subjects_md_block() -> String {
     }
     let _ = writeln!(
         out,
-        "| `DLQ` | stream | `dlq.<stream>.<consumer>` | limits, 30 days | 1 | every consumer |"
+        "| `DLQ` | stream | `dlq.<stream>.<consumer>` | limits, 30 days | configured | every consumer |"
     );
     for service in &system {
         for bucket in &service.buckets {
             let _ = writeln!(
                 out,
-                "| `{bucket}` | KV | `$KV.{bucket}.>` | history 1 | 1 | {} |",
+                "| `{bucket}` | KV | `$KV.{bucket}.>` | history 1 | configured | {} |",
                 service.user
             );
         }

@@ -60,7 +60,12 @@ struct Inventory {
 impl Inventory {
     async fn open(nats: &async_nats::Client, hold: Duration) -> Result<Self, AppError> {
         let js = jetstream::new(nats.clone());
-        let stock = StateStore::open(&js, inventory::BUCKET, 1).await?;
+        let stock = StateStore::open(
+            &js,
+            inventory::BUCKET,
+            switchboard::replication::replicas()?,
+        )
+        .await?;
         Ok(Inventory {
             reservations: stock.view(inventory::RESERVATIONS),
             stock,

@@ -28,7 +28,14 @@ const REMEMBER: Duration = Duration::from_secs(7 * 24 * 3600);
 /// When its bucket, consumers or endpoints cannot be set up.
 pub async fn run(nats: async_nats::Client, shutdown: Shutdown) -> Result<(), AppError> {
     let js = jetstream::new(nats.clone());
-    let store: Arc<Store> = Arc::new(StateStore::open(&js, notifications::BUCKET, 1).await?);
+    let store: Arc<Store> = Arc::new(
+        StateStore::open(
+            &js,
+            notifications::BUCKET,
+            switchboard::replication::replicas()?,
+        )
+        .await?,
+    );
     let mut consumers = Consumers::new(js);
     let on_users = store.clone();
     consumers.spawn(

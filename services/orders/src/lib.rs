@@ -41,7 +41,7 @@ pub async fn run(nats: async_nats::Client, shutdown: Shutdown) -> Result<(), App
     let js = jetstream::new(nats.clone());
     let state = Arc::new(Orders {
         events: Publisher::new(js.clone(), "orders"),
-        by_id: StateStore::open(&js, orders::BUCKET, 1).await?,
+        by_id: StateStore::open(&js, orders::BUCKET, switchboard::replication::replicas()?).await?,
     });
     let mut relay = Consumers::new(js);
     relay.relay(&state.by_id);

@@ -31,7 +31,7 @@ struct Users {
 /// When its stream, buckets or endpoints cannot be set up.
 pub async fn run(nats: async_nats::Client, shutdown: Shutdown) -> Result<(), AppError> {
     let js = jetstream::new(nats.clone());
-    let by_id = StateStore::open(&js, users::BUCKET, 1).await?;
+    let by_id = StateStore::open(&js, users::BUCKET, switchboard::replication::replicas()?).await?;
     let state = Arc::new(Users {
         events: Publisher::new(js.clone(), "users"),
         emails: by_id.view(EMAILS),
