@@ -212,7 +212,7 @@ impl ServiceAccess {
             allow.push(format!("$JS.API.CONSUMER.CREATE.{stream}.{durable}"));
             allow.push(format!("$JS.API.CONSUMER.CREATE.{stream}.{durable}.>"));
             allow.push(format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"));
-            allow.push(format!("$JS.ACK.{stream}.{durable}.>"));
+            allow.extend(ack_subjects(stream, durable));
             allow.push(format!("dlq.{stream}.{durable}"));
         }
         for bucket in &self.buckets {
@@ -232,8 +232,9 @@ impl ServiceAccess {
             allow.push(format!("$JS.API.CONSUMER.INFO.{stream}.>"));
             allow.push(format!("$JS.API.CONSUMER.DELETE.{stream}.>"));
             allow.push(format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{relay}"));
-            allow.push(format!("$JS.ACK.{stream}.{relay}.>"));
+            allow.extend(ack_subjects(&stream, relay));
             allow.push(format!("$JS.FC.{stream}.>"));
+            allow.push(format!("$JS.FC.*.*.{stream}.>"));
         }
         allow.sort();
         allow.dedup();
@@ -256,6 +257,18 @@ impl ServiceAccess {
         allow.dedup();
         allow
     }
+}
+
+/// Where a consumer's acks go, in both formats nats-server uses: the
+/// original `$JS.ACK.<stream>.<consumer>.…` and ADR-15's second version
+/// `$JS.ACK.<domain>.<account hash>.<stream>.<consumer>.…`, which 2.14
+/// servers understand and a later release makes the default — so the
+/// permissions survive that upgrade.
+fn ack_subjects(stream: &str, consumer: &str) -> [String; 2] {
+    [
+        format!("$JS.ACK.{stream}.{consumer}.>"),
+        format!("$JS.ACK.*.*.{stream}.{consumer}.>"),
+    ]
 }
 
 /// The generated `users` entries, between the marker lines.
@@ -290,4 +303,28 @@ pub fn nats_conf_block() -> String {
 fn list(subjects: &[String]) -> String {
     let quoted: Vec<String> = subjects.iter().map(|s| format!("\"{s}\"")).collect();
     format!("[{}]", quoted.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_are_allowed_in_both_subject_formats() {
+        let inventory = system()
+            .into_iter()
+            .find(|s| s.user == "inventory")
+            .map(|s| s.publish())
+            .unwrap_or_default();
+        for allowed in [
+            "$JS.ACK.ORDERS.inventory-orders-cancelled.>",
+            "$JS.ACK.*.*.ORDERS.inventory-orders-cancelled.>",
+            "$JS.ACK.KV_inventory.outbox.>",
+            "$JS.ACK.*.*.KV_inventory.outbox.>",
+        ] {
+            assert!(inventory.iter().any(|a| a == allowed), "{allowed} missing");
+        }
+        // Still only its own consumers: nothing of notifications'.
+        assert!(!inventory.iter().any(|a| a.contains("notifications-orders")));
+    }
 }
