@@ -19,8 +19,11 @@ use crate::credentials::{Credentials, RandomSourceError};
 use crate::discovery::{self, DiscoveryError, ServiceSummary};
 use crate::nats_context::{self, CONTEXT_NAME, NatsContext};
 use crate::server::{NatsServer, ServerError, ServerOptions};
+
+mod cluster;
 use crate::supervisor::{LineSink, ProcessSpec, RestartPolicy, Supervised};
 use crate::telemetry::LOG_ANSI_ENV;
+pub use cluster::CLUSTER_NAME;
 
 /// The reference system's services, in start order.
 pub const SERVICES: [&str; 5] = ["users", "inventory", "orders", "notifications", "gateway"];
@@ -45,6 +48,10 @@ pub enum ServerChoice {
         port: u16,
         /// Monitoring port.
         monitor_port: u16,
+        /// Servers: 1, or a cluster on loopback (see `cluster.rs`).
+        nodes: usize,
+        /// With `nodes` > 1: the first node's route port.
+        cluster_port: u16,
     },
     /// Use this server or cluster (`NATS_URL`); start none.
     External {
@@ -83,6 +90,8 @@ impl Default for UpConfig {
                 config_file: None,
                 port: 4222,
                 monitor_port: 8222,
+                nodes: 1,
+                cluster_port: 6222,
             },
             data_dir: PathBuf::from("data"),
             bin_dir,
@@ -149,7 +158,9 @@ fn io_err(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> UpError {
 /// The running system.
 #[derive(Debug)]
 pub struct System {
-    server: Option<NatsServer>,
+    /// The embedded server, or the nodes of the embedded cluster; none
+    /// for an external server.
+    servers: Vec<NatsServer>,
     services: Vec<Supervised>,
     admin: async_nats::Client,
     url: String,
@@ -189,28 +200,47 @@ impl System {
             }
         }
         let users = names.iter().copied();
-        let (server, url, credentials) = match &config.server {
+        let (servers, url, credentials) = match &config.server {
             ServerChoice::Embedded {
                 config_file,
                 port,
                 monitor_port,
+                nodes,
+                cluster_port,
             } => {
                 let credentials = Credentials::from_env_or_generate(users)?;
                 let config_file = resolve_config(config_file.as_deref(), &config.data_dir)?;
-                let mut options = ServerOptions::default()
-                    .config_file(config_file)
-                    .port(*port)
-                    .monitor_port(*monitor_port)
-                    // nats-server keeps its files in `<store>/jetstream`.
-                    .store_dir(&config.data_dir);
-                options.env = credentials.server_env();
-                let server = NatsServer::start(options).await?;
-                let url = server.client_url();
-                (Some(server), url, credentials)
+                let servers = if *nodes > 1 {
+                    let base = std::fs::read_to_string(&config_file)
+                        .map_err(io_err(format!("cannot read {}", config_file.display())))?;
+                    let plan = cluster::plan(
+                        *nodes,
+                        *port,
+                        *monitor_port,
+                        *cluster_port,
+                        &config.data_dir,
+                    );
+                    cluster::start(&base, &plan, &credentials.server_env()).await?
+                } else {
+                    let mut options = ServerOptions::default()
+                        .config_file(config_file)
+                        .port(*port)
+                        .monitor_port(*monitor_port)
+                        // nats-server keeps its files in `<store>/jetstream`.
+                        .store_dir(&config.data_dir);
+                    options.env = credentials.server_env();
+                    vec![NatsServer::start(options).await?]
+                };
+                let url = servers
+                    .iter()
+                    .map(NatsServer::client_url)
+                    .collect::<Vec<_>>()
+                    .join(",");
+                (servers, url, credentials)
             }
             ServerChoice::External { url } => {
                 tracing::info!(%url, "using the existing NATS server; starting none");
-                (None, url.clone(), Credentials::from_env(users))
+                (Vec::new(), url.clone(), Credentials::from_env(users))
             }
         };
 
@@ -258,7 +288,7 @@ impl System {
             .collect();
 
         Ok(System {
-            server,
+            servers,
             services,
             admin,
             url,
@@ -282,9 +312,14 @@ impl System {
         self.context_file.as_deref()
     }
 
-    /// PID of the embedded server, if one runs.
+    /// PID of the embedded server (the first node of a cluster), if one runs.
     pub fn server_pid(&self) -> Option<u32> {
-        self.server.as_ref().and_then(NatsServer::pid)
+        self.servers.first().and_then(NatsServer::pid)
+    }
+
+    /// PIDs of every embedded server (one, or each node of the cluster).
+    pub fn server_pids(&self) -> Vec<Option<u32>> {
+        self.servers.iter().map(NatsServer::pid).collect()
     }
 
     /// `(name, pid)` of each service process currently running.
@@ -331,50 +366,63 @@ impl System {
         }
     }
 
-    /// Runs until `shutdown` resolves, restarting the embedded server if it
-    /// dies; then stops services in reverse order and the server last.
+    /// Runs until `shutdown` resolves, restarting an embedded server (or
+    /// cluster node) that dies; then stops services in reverse order and
+    /// the servers last.
     pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let restart = RestartPolicy::default();
         loop {
-            let Some(server) = self.server.as_mut() else {
+            if self.servers.is_empty() {
                 shutdown.as_mut().await;
                 break;
+            }
+            let (status, index) = {
+                let exits = self
+                    .servers
+                    .iter_mut()
+                    .map(|server| Box::pin(server.exited()));
+                tokio::select! {
+                    () = shutdown.as_mut() => break,
+                    (status, index, _) = futures::future::select_all(exits) => (status, index),
+                }
             };
-            tokio::select! {
-                () = shutdown.as_mut() => break,
-                status = server.exited() => {
-                    let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-                    tracing::error!(%status, "nats-server exited unexpectedly; restarting it");
-                    // The same policy as the services': exponential with jitter.
-                    let mut delays = restart.delays();
-                    loop {
-                        let delay = delays.next().unwrap_or(restart.max_delay);
-                        match server.restart().await {
-                            Ok(()) => break,
-                            Err(error) => tracing::error!(%error, ?delay, "nats-server restart failed; retrying"),
-                        }
-                        tokio::select! {
-                            () = tokio::time::sleep(delay) => {}
-                            () = shutdown.as_mut() => { self.stop().await; return; }
-                        }
+            let status = status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|e| e.to_string());
+            tracing::error!(%status, node = index, "nats-server exited unexpectedly; restarting it");
+            // The same policy as the services': exponential with jitter.
+            let mut delays = restart.delays();
+            loop {
+                let delay = delays.next().unwrap_or(restart.max_delay);
+                let Some(server) = self.servers.get_mut(index) else {
+                    break;
+                };
+                match server.restart().await {
+                    Ok(()) => break,
+                    Err(error) => {
+                        tracing::error!(%error, ?delay, "nats-server restart failed; retrying")
                     }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.as_mut() => { self.stop().await; return; }
                 }
             }
         }
         self.stop().await;
     }
 
-    /// Stops services in reverse start order, then the server.
+    /// Stops services in reverse start order, then the servers.
     pub async fn stop(mut self) {
         while let Some(service) = self.services.pop() {
             service.stop().await;
         }
         let _ = self.admin.drain().await;
-        if let Some(server) = self.server.as_mut()
-            && let Err(error) = server.stop().await
-        {
-            tracing::error!(%error, "stopping nats-server failed");
+        for server in &mut self.servers {
+            if let Err(error) = server.stop().await {
+                tracing::error!(%error, "stopping nats-server failed");
+            }
         }
     }
 }

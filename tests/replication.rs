@@ -14,7 +14,7 @@ use switchboard::replication;
 use switchboard::state::StateStore;
 use switchboard::testing::{TestCluster, free_port};
 
-use common::{Switchboard, test_passwords};
+use common::{Signal, Switchboard, admin, exe_name, test_passwords, up_args};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -29,6 +29,52 @@ async fn replicas_of(
         .await?
         .config
         .num_replicas)
+}
+
+/// The replica count of every stream, once all of `expected` exist (the
+/// consumers create theirs beside serving), or as they are after 30 s.
+async fn replica_counts(
+    js: &jetstream::Context,
+    expected: &[&str],
+) -> Result<BTreeMap<String, usize>, Box<dyn std::error::Error>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut replicas = BTreeMap::new();
+        let mut streams = js.streams();
+        while let Some(info) = streams.next().await {
+            let info = info?;
+            replicas.insert(info.config.name.clone(), info.config.num_replicas);
+        }
+        let all = expected.iter().all(|e| replicas.contains_key(*e));
+        if all || std::time::Instant::now() > deadline {
+            return Ok(replicas);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Every stream and bucket the reference system declares.
+const SYSTEM_STREAMS: [&str; 12] = [
+    "USERS",
+    "ORDERS",
+    "INVENTORY",
+    "DLQ",
+    "KV_users",
+    "KV_orders",
+    "KV_inventory",
+    "KV_notifications",
+    "KV_processed-inventory-orders-created",
+    "KV_processed-inventory-orders-cancelled",
+    "KV_processed-notifications-users",
+    "KV_processed-notifications-orders",
+];
+
+fn assert_all_r3(replicas: &BTreeMap<String, usize>) {
+    for name in SYSTEM_STREAMS {
+        assert!(replicas.contains_key(name), "{name} missing: {replicas:?}");
+    }
+    let other: Vec<_> = replicas.iter().filter(|(_, r)| **r != 3).collect();
+    assert!(other.is_empty(), "not R3: {other:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -89,45 +135,100 @@ async fn on_a_cluster_up_replicas_3_makes_every_stream_and_bucket_r3() -> TestRe
     );
     up.wait_for("switchboard: ready", Duration::from_secs(90));
 
-    // Consumers set up their streams and buckets beside serving: wait for
-    // every one the system declares.
     let js = jetstream::new(cluster.client().await?);
-    let expected = [
-        "USERS",
-        "ORDERS",
-        "INVENTORY",
-        "DLQ",
-        "KV_users",
-        "KV_orders",
-        "KV_inventory",
-        "KV_notifications",
-        "KV_processed-inventory-orders-created",
-        "KV_processed-inventory-orders-cancelled",
-        "KV_processed-notifications-users",
-        "KV_processed-notifications-orders",
-    ];
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let replicas = loop {
-        let mut replicas = BTreeMap::new();
-        let mut streams = js.streams();
-        while let Some(info) = streams.next().await {
-            let info = info?;
-            replicas.insert(info.config.name.clone(), info.config.num_replicas);
-        }
-        let all = expected.iter().all(|e| replicas.contains_key(*e));
-        if all || std::time::Instant::now() > deadline {
-            break replicas;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    for name in expected {
-        assert!(replicas.contains_key(name), "{name} missing: {replicas:?}");
-    }
-    let single: Vec<_> = replicas.iter().filter(|(_, r)| **r != 3).collect();
-    assert!(single.is_empty(), "not R3: {single:?}");
+    assert_all_r3(&replica_counts(&js, &SYSTEM_STREAMS).await?);
     assert!(
         !up.output().contains("warning: connected to a cluster"),
         "no under-replication warning at R3"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_cluster_3_is_r3_and_serves_through_the_loss_of_a_node() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut args = up_args(free_port()?, free_port()?, &dir.path().join("data"));
+    let cluster_port = free_port()?.to_string();
+    args.extend([
+        "--cluster".into(),
+        "3".into(),
+        "--cluster-port".into(),
+        cluster_port,
+    ]);
+    let env = vec![(
+        "XDG_CONFIG_HOME".to_owned(),
+        dir.path().display().to_string(),
+    )];
+    let mut up = Switchboard::spawn(&args, &env);
+    up.wait_for("switchboard: ready", Duration::from_secs(120));
+    assert!(
+        up.output().contains("3-node nats-server cluster"),
+        "{}",
+        up.output()
+    );
+
+    let client = admin(dir.path()).await?;
+    let js = jetstream::new(client.nats().clone());
+    assert_all_r3(&replica_counts(&js, &SYSTEM_STREAMS).await?);
+
+    let call = |subject: &'static str, body: serde_json::Value| {
+        let client = client.clone();
+        async move {
+            client
+                .call_with::<_, serde_json::Value>(
+                    subject,
+                    &body,
+                    switchboard::client::CallOptions::default().timeout(Duration::from_secs(2)),
+                )
+                .await
+        }
+    };
+    let user = call(
+        "users.create",
+        serde_json::json!({"name": "Nod", "email": "nod@example.com"}),
+    )
+    .await?;
+    let user_id = user["id"].as_str().ok_or("no user id")?.to_owned();
+    call(
+        "inventory.restock",
+        serde_json::json!({"sku": "bolt", "quantity": 1000}),
+    )
+    .await?;
+
+    // SIGKILL one node; `up` restarts it; orders keep being placed.
+    let servers: Vec<u32> = up
+        .descendants()
+        .into_iter()
+        .filter(|pid| exe_name(*pid).as_deref() == Some("nats-server"))
+        .collect();
+    assert_eq!(servers.len(), 3, "three nodes");
+    let victim = servers[1];
+    switchboard::process::send(victim, Signal::SIGKILL);
+    let killed = std::time::Instant::now();
+    let (mut ok, mut failed, mut last_failure) = (0, 0, None);
+    while killed.elapsed() < Duration::from_secs(10) {
+        let order =
+            serde_json::json!({"user_id": user_id, "items": [{"sku": "bolt", "quantity": 1}]});
+        match call("orders.create", order).await {
+            Ok(_) => ok += 1,
+            Err(_) => {
+                failed += 1;
+                last_failure = Some(killed.elapsed());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    println!("node loss: {ok} orders placed, {failed} failed, last failure after {last_failure:?}");
+    assert!(ok > 0, "no order placed after the node loss");
+    // The node is back (a new process) and the cluster has three again.
+    let back = common::eventually(Duration::from_secs(20), || {
+        let now: Vec<u32> = up
+            .descendants()
+            .into_iter()
+            .filter(|pid| exe_name(*pid).as_deref() == Some("nats-server"))
+            .collect();
+        now.len() == 3 && !now.contains(&victim)
+    });
+    assert!(back, "the killed node was not restarted");
     Ok(())
 }

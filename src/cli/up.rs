@@ -43,8 +43,15 @@ pub struct UpArgs {
     /// Do not write the `nats` CLI context.
     #[arg(long)]
     no_context: bool,
-    /// Copies JetStream keeps of every stream and bucket (1-5; 3 on a
-    /// cluster). Existing ones are changed in place.
+    /// Run N embedded nats-servers as a cluster on loopback (ports --port,
+    /// --http-port and --cluster-port upwards; stores <data-dir>/n0, n1, …).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    cluster: u8,
+    /// Route port of the first cluster node.
+    #[arg(long, default_value_t = 6222)]
+    cluster_port: u16,
+    /// Copies JetStream keeps of every stream and bucket (1-5; default 1,
+    /// with --cluster min(3, N)). Existing ones are changed in place.
     #[arg(long, env = "SWITCHBOARD_REPLICAS", value_parser = clap::value_parser!(u8).range(1..=5))]
     replicas: Option<u8>,
 }
@@ -64,6 +71,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             config_file: args.config,
             port: args.port,
             monitor_port: args.http_port,
+            nodes: usize::from(args.cluster),
+            cluster_port: args.cluster_port,
         },
     };
     if let Some(dir) = args.bin_dir {
@@ -91,7 +100,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if args.no_context {
         config.context_dir = None;
     }
-    let replicas = usize::from(args.replicas.unwrap_or(1));
+    let replicas = args
+        .replicas
+        .map_or(usize::from(args.cluster).min(3), usize::from);
     config.service_env.push((
         switchboard::replication::REPLICAS_ENV.to_owned(),
         replicas.to_string(),
@@ -110,7 +121,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if let Some(advice) = switchboard::replication::advice(replicas, nodes) {
         say(format_args!("switchboard: warning: {advice}"));
     }
-    if let Some(pid) = system.server_pid() {
+    let pids = system.server_pids();
+    if pids.len() > 1 {
+        let pids: Vec<String> = pids
+            .iter()
+            .map(|p| p.map_or_else(|| "?".to_owned(), |p| p.to_string()))
+            .collect();
+        say(format_args!(
+            "switchboard: {}-node nats-server cluster (pids {}) listening on {}; replicas {replicas}",
+            pids.len(),
+            pids.join(", "),
+            system.url()
+        ));
+    } else if let Some(pid) = system.server_pid() {
         say(format_args!(
             "switchboard: nats-server pid {pid} listening on {}",
             system.url()

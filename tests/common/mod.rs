@@ -360,8 +360,14 @@ pub fn start_system_with_env(
 pub async fn admin(dir: &Path) -> Result<switchboard::client::Client, Box<dyn std::error::Error>> {
     let context =
         switchboard::nats_context::NatsContext::read(&dir.join("nats/context/switchboard.json"))?;
+    // A cluster's context lists every node, comma separated.
+    let urls: Vec<async_nats::ServerAddr> = context
+        .url
+        .split(',')
+        .map(|u| u.trim().parse())
+        .collect::<Result<_, _>>()?;
     let nats = async_nats::ConnectOptions::with_user_and_password(context.user, context.password)
-        .connect(context.url.as_str())
+        .connect(urls.as_slice())
         .await?;
     Ok(switchboard::client::Client::new(nats))
 }
