@@ -22,7 +22,7 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, kv};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -307,11 +307,14 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
         let full = self.key(key)?;
         let read = || format!("read {}/{key}", self.bucket);
         // The raw message, not `kv::Store::entry`: its headers hold the
-        // events a write carries (see `events::outbox`).
+        // events a write carries (see `events::outbox`). And from the
+        // stream's leader, not a direct get that any replica may answer: a
+        // read that decides a compare-and-set must see the last write, and
+        // a lagging replica would turn every retry into the same conflict.
         let subject = format!("{}{full}", self.kv.prefix);
-        let message = match self.kv.stream.direct_get_last_for_subject(subject).await {
+        let message = match self.kv.stream.get_last_raw_message_by_subject(&subject).await {
             Ok(message) => message,
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
             Err(e) => return Err(store_err(read())(e)),
         };
         let operation = crate::events::envelope::header(Some(&message.headers), KV_OPERATION);

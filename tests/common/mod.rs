@@ -336,6 +336,17 @@ pub fn start_system_with_env(
     http_port: u16,
     extra: &[(&str, &str)],
 ) -> System {
+    start_system_with(dir, port, http_port, extra, &[])
+}
+
+/// [`start_system_with_env`] with extra arguments for `up` (`--cluster 3`).
+pub fn start_system_with(
+    dir: &Path,
+    port: u16,
+    http_port: u16,
+    extra: &[(&str, &str)],
+    extra_args: &[&str],
+) -> System {
     let mut env = vec![("XDG_CONFIG_HOME".to_owned(), dir.display().to_string())];
     env.extend(
         extra
@@ -344,10 +355,11 @@ pub fn start_system_with_env(
     );
     // Fixed passwords, so a second instance of a service can join.
     env.extend(test_passwords());
-    let args = up_args(port, http_port, &dir.join("data"));
+    let mut args = up_args(port, http_port, &dir.join("data"));
     let gateway = args.last().cloned().unwrap_or_default();
+    args.extend(extra_args.iter().map(|a| (*a).to_owned()));
     let mut up = Switchboard::spawn(&args, &env);
-    up.wait_for("switchboard: ready", Duration::from_secs(60));
+    up.wait_for("switchboard: ready", Duration::from_secs(120));
     System {
         up,
         port,
