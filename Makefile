@@ -54,13 +54,14 @@ fuzz: tools test-tools
 		$(CARGO) test --test documents --test hostile -- --nocapture
 
 # Kills services every 3 s (and nats-server twice) under load, then checks
-# the reference system's invariants I1-I7 and an empty DLQ (tests/chaos.rs).
-# `make test` runs its quick form (35 s, nats-server once).
+# the reference system's invariants I1-I7 and an empty DLQ (tests/chaos.rs);
+# then the same on `up --cluster 3`, each node killed in turn, twice.
+# `make test` runs the single-server quick form (35 s, nats-server once).
 CHAOS_SECONDS ?= 120
 chaos: tools
 	$(CARGO) build --workspace --bins
 	SWITCHBOARD_NATS_SERVER=$(NATS_SERVER) SWITCHBOARD_CHAOS_SECONDS=$(CHAOS_SECONDS) \
-		$(CARGO) test --test chaos -- --nocapture
+		$(CARGO) test --test chaos -- --nocapture --include-ignored
 
 # Test tools, each reinstalled only when its pinned list changes.
 test-tools: $(VENV)/.installed tests/tools/node_modules/.installed
