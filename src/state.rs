@@ -312,7 +312,12 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
         // read that decides a compare-and-set must see the last write, and
         // a lagging replica would turn every retry into the same conflict.
         let subject = format!("{}{full}", self.kv.prefix);
-        let message = match self.kv.stream.get_last_raw_message_by_subject(&subject).await {
+        let message = match self
+            .kv
+            .stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
             Ok(message) => message,
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
             Err(e) => return Err(store_err(read())(e)),
