@@ -34,7 +34,7 @@ use tokio::sync::Notify;
 
 use crate::Settings;
 use crate::drive::{Caller, drive};
-use crate::report::{Report, Run};
+use crate::report::Report;
 
 /// Callers in flight, as in the hot-sku target.
 const CALLERS: usize = 32;
@@ -135,41 +135,63 @@ async fn outbox(settings: &Settings, report: &mut Report) -> anyhow::Result<()> 
         client: client.clone(),
         subject,
     };
-    let mut end_to_end = Vec::new();
-    let mut baseline = None;
-    for (variant, subject, stream) in [
+    // Alternating, repeated pairs (the order flips each round), and the
+    // median of the rounds' ratios: one pair moved between 0.64x and 1.03x
+    // from run to run.
+    let rounds = if settings.quick { 3 } else { 5 };
+    let variants = [
         ("KV create, then publish (before)", "bench.direct", "DIRECT"),
         ("transaction + outbox relay", "bench.outbox", "OUTBOX"),
-    ] {
-        let started = Instant::now();
-        let run = drive(pid, CALLERS, settings.duration, call(subject)).await?;
-        let requests = report.add_run(scenario, variant, &run, baseline);
-        baseline.get_or_insert(requests);
-        // Events are "done" when the stream has one per answered request.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut stored = 0;
-        while Instant::now() < deadline {
-            stored = js.get_stream(stream).await?.info().await?.state.messages;
-            if stored >= run.ops {
-                break;
+    ];
+    let (mut request_ratios, mut stored_ratios) = (Vec::new(), Vec::new());
+    let mut stored_before = [0u64; 2];
+    for round in 0..rounds {
+        let mut rates = [0.0f64; 2];
+        let mut stored_rates = [0.0f64; 2];
+        for step in 0..2 {
+            let index = if round % 2 == 0 { step } else { 1 - step };
+            let (variant, subject, stream) = variants[index];
+            let started = Instant::now();
+            let run = drive(pid, CALLERS, settings.duration, call(subject)).await?;
+            rates[index] = report.add_run(scenario, variant, &run, None);
+            // Events are "done" when the stream has one per answered request.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let wanted = stored_before[index] + run.ops;
+            let mut stored = stored_before[index];
+            while Instant::now() < deadline {
+                stored = js.get_stream(stream).await?.info().await?.state.messages;
+                if stored >= wanted {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            let took = started.elapsed().as_secs_f64().max(1e-9);
+            stored_rates[index] = (stored - stored_before[index]) as f64 / took;
+            stored_before[index] = stored;
         }
-        end_to_end.push((variant, stored, started.elapsed()));
+        request_ratios.push(rates[1] / rates[0].max(1e-9));
+        stored_ratios.push(stored_rates[1] / stored_rates[0].max(1e-9));
     }
-    let mut events_baseline = None;
-    for (variant, stored, took) in end_to_end {
-        let run = Run {
-            ops: stored,
-            took,
-            latency_us: None,
-            cpu: None,
-        };
-        let rate = report.add_run("outbox events stored", variant, &run, events_baseline);
-        events_baseline.get_or_insert(rate);
-    }
+    println!(
+        "  ratios per round: requests {request_ratios:.2?}, events stored {stored_ratios:.2?}"
+    );
+    report.compare(
+        scenario,
+        "transaction + outbox relay (median of rounds)",
+        median(&mut request_ratios),
+    );
+    report.compare(
+        "outbox events stored",
+        "transaction + outbox relay (median of rounds)",
+        median(&mut stored_ratios),
+    );
     relay.stop().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn placed(req: NewOrder) -> Placed {
