@@ -263,16 +263,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
         replicas: usize,
     ) -> Result<Self, StateError> {
         let kv = match js.get_key_value(bucket).await {
-            Ok(kv) => {
-                crate::replication::migrate(js, &kv.stream_name, replicas)
-                    .await
-                    .map_err(|e| StateError::Store {
-                        action: format!("set the replicas of bucket {bucket}"),
-                        message: e.to_string(),
-                        source: e,
-                    })?;
-                kv
-            }
+            Ok(kv) => kv,
             Err(_) => js
                 .create_key_value(kv::Config {
                     bucket: bucket.to_owned(),
@@ -284,7 +275,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
                 .await
                 .map_err(|e| store_err(format!("create bucket {bucket}"))(e))?,
         };
-        allow_transactions(js, &kv.stream_name).await?;
+        prepare_stream(js, &kv.stream_name, replicas).await?;
         let floor = Arc::new(RelayFloor::new(kv.stream.clone()));
         Ok(StateStore {
             js: js.clone(),
@@ -498,17 +489,31 @@ impl<T: Serialize + DeserializeOwned + Clone> StateStore<T> {
     }
 }
 
-/// Lets the bucket's stream take atomic batches (once; nothing else of
-/// the bucket's configuration changes).
-async fn allow_transactions(js: &jetstream::Context, stream: &str) -> Result<(), StateError> {
+/// Brings the bucket's stream in line, with one read and at most one
+/// update: atomic batches allowed (transactions of several keys) and the
+/// configured replica count (changed in place; see [`crate::replication`]).
+/// Nothing else of the bucket's configuration changes.
+async fn prepare_stream(
+    js: &jetstream::Context,
+    stream: &str,
+    replicas: usize,
+) -> Result<(), StateError> {
     let read = || format!("read stream {stream}");
     let mut handle = js.get_stream(stream).await.map_err(store_err(read()))?;
-    let info = handle.info().await.map_err(store_err(read()))?;
-    let mut config = info.config.clone();
-    if config.allow_atomic_publish {
+    let mut config = handle
+        .info()
+        .await
+        .map_err(store_err(read()))?
+        .config
+        .clone();
+    if config.allow_atomic_publish && config.num_replicas == replicas {
         return Ok(());
     }
+    if config.num_replicas != replicas {
+        tracing::warn!(%stream, from = config.num_replicas, to = replicas, "replicas changed");
+    }
     config.allow_atomic_publish = true;
+    config.num_replicas = replicas;
     js.update_stream(config)
         .await
         .map_err(store_err(format!("prepare stream {stream}")))?;

@@ -22,7 +22,7 @@ use async_nats::jetstream::kv;
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 
-use super::{StateStore, store_err};
+use super::StateStore;
 use crate::ServiceError;
 
 /// How often open deadlines are checked.
@@ -120,8 +120,7 @@ fn track<T: Deadline + DeserializeOwned>(
             }
         },
         Err(error) => {
-            let error = store_err::<serde_json::Error>(format!("read {}", entry.key))(error);
-            tracing::error!(%error, "a record with a deadline is unreadable");
+            tracing::error!(key = %entry.key, %error, "a record with a deadline is unreadable");
         }
     }
 }

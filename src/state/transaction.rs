@@ -230,24 +230,19 @@ impl Transaction {
                 source: "transaction too large".into(),
             });
         }
-        let keys = self
-            .writes
-            .iter()
-            .map(|w| w.key.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let conflict = || StateError::Conflict {
-            key: crate::limits::truncate(&keys, 200).into_owned(),
-        };
         // The events ride on the first key created (a new record, not a hot
         // one that the next change overwrites at once), else the first write.
         let carrier = self.writes.iter().position(|w| w.expect == 0).unwrap_or(0);
         let mut events = Some(self.events);
+        // The keys are named only in an error: no string is built on the
+        // way to success.
+        let mut keys = Vec::with_capacity(self.writes.len());
         let mut messages: Vec<BatchMessage> = self
             .writes
             .into_iter()
             .enumerate()
             .map(|(index, write)| {
+                keys.push(write.key);
                 let mut riding = write.carried;
                 if index == carrier {
                     riding.extend(events.take().unwrap_or_default());
@@ -260,6 +255,12 @@ impl Transaction {
                     .expect_last_subject_sequence(write.expect)
             })
             .collect();
+        let bucket = self.bucket;
+        let named = || keys.join(", ");
+        let conflict = || StateError::Conflict {
+            key: crate::limits::truncate(&named(), 200).into_owned(),
+        };
+        let failed = || format!("commit {} to {bucket}", named());
         if messages.len() == 1
             && let Some(only) = messages.pop()
         {
@@ -275,13 +276,13 @@ impl Transaction {
             return match stored {
                 Ok(_) => Ok(()),
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Err(conflict()),
-                Err(e) => Err(store_err(format!("commit {keys} to {}", self.bucket))(e)),
+                Err(e) => Err(store_err(failed())(e)),
             };
         }
         match self.committer.commit(messages).await {
             Ok(()) => Ok(()),
             Err(BatchError::WrongLastSequence(_)) => Err(conflict()),
-            Err(e) => Err(store_err(format!("commit {keys} to {}", self.bucket))(e)),
+            Err(e) => Err(store_err(failed())(e)),
         }
     }
 }
