@@ -61,7 +61,7 @@ CHAOS_SECONDS ?= 120
 chaos: tools
 	$(CARGO) build --workspace --bins
 	SWITCHBOARD_NATS_SERVER=$(NATS_SERVER) SWITCHBOARD_CHAOS_SECONDS=$(CHAOS_SECONDS) \
-		$(CARGO) test --test chaos -- --nocapture --include-ignored
+		$(CARGO) test --test chaos --test replication -- --nocapture --include-ignored
 
 # Test tools, each reinstalled only when its pinned list changes.
 test-tools: $(VENV)/.installed tests/tools/node_modules/.installed

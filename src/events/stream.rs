@@ -115,11 +115,22 @@ impl StreamSpec {
         let mut live = match js.get_stream(&self.name).await {
             Ok(stream) => stream,
             Err(e) if is_not_found(&e) => {
-                js.create_stream(wanted)
-                    .await
-                    .map_err(|e| EventError::js(format!("create stream {}", self.name))(e))?;
-                tracing::info!(stream = %self.name, "stream created");
-                return Ok(StreamStatus::Created);
+                match js.create_stream(wanted.clone()).await {
+                    Ok(_) => {
+                        tracing::info!(stream = %self.name, "stream created");
+                        return Ok(StreamStatus::Created);
+                    }
+                    // Created by someone else in between (two consumers of
+                    // one process both ensuring the DLQ, say): check that one
+                    // like any live stream, instead of failing the caller.
+                    Err(e) if created_meanwhile(&e) => js
+                        .get_stream(&self.name)
+                        .await
+                        .map_err(|e| EventError::js(format!("look up stream {}", self.name))(e))?,
+                    Err(e) => {
+                        return Err(EventError::js(format!("create stream {}", self.name))(e));
+                    }
+                }
             }
             Err(e) => return Err(EventError::js(format!("look up stream {}", self.name))(e)),
         };
@@ -209,6 +220,15 @@ fn differences(live: &stream::Config, wanted: &stream::Config) -> Vec<String> {
         wanted.allow_atomic_publish.to_string(),
     );
     out
+}
+
+/// Whether a create failed because the stream exists by now.
+fn created_meanwhile(e: &jetstream::context::CreateStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::CreateStreamErrorKind::JetStream(ref j)
+            if j.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST
+    )
 }
 
 /// Whether a stream lookup failed because the stream does not exist.
