@@ -380,3 +380,36 @@ async fn an_overwrite_before_the_relay_carries_the_events_forward() -> TestResul
     assert_eq!(riding(&f, "o-5").await?, None, "nothing left to publish");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_relay_consumer_made_by_an_earlier_version_is_taken_over() -> TestResult {
+    let f = fixture().await?;
+    // Earlier versions received whole messages; the relay now asks for
+    // headers only, and must update the durable in place rather than fail
+    // (a relay that cannot start publishes nothing).
+    let stream = f.js.get_stream("KV_orders").await?;
+    stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some(outbox::RELAY_DURABLE.to_owned()),
+            filter_subject: "$KV.orders.>".into(),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: outbox::ACK_WAIT,
+            max_ack_pending: 1024,
+            ..Default::default()
+        })
+        .await?;
+    place(&f, "o-old").await?;
+    let (stop, task) = start_relay(&f);
+    settle_at(&f, 1, Duration::from_secs(10)).await?;
+    let stream = f.js.get_stream("KV_orders").await?;
+    assert!(
+        stream
+            .consumer_info(outbox::RELAY_DURABLE)
+            .await?
+            .config
+            .headers_only
+    );
+    stop.cancel();
+    task.await?;
+    Ok(())
+}

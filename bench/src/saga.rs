@@ -34,7 +34,7 @@ use tokio::sync::Notify;
 
 use crate::Settings;
 use crate::drive::{Caller, drive};
-use crate::report::Report;
+use crate::report::{CpuClock, Report};
 
 /// Callers in flight, as in the issue's hot-sku target.
 const CALLERS: usize = 32;
@@ -143,15 +143,20 @@ async fn outbox(settings: &Settings, report: &mut Report) -> anyhow::Result<()> 
         ("KV create, then publish (before)", "bench.direct", "DIRECT"),
         ("transaction + outbox relay", "bench.outbox", "OUTBOX"),
     ];
-    let (mut request_ratios, mut stored_ratios) = (Vec::new(), Vec::new());
+    let (mut request_ratios, mut stored_ratios, mut cpu_ratios) =
+        (Vec::new(), Vec::new(), Vec::new());
     let mut stored_before = [0u64; 2];
     for round in 0..rounds {
         let mut rates = [0.0f64; 2];
         let mut stored_rates = [0.0f64; 2];
+        let mut cpu = [0.0f64; 2];
         for step in 0..2 {
             let index = if round % 2 == 0 { step } else { 1 - step };
             let (variant, subject, stream) = variants[index];
             let started = Instant::now();
+            // CPU until the last event is stored: the relay's work after the
+            // callers stop belongs to the variant too.
+            let clock = CpuClock::start(pid);
             let run = drive(pid, CALLERS, settings.duration, call(subject)).await?;
             rates[index] = report.add_run(scenario, variant, &run, None);
             // Events are "done" when the stream has one per answered request.
@@ -168,12 +173,22 @@ async fn outbox(settings: &Settings, report: &mut Report) -> anyhow::Result<()> 
             let took = started.elapsed().as_secs_f64().max(1e-9);
             stored_rates[index] = (stored - stored_before[index]) as f64 / took;
             stored_before[index] = stored;
+            if let Some(per_op) = clock.per_op(run.ops) {
+                cpu[index] = per_op.process + per_op.server;
+                println!(
+                    "    until stored: cpu/op {:.1}µs + server {:.1}µs",
+                    per_op.process, per_op.server
+                );
+            }
         }
         request_ratios.push(rates[1] / rates[0].max(1e-9));
         stored_ratios.push(stored_rates[1] / stored_rates[0].max(1e-9));
+        // Baseline over variant: above 1 the variant costs less per request.
+        cpu_ratios.push(cpu[0] / cpu[1].max(1e-9));
     }
     println!(
-        "  ratios per round: requests {request_ratios:.2?}, events stored {stored_ratios:.2?}"
+        "  ratios per round: requests {request_ratios:.2?}, events stored {stored_ratios:.2?}, \
+         cpu/op (before ÷ outbox) {cpu_ratios:.2?}"
     );
     report.compare(
         scenario,
@@ -184,6 +199,11 @@ async fn outbox(settings: &Settings, report: &mut Report) -> anyhow::Result<()> 
         "outbox events stored",
         "transaction + outbox relay (median of rounds)",
         median(&mut stored_ratios),
+    );
+    report.compare(
+        "outbox cpu/op",
+        "before ÷ transaction + outbox relay (median of rounds)",
+        median(&mut cpu_ratios),
     );
     relay.stop().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())

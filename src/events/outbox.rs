@@ -114,9 +114,9 @@ pub(crate) fn encode_pending(events: &[PendingEvent]) -> String {
 ///
 /// A header that is not a list of events (written by hand).
 pub(crate) fn decode_pending(headers: Option<&HeaderMap>) -> Result<Vec<PendingEvent>, String> {
-    match envelope::header(headers, OUTBOX) {
+    match headers.and_then(|h| h.get(OUTBOX)) {
         None => Ok(Vec::new()),
-        Some(text) => serde_json::from_str(&text).map_err(|e| e.to_string()),
+        Some(text) => serde_json::from_str(text.as_str()).map_err(|e| e.to_string()),
     }
 }
 
@@ -146,6 +146,8 @@ pub async fn relay(
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait: ACK_WAIT,
             max_ack_pending: 4 * ROUND as i64,
+            // The events are in the header; the value is not needed here.
+            headers_only: true,
             ..Default::default()
         })
         .await
@@ -208,7 +210,7 @@ async fn publish_round(js: &jetstream::Context, writes: Vec<jetstream::Message>)
         }
         let mut acks = Vec::with_capacity(events.len());
         let mut failed = None;
-        for event in &events {
+        for event in events {
             match send(js, event).await {
                 Ok(ack) => acks.push(ack),
                 Err(error) => {
@@ -242,7 +244,7 @@ async fn publish_round(js: &jetstream::Context, writes: Vec<jetstream::Message>)
 
 async fn send(
     js: &jetstream::Context,
-    event: &PendingEvent,
+    event: PendingEvent,
 ) -> Result<jetstream::context::PublishAckFuture, EventError> {
     let Some(id) = event.id() else {
         return Err(EventError::JetStream {
@@ -252,13 +254,14 @@ async fn send(
         });
     };
     let mut headers = HeaderMap::new();
+    headers.insert(static_name(NATS_MSG_ID), id);
     for (name, value) in &event.headers {
         headers.append(name.as_str(), value.as_str());
     }
-    headers.insert(static_name(NATS_MSG_ID), id);
-    js.publish_with_headers(event.subject.clone(), headers, event.data.clone().into())
-        .await
-        .map_err(|e| EventError::js(format!("publish to {}", event.subject))(e))
+    let sent = js
+        .publish_with_headers(event.subject.clone(), headers, event.data.into())
+        .await;
+    sent.map_err(|e| EventError::js(format!("publish to {}", event.subject))(e))
 }
 
 async fn ack(message: &jetstream::Message, kind: AckKind) {
