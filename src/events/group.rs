@@ -7,6 +7,12 @@
 //! reports the first consumer that failed. [`Consumers`] is that lifecycle,
 //! once, for every service.
 //!
+//! A consumer or relay that ends with an error before shutdown (its set-up
+//! met a leader election, a timeout, a stream another instance was still
+//! creating) is logged at once and started again with a growing, jittered
+//! delay: a service whose consumer silently stopped would look healthy
+//! while its events pile up.
+//!
 //! ```no_run
 //! # async fn demo(js: async_nats::jetstream::Context) -> Result<(), switchboard::app::AppError> {
 //! use switchboard::events::{ConsumerSpec, Consumers, ReceivedEvent};
@@ -22,6 +28,7 @@
 //! ```
 
 use std::future::Future;
+use std::sync::Arc;
 
 use async_nats::jetstream;
 use serde::de::DeserializeOwned;
@@ -57,11 +64,15 @@ impl Consumers {
         F: Fn(ReceivedEvent<T>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
-        self.running.push(tokio::spawn(consumer::run(
-            self.js.clone(),
-            spec,
-            handler,
-            self.stop.clone().cancelled_owned(),
+        let (js, handler) = (self.js.clone(), Arc::new(handler));
+        let name = spec.durable.clone();
+        self.running.push(tokio::spawn(restarting(
+            name,
+            self.stop.clone(),
+            move |stop| {
+                let handler = handler.clone();
+                consumer::run(js.clone(), spec.clone(), move |event| handler(event), stop)
+            },
         )));
     }
 
@@ -69,10 +80,11 @@ impl Consumers {
     /// [`outbox`](super::outbox)): the events its transactions commit get
     /// published, also those a crashed instance committed.
     pub fn relay<S>(&mut self, store: &StateStore<S>) {
-        self.running.push(tokio::spawn(super::outbox::relay(
-            self.js.clone(),
-            store.bucket().to_owned(),
-            self.stop.clone().cancelled_owned(),
+        let (js, bucket) = (self.js.clone(), store.bucket().to_owned());
+        self.running.push(tokio::spawn(restarting(
+            format!("outbox relay of {bucket}"),
+            self.stop.clone(),
+            move |stop| super::outbox::relay(js.clone(), bucket.clone(), stop),
         )));
     }
 
@@ -111,5 +123,35 @@ impl Consumers {
             }
         }
         first.map_or(Ok(()), Err)
+    }
+}
+
+/// Runs `start` until it ends without an error or `stop` is cancelled,
+/// starting it again after each error (logged when it happens). The error
+/// returned is the last one, if the consumer never ran cleanly to the end.
+async fn restarting<F, Fut>(
+    name: String,
+    stop: CancellationToken,
+    mut start: F,
+) -> Result<(), EventError>
+where
+    F: FnMut(tokio_util::sync::WaitForCancellationFutureOwned) -> Fut,
+    Fut: Future<Output = Result<(), EventError>>,
+{
+    let mut delays = crate::supervisor::RestartPolicy::default().delays();
+    loop {
+        let error = match start(stop.clone().cancelled_owned()).await {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        if stop.is_cancelled() {
+            return Err(error);
+        }
+        let delay = delays.next().unwrap_or(std::time::Duration::from_secs(30));
+        tracing::error!(consumer = %name, %error, ?delay, "consumer stopped with an error; starting it again");
+        tokio::select! {
+            () = stop.cancelled() => return Err(error),
+            () = tokio::time::sleep(delay) => {}
+        }
     }
 }

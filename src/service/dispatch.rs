@@ -70,12 +70,11 @@ pub(crate) async fn serve(
             },
         }
     }
-    // Unsubscribe, but answer what was already delivered to us. Known gap:
-    // async-nats (0.51) removes a draining subscription on its next read
-    // cycle rather than after a server round trip, so a request the server
-    // routed here just before it processed the UNSUB can be dropped inside
-    // the client (its caller times out; this service never saw it). Every
-    // request that reaches this loop is answered.
+    // Unsubscribe, and answer everything the server routed here before it
+    // processed the UNSUB: the subscription ends only when the server has
+    // confirmed it (a PING after the UNSUB, answered; the workspace's
+    // patched async-nats, vendor/async-nats/PATCH.md), so no request sent
+    // to this instance is dropped on the way out.
     if let Err(error) = subscription.drain().await {
         tracing::warn!(endpoint = %live.name, %error, "cannot drain the subscription");
         return;

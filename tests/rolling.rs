@@ -1,0 +1,264 @@
+//! Rolling deploys drop nothing: service instances restarted one after the
+//! other (SIGTERM, start again) in the middle of traffic, and not one call
+//! fails, times out or happens twice; a consumer restarted while events
+//! flow acknowledges every event once, none waiting for its ack wait.
+//!
+//! What makes it hold: an instance drains (stops taking requests, answers
+//! what it accepted) and its subscription is removed only after the server
+//! confirmed the UNSUB (`tests/drain.rs`, `vendor/async-nats/PATCH.md`), so a
+//! request routed to it while it leaves is still answered; a consumer
+//! handles and acks every event it pulled before it stops, and asks only
+//! for as many as it has free slots.
+
+mod common;
+
+use std::fs::File;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use switchboard::client::Client;
+use switchboard::discovery::{self, Target};
+use switchboard::testing::free_port;
+
+use common::{Signal, admin, test_passwords};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Callers in flight, as in the issue.
+const CALLERS: usize = 32;
+/// Restarts, alternating between the two `orders` instances.
+const RESTARTS: usize = 10;
+
+/// One service process started by the test, stopped by its PID on drop.
+struct Instance {
+    child: Child,
+}
+
+impl Instance {
+    fn start(service: &str, port: u16, log: &Path) -> Result<Instance, Box<dyn std::error::Error>> {
+        let variable = format!("SB_{}_PASSWORD", service.to_uppercase());
+        let password = test_passwords()
+            .into_iter()
+            .find(|(k, _)| *k == variable)
+            .map(|(_, v)| v)
+            .ok_or("no password")?;
+        let program = Path::new(env!("CARGO_BIN_EXE_switchboard")).with_file_name(service);
+        let log = File::options().create(true).append(true).open(log)?;
+        let child = Command::new(program)
+            .env_remove("NATS_URL")
+            .env("NATS_URL", format!("nats://127.0.0.1:{port}"))
+            .env("NATS_USER", service)
+            .env("NATS_PASSWORD", password)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        Ok(Instance { child })
+    }
+
+    /// SIGTERM, then waits for the drained process to exit.
+    fn stop(&mut self) -> Result<(), Box<dyn std::error::Error>> {
+        switchboard::process::send(self.child.id(), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return if status.success() {
+                    Ok(())
+                } else {
+                    Err(format!("exited with {status}").into())
+                };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err("did not stop within 30 s of SIGTERM".into())
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            switchboard::process::send(self.child.id(), Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Waits until `service` has `count` instances answering discovery.
+async fn instances(client: &Client, service: &str, count: usize) -> TestResult {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = discovery::ping(
+            client.nats(),
+            Target::service(service),
+            Duration::from_millis(200),
+        )
+        .await?
+        .len();
+        if found == count {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{service}: {found} instances, wanted {count}").into());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rolling_restarts_of_orders_and_notifications_drop_nothing() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    // `up` runs the rest; the instances under test are the test's own.
+    let _system = common::start_system_with(
+        dir.path(),
+        port,
+        free_port()?,
+        &[],
+        &["--services", "users,inventory"],
+    );
+    let client = admin(dir.path()).await?;
+    let log = |name: &str| dir.path().join(format!("{name}.log"));
+    let mut orders = [
+        Instance::start("orders", port, &log("orders-0"))?,
+        Instance::start("orders", port, &log("orders-1"))?,
+    ];
+    let mut notifications = Instance::start("notifications", port, &log("notifications"))?;
+    instances(&client, "orders", 2).await?;
+    instances(&client, "notifications", 1).await?;
+
+    // A user per caller: one user's notifications are one growing record,
+    // and a single user placing every order would measure that instead.
+    let mut users = Vec::new();
+    for n in 0..CALLERS {
+        let user: Value = client
+            .call(
+                "users.create",
+                &json!({"name": format!("Roll {n}"), "email": format!("roll{n}@example.com")}),
+            )
+            .await?;
+        users.push(user["id"].as_str().ok_or("no user id")?.to_owned());
+    }
+    const STOCK: u64 = 1_000_000;
+    let _: Value = client
+        .call(
+            "inventory.restock",
+            &json!({"sku": "roller", "quantity": STOCK}),
+        )
+        .await?;
+
+    // Non-idempotent creates, 32 in flight, for as long as the restarts take.
+    let stop = Arc::new(AtomicBool::new(false));
+    let callers: Vec<_> = users
+        .iter()
+        .map(|user_id| {
+            let (client, stop, user_id) = (client.clone(), stop.clone(), user_id.clone());
+            tokio::spawn(async move {
+                let (mut ids, mut failures) = (Vec::new(), Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    let order: Result<Value, _> = client
+                        .call(
+                            "orders.create",
+                            &json!({"user_id": user_id, "items": [{"sku": "roller", "quantity": 1}]}),
+                        )
+                        .await;
+                    match order {
+                        Ok(order) => ids.push(order["id"].as_str().unwrap_or_default().to_owned()),
+                        Err(error) => failures.push(error.to_string()),
+                    }
+                }
+                (ids, failures)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for round in 0..RESTARTS {
+        let which = round % 2;
+        orders[which].stop()?;
+        orders[which] = Instance::start("orders", port, &log(&format!("orders-{which}")))?;
+        instances(&client, "orders", 2).await?;
+        // The consumer too, every other round, while events flow.
+        if round % 2 == 1 {
+            notifications.stop()?;
+            notifications = Instance::start("notifications", port, &log("notifications"))?;
+            instances(&client, "notifications", 1).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut ids, mut failures) = (Vec::new(), Vec::new());
+    for caller in callers {
+        let (placed, failed) = caller.await?;
+        ids.extend(placed);
+        failures.extend(failed);
+    }
+    let calls = ids.len() + failures.len();
+    println!(
+        "rolling deploy: {calls} calls, {} failed, {RESTARTS} orders restarts",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {calls} calls failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(ids.len() > 100, "traffic flowed: {} orders", ids.len());
+    let placed = ids.len() as u64;
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len() as u64, placed, "an order id answered twice");
+
+    // Each call placed one order: one event, one reserved unit.
+    let js = jetstream::new(client.nats().clone());
+    let stock: Value = client
+        .call("inventory.stock", &json!({"sku": "roller"}))
+        .await?;
+    assert_eq!(stock["available"].as_u64(), Some(STOCK - placed), "{stock}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (events, consumer) = loop {
+        let stream = js.get_stream("ORDERS").await?;
+        let mut subjects = stream.info_with_subjects("events.orders.created").await?;
+        let mut events = 0u64;
+        while let Some(entry) = subjects.next().await {
+            events += entry?.1 as u64;
+        }
+        let consumer = stream.consumer_info("notifications-orders").await?.clone();
+        let settled =
+            events >= placed && consumer.num_pending == 0 && consumer.num_ack_pending == 0;
+        if settled || Instant::now() > deadline {
+            break (events, consumer);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    if consumer.num_pending > 0 || consumer.num_ack_pending > 0 {
+        let log = std::fs::read_to_string(log("notifications")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        eprintln!("notifications log, last lines first:\n{}", tail.join("\n"));
+    }
+    assert_eq!(events, placed, "one created event per order");
+    // Settled well within the consumer's 30 s ack wait, and nothing was
+    // delivered twice: every event was acked by the instance it went to.
+    assert_eq!(
+        (consumer.num_pending, consumer.num_ack_pending),
+        (0, 0),
+        "notifications-orders left events behind: {consumer:?}"
+    );
+    assert_eq!(
+        consumer.delivered.consumer_sequence, consumer.delivered.stream_sequence,
+        "redeliveries: {consumer:?}"
+    );
+    for instance in &mut orders {
+        instance.stop()?;
+    }
+    notifications.stop()?;
+    Ok(())
+}
