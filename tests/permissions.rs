@@ -167,3 +167,72 @@ async fn anonymous_connections_are_refused() -> TestResult {
     ));
     Ok(())
 }
+
+/// nats-server 2.14 added a second ack subject format (ADR-15 token v2:
+/// `$JS.ACK.<domain>.<account hash>.<stream>.<consumer>…`), opt-in through
+/// the `js_ack_fc_v2` feature flag and announced to become the default. The
+/// generated permissions allow both: a service acks its events either way.
+#[tokio::test]
+async fn acks_pass_the_permissions_in_the_v2_ack_subject_format() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("nats-v2-acks.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\nfeature_flags {{ js_ack_fc_v2: true }}\n",
+            std::fs::read_to_string(project_config())?
+        ),
+    )?;
+    let mut options = TestServerConfig::default().config_file(&config);
+    for (key, value) in test_passwords() {
+        options = options.env(key, value);
+    }
+    let server = TestServer::with_config(options).await?;
+    let admin = jetstream::new(connect(&server, "admin").await?);
+    contracts::orders::stream().ensure(&admin).await?;
+    admin
+        .publish("events.orders.created", "{}".into())
+        .await?
+        .await?;
+
+    // notifications acks an event of its own consumer, as its user.
+    let notifications = jetstream::new(connect(&server, "notifications").await?);
+    let stream = notifications.get_stream("ORDERS").await?;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("notifications-orders".into()),
+            filter_subjects: vec![
+                contracts::orders::CREATED.into(),
+                contracts::orders::CANCELLED.into(),
+            ],
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await?;
+    use futures::StreamExt;
+    let mut batch = consumer.fetch().max_messages(1).messages().await?;
+    let message = batch
+        .next()
+        .await
+        .ok_or("no event delivered")?
+        .map_err(|e| e.to_string())?;
+    let reply = message
+        .reply
+        .clone()
+        .map(|r| r.to_string())
+        .unwrap_or_default();
+    // v2: $JS.ACK.<domain, `_` for none>.<account hash>.ORDERS.notifications-orders.…
+    let tokens: Vec<&str> = reply.split('.').collect();
+    assert_eq!(
+        tokens.get(4..6),
+        Some(&["ORDERS", "notifications-orders"][..]),
+        "the server sends v2 ack subjects: {reply}"
+    );
+    // A double ack waits for the server's confirmation: refused by the
+    // permissions, it would time out.
+    message.double_ack().await.map_err(|e| e.to_string())?;
+    let orders = admin.get_stream("ORDERS").await?;
+    let info = orders.consumer_info("notifications-orders").await?;
+    assert_eq!(info.ack_floor.stream_sequence, 1);
+    Ok(())
+}
