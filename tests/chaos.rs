@@ -35,7 +35,7 @@ use async_nats::jetstream;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use switchboard::client::{CallOptions, Client};
-use switchboard::testing::free_port;
+use switchboard::testing::free_port_block;
 
 use common::{Signal, admin, exe_name, start_system_with};
 
@@ -392,7 +392,9 @@ async fn run(seconds: u64, nodes: usize, server_kills: u32) -> TestResult {
     // Holds of orders that died before being stored expire sooner than in
     // production, so the run settles sooner.
     let hold_ms = HOLD.as_millis().to_string();
-    let cluster_port = free_port()?.to_string();
+    // Client, monitoring and route ports of every node, none shared.
+    let block = free_port_block(3 * nodes as u16)?;
+    let cluster_port = (block + 2 * nodes as u16).to_string();
     let nodes_arg = nodes.to_string();
     let cluster_args: Vec<&str> = if nodes > 1 {
         vec!["--cluster", &nodes_arg, "--cluster-port", &cluster_port]
@@ -401,8 +403,8 @@ async fn run(seconds: u64, nodes: usize, server_kills: u32) -> TestResult {
     };
     let mut system = start_system_with(
         dir.path(),
-        free_port()?,
-        free_port()?,
+        block,
+        block + nodes as u16,
         &[("INVENTORY_HOLD_MS", hold_ms.as_str())],
         &cluster_args,
     );

@@ -27,7 +27,7 @@ use tempfile::TempDir;
 use crate::server::{NatsServer, ServerError, ServerOptions};
 
 pub use cluster::TestCluster;
-pub use ports::free_port;
+pub use ports::{free_port, free_port_block};
 
 /// Errors of the harness.
 #[derive(Debug, thiserror::Error)]

@@ -18,3 +18,32 @@ pub fn free_port() -> Result<u16, ServerError> {
         .map_err(ServerError::io("cannot read a bound port"))?
         .port())
 }
+
+/// The first of `len` consecutive loopback ports that were all free a
+/// moment ago — for `up --cluster N`, whose node `i` listens on `port + i`:
+/// ports picked one by one may land next to each other, and one node's
+/// client port would be another's monitoring port.
+///
+/// # Errors
+///
+/// When no such block is found after many tries.
+pub fn free_port_block(len: u16) -> Result<u16, ServerError> {
+    for _ in 0..100 {
+        let first = free_port()?;
+        let Some(last) = first.checked_add(len) else {
+            continue;
+        };
+        // Held together, so the block is checked as a whole.
+        let held: Vec<TcpListener> = (first..last)
+            .map_while(|port| TcpListener::bind(("127.0.0.1", port)).ok())
+            .collect();
+        if held.len() == usize::from(len) {
+            return Ok(first);
+        }
+    }
+    Err(ServerError::io(
+        "cannot find a block of free loopback ports",
+    )(std::io::Error::other(format!(
+        "{len} consecutive ports"
+    ))))
+}
