@@ -15,6 +15,7 @@ mod footprint;
 mod http;
 mod peers;
 mod publish;
+mod replicas;
 mod report;
 mod reqreply;
 mod saga;
@@ -39,6 +40,7 @@ enum Scenario {
     Footprint,
     /// Crash safety's cost: store + publish vs transaction + outbox; one hot sku vs spread.
     Saga,
+    Replicas,
 }
 
 #[derive(Debug, Parser)]
@@ -113,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Peers,
             Scenario::Footprint,
             Scenario::Saga,
+            Scenario::Replicas,
         ]
     } else {
         args.scenarios
@@ -127,6 +130,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Peers => peers::run(&settings, &mut report).await?,
             Scenario::Footprint => footprint::run(&mut report).await?,
             Scenario::Saga => saga::run(&settings, &mut report).await?,
+            Scenario::Replicas => replicas::run(&settings, &mut report).await?,
         }
     }
     if let Some(path) = args.json {

@@ -101,6 +101,13 @@ pub fn percentiles(h: &Histogram<u64>) -> Option<[u64; 4]> {
     (!h.is_empty()).then(|| [0.5, 0.9, 0.99, 0.999].map(|q| h.value_at_quantile(q)))
 }
 
+/// The median of `values` (reordered); 0 when empty. Alternating rounds
+/// report it: one round can move with the neighbours, the median less.
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
 /// Records a latency.
 pub fn record(histogram: &mut Histogram<u64>, took: Duration) {
     let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);

@@ -34,7 +34,7 @@ use tokio::sync::Notify;
 
 use crate::Settings;
 use crate::drive::{Caller, drive};
-use crate::report::{CpuClock, Report};
+use crate::report::{CpuClock, Report, median};
 
 /// Callers in flight, as in the hot-sku target.
 const CALLERS: usize = 32;
@@ -207,11 +207,6 @@ async fn outbox(settings: &Settings, report: &mut Report) -> anyhow::Result<()> 
     );
     relay.stop().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn placed(req: NewOrder) -> Placed {

@@ -50,6 +50,11 @@ impl TestCluster {
         self.nodes.get(i).map(NatsServer::client_url)
     }
 
+    /// Process ids of the running nodes (a benchmark counts their CPU).
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().filter_map(NatsServer::pid).collect()
+    }
+
     /// A client that knows every node.
     ///
     /// # Errors
