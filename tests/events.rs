@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use serde::{Deserialize, Serialize};
 use switchboard::events::{
-    self, ConsumerSpec, DeadLetters, Event, EventError, HandlerError, Publisher, ReceivedEvent,
-    StreamSpec, StreamStatus,
+    self, ConsumerSpec, Consumers, DeadLetters, Event, EventError, HandlerError, Publisher,
+    ReceivedEvent, StreamSpec, StreamStatus,
 };
 use switchboard::testing::TestServer;
 use tokio_util::sync::CancellationToken;
@@ -690,5 +690,57 @@ async fn a_claim_left_by_a_crashed_handler_is_taken_over_after_its_lease() -> Te
         records.renew("e-2").await?;
     }
     assert_eq!(records.claim("e-2").await?, Claim::InProgress);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_consumer_whose_set_up_fails_is_started_again_until_it_runs() -> TestResult {
+    let server = TestServer::start().await?;
+    let (js, publisher) = setup(&server).await?;
+    // A durable of that name already exists with a delivery policy that
+    // cannot be changed in place: the consumer's set-up fails.
+    js.get_stream("ORDERS")
+        .await?
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("mailer".into()),
+            deliver_policy: jetstream::consumer::DeliverPolicy::New,
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await?;
+    publisher
+        .publish("events.orders.created", &order("o-1"))
+        .await?;
+    let handled = Arc::new(AtomicUsize::new(0));
+    let mut consumers = Consumers::new(js.clone());
+    let counter = handled.clone();
+    consumers.spawn(
+        ConsumerSpec::new("ORDERS", "mailer"),
+        move |_event: ReceivedEvent<OrderCreated>| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        },
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        0,
+        "set up against the old durable"
+    );
+    // The operator removes the stale durable; the consumer comes up by itself.
+    js.get_stream("ORDERS")
+        .await?
+        .delete_consumer("mailer")
+        .await?;
+    assert!(
+        eventually(Duration::from_secs(15), || handled.load(Ordering::SeqCst)
+            == 1)
+        .await,
+        "the consumer was not started again"
+    );
+    consumers.stop().await?;
     Ok(())
 }

@@ -138,14 +138,20 @@ where
     F: FnMut(tokio_util::sync::WaitForCancellationFutureOwned) -> Fut,
     Fut: Future<Output = Result<(), EventError>>,
 {
-    let mut delays = crate::supervisor::RestartPolicy::default().delays();
+    let policy = crate::supervisor::RestartPolicy::default();
+    let mut delays = policy.delays();
     loop {
+        let started = tokio::time::Instant::now();
         let error = match start(stop.clone().cancelled_owned()).await {
             Ok(()) => return Ok(()),
             Err(error) => error,
         };
         if stop.is_cancelled() {
             return Err(error);
+        }
+        // A consumer that ran well for a while starts over with short delays.
+        if started.elapsed() >= policy.stable_after {
+            delays = policy.delays();
         }
         let delay = delays.next().unwrap_or(std::time::Duration::from_secs(30));
         tracing::error!(consumer = %name, %error, ?delay, "consumer stopped with an error; starting it again");
