@@ -12,9 +12,6 @@
 
 mod common;
 
-use std::fs::File;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -26,7 +23,7 @@ use switchboard::client::Client;
 use switchboard::discovery::{self, Target};
 use switchboard::testing::free_port;
 
-use common::{Signal, admin, test_passwords};
+use common::{Instance, admin};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -34,64 +31,6 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 const CALLERS: usize = 32;
 /// Restarts, alternating between the two `orders` instances.
 const RESTARTS: usize = 10;
-
-/// One service process started by the test, stopped by its PID on drop.
-struct Instance {
-    child: Child,
-}
-
-impl Instance {
-    fn start(service: &str, port: u16, log: &Path) -> Result<Instance, Box<dyn std::error::Error>> {
-        let variable = format!("SB_{}_PASSWORD", service.to_uppercase());
-        let password = test_passwords()
-            .into_iter()
-            .find(|(k, _)| *k == variable)
-            .map(|(_, v)| v)
-            .ok_or("no password")?;
-        let program = Path::new(env!("CARGO_BIN_EXE_switchboard")).with_file_name(service);
-        let log = File::options().create(true).append(true).open(log)?;
-        let child = Command::new(program)
-            .env_remove("NATS_URL")
-            .env("NATS_URL", format!("nats://127.0.0.1:{port}"))
-            .env("NATS_USER", service)
-            .env("NATS_PASSWORD", password)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
-        Ok(Instance { child })
-    }
-
-    /// SIGTERM, then waits for the drained process to exit.
-    fn stop(&mut self) -> Result<(), Box<dyn std::error::Error>> {
-        switchboard::process::send(self.child.id(), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                return if status.success() {
-                    Ok(())
-                } else {
-                    Err(format!("exited with {status}").into())
-                };
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Err("did not stop within 30 s of SIGTERM".into())
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            switchboard::process::send(self.child.id(), Signal::SIGKILL);
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// Waits until `service` has `count` instances answering discovery.
 async fn instances(client: &Client, service: &str, count: usize) -> TestResult {

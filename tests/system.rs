@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use switchboard::client::{CallError, CallOptions, Client};
 use switchboard::testing::free_port;
 
-use common::{Signal, System, admin, test_passwords};
+use common::{Instance, Signal, System, admin};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -277,20 +277,7 @@ async fn two_orders_instances_share_requests_and_both_serve_correctly() -> TestR
     let _system = start(dir.path(), port, free_port()?);
     let client = admin(dir.path()).await?;
     // A second instance, as an operator would start one.
-    let password = test_passwords()
-        .into_iter()
-        .find(|(k, _)| k == "SB_ORDERS_PASSWORD")
-        .map(|(_, v)| v)
-        .ok_or("no password")?;
-    let orders_bin = Path::new(env!("CARGO_BIN_EXE_switchboard")).with_file_name("orders");
-    let mut second = std::process::Command::new(orders_bin)
-        .env("NATS_URL", format!("nats://127.0.0.1:{port}"))
-        .env("NATS_USER", "orders")
-        .env("NATS_PASSWORD", password)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let guard = scopeguard(second.id());
+    let mut second = Instance::start("orders", port, &dir.path().join("orders-2.log"))?;
 
     let user_id = user_and_stock(&client, "cy@example.com", "gadget", 100).await?;
     let mut instances = 0;
@@ -344,23 +331,8 @@ async fn two_orders_instances_share_requests_and_both_serve_correctly() -> TestR
     let stock = call(&client, "inventory.stock", json!({"sku": "gadget"})).await?;
     assert_eq!(stock["available"], 80);
 
-    second.kill()?;
-    second.wait()?;
-    drop(guard);
+    second.stop()?;
     Ok(())
-}
-
-/// Kills a process by PID when dropped (a failed assertion must not leak it).
-fn scopeguard(pid: u32) -> impl Drop {
-    struct Kill(u32);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            if switchboard::process::exists(self.0) {
-                switchboard::process::send(self.0, Signal::SIGKILL);
-            }
-        }
-    }
-    Kill(pid)
 }
 
 #[tokio::test(flavor = "multi_thread")]

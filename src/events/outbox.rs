@@ -50,8 +50,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::EventError;
-use super::envelope::{self, NATS_MSG_ID, OUTBOX};
-use crate::codec::static_name;
+use super::envelope::{self, OUTBOX};
 
 /// The durable name of every bucket's relay consumer.
 pub const RELAY_DURABLE: &str = "outbox";
@@ -254,10 +253,11 @@ async fn send(
         });
     };
     let mut headers = HeaderMap::new();
-    headers.insert(static_name(NATS_MSG_ID), id);
     for (name, value) in &event.headers {
         headers.append(name.as_str(), value.as_str());
     }
+    // Last, so it replaces any id the stored headers carried.
+    envelope::set_message_id(&mut headers, id);
     let sent = js
         .publish_with_headers(event.subject.clone(), headers, event.data.into())
         .await;

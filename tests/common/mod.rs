@@ -383,3 +383,68 @@ pub async fn admin(dir: &Path) -> Result<switchboard::client::Client, Box<dyn st
         .await?;
     Ok(switchboard::client::Client::new(nats))
 }
+
+/// One service process started by a test (a second instance, say), with
+/// the fixed test password, its stderr in `log`; stopped by its PID on drop.
+pub struct Instance {
+    child: Child,
+}
+
+impl Instance {
+    pub fn start(
+        service: &str,
+        port: u16,
+        log: &Path,
+    ) -> Result<Instance, Box<dyn std::error::Error>> {
+        let password = test_passwords()
+            .into_iter()
+            .find(|(k, _)| *k == password_env(service))
+            .map(|(_, v)| v)
+            .ok_or("no password")?;
+        let program = Path::new(env!("CARGO_BIN_EXE_switchboard")).with_file_name(service);
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let child = Command::new(program)
+            .env_remove("NATS_URL")
+            .env("NATS_URL", format!("nats://127.0.0.1:{port}"))
+            .env("NATS_USER", service)
+            .env("NATS_PASSWORD", password)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        Ok(Instance { child })
+    }
+
+    /// SIGTERM, then waits for the drained process to exit.
+    pub fn stop(&mut self) -> Result<(), Box<dyn std::error::Error>> {
+        send(self.child.id(), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return if status.success() {
+                    Ok(())
+                } else {
+                    Err(format!("exited with {status}").into())
+                };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err("did not stop within 30 s of SIGTERM".into())
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            send(self.child.id(), Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
