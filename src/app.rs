@@ -69,7 +69,7 @@ where
         }
     };
     runtime.block_on(async {
-        crate::telemetry::init();
+        let telemetry = crate::telemetry::init(name);
         let nats = match crate::connect::ConnectConfig::from_env(name)
             .connect()
             .await
@@ -86,6 +86,8 @@ where
         if let Err(error) = nats.drain().await {
             tracing::warn!(%error, "cannot drain the connection");
         }
+        // The last spans (the drain's requests among them) go out now.
+        drop(telemetry);
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

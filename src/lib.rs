@@ -15,9 +15,11 @@
 //! | [`service`] | typed endpoints on the NATS Services API; concurrency, errors, drain |
 //! | [`client`] | typed calls: deadlines, retries with a budget, circuit breakers |
 //! | [`codec`] | the request/reply wire format: bytes, header names, content types (events: `events::envelope`) |
+//! | [`http`] | HTTP pieces the gateway and the dashboard share (live events as SSE) |
 //! | [`limits`] | the server's limits (control line, payload) checked before writing |
 //! | [`micro`] | ADR-32 wire types of `$SRV` answers |
 //! | [`trace_context`] | W3C `traceparent` across calls |
+//! | [`dashboard`] | the live page `up` serves on loopback: services, rates, events, dead letters |
 //! | [`discovery`] | gather every instance's `$SRV` answer |
 //! | [`connect`] | connect from `NATS_URL`/`NATS_USER`/`NATS_PASSWORD` |
 //! | [`credentials`] | per-run passwords handed to server and services |
@@ -27,7 +29,7 @@
 //! | [`replication`] | how many copies of streams and buckets: configuration, migrated in place |
 //! | [`shutdown`] | the shutdown future processes are given |
 //! | [`process`] | SIGTERM-then-SIGKILL stop of child processes |
-//! | [`telemetry`] | logging set-up |
+//! | [`telemetry`] | logs, and OpenTelemetry spans of every hop when the OTLP variables ask |
 //! | `testing` | real throw-away servers and clusters for tests (feature `testing`) |
 //!
 //! A service and a call, end to end:
@@ -76,9 +78,11 @@ pub mod client;
 pub mod codec;
 pub mod connect;
 pub mod credentials;
+pub mod dashboard;
 pub mod discovery;
 mod error;
 pub mod events;
+pub mod http;
 pub mod limits;
 pub mod micro;
 pub mod nats_context;

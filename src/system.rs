@@ -273,6 +273,9 @@ impl System {
                     (LOG_ANSI_ENV.to_owned(), ansi.to_owned()),
                 ];
                 env.extend(config.service_env.iter().cloned());
+                // Every OTEL_* variable reaches the service (it inherits
+                // ours) but the name: each service exports as itself.
+                env.push(("OTEL_SERVICE_NAME".to_owned(), name.clone()));
                 if let Some(password) = credentials.password(&name) {
                     env.push((NATS_USER_ENV.to_owned(), name.clone()));
                     env.push((NATS_PASSWORD_ENV.to_owned(), password.to_owned()));

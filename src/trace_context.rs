@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+
 /// One hop of a distributed trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TraceContext {
@@ -66,6 +68,37 @@ impl TraceContext {
     /// The span id as 16 lowercase hex digits.
     pub fn span_id(&self) -> String {
         hex(&self.span_id)
+    }
+
+    /// Whether the trace is sampled (recorded by whoever exports spans).
+    pub fn sampled(&self) -> bool {
+        self.sampled
+    }
+
+    /// As OpenTelemetry's remote span context (the parent of our next span).
+    pub(crate) fn to_span_context(self) -> SpanContext {
+        let flags = if self.sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        };
+        SpanContext::new(
+            TraceId::from_bytes(self.trace_id),
+            SpanId::from_bytes(self.span_id),
+            flags,
+            true,
+            TraceState::default(),
+        )
+    }
+
+    /// An OpenTelemetry span's context as ours (`None` for the invalid,
+    /// all-zero context of a span that was not made).
+    pub(crate) fn from_span_context(context: &SpanContext) -> Option<Self> {
+        context.is_valid().then(|| TraceContext {
+            trace_id: context.trace_id().to_bytes(),
+            span_id: context.span_id().to_bytes(),
+            sampled: context.is_sampled(),
+        })
     }
 }
 

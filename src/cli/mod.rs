@@ -50,7 +50,8 @@ pub fn main() -> std::process::ExitCode {
         (_, 0) => "warn",
         _ => "debug",
     };
-    switchboard::telemetry::init_at(level);
+    // Held to the end: dropping it sends the spans still buffered.
+    let _telemetry = switchboard::telemetry::init_at("switchboard", level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

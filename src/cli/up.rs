@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use switchboard::dashboard::Dashboard;
 use switchboard::discovery::ServiceSummary;
 use switchboard::nats_context::CONTEXT_NAME;
 use switchboard::shutdown;
@@ -40,6 +41,16 @@ pub struct UpArgs {
     /// Address of the HTTP gateway (sets SWITCHBOARD_HTTP_ADDR for it).
     #[arg(long, default_value = "127.0.0.1:8080")]
     http_addr: std::net::SocketAddr,
+    /// Address of the live dashboard (loopback only: it has operator rights).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_DASHBOARD_ADDR",
+        default_value = "127.0.0.1:8081"
+    )]
+    dashboard_addr: std::net::SocketAddr,
+    /// Serve no dashboard.
+    #[arg(long)]
+    no_dashboard: bool,
     /// Do not write the `nats` CLI context.
     #[arg(long)]
     no_context: bool,
@@ -145,6 +156,28 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         ));
     }
 
+    // Bound before `ready`, so the table can say where it is; a port in
+    // use costs the dashboard, not the system.
+    let dashboard = if args.no_dashboard {
+        None
+    } else {
+        match Dashboard::bind(args.dashboard_addr, system.admin().clone()).await {
+            Ok(dashboard) => Some(dashboard),
+            Err(error) => {
+                say(format_args!(
+                    "switchboard: warning: no dashboard: {error} (choose another with --dashboard-addr)"
+                ));
+                None
+            }
+        }
+    };
+    let dashboard_url = dashboard
+        .as_ref()
+        .and_then(Dashboard::local_addr)
+        .map(|addr| format!("http://{addr}/"));
+    // Stopped by abort: a page's open event feed would hold a graceful stop.
+    let dashboard = dashboard.map(|d| tokio::spawn(d.serve(std::future::pending())));
+
     let timeout = Duration::from_secs(args.ready_timeout);
     let summaries = tokio::select! {
         ready = system.wait_ready(timeout) => ready,
@@ -160,14 +193,21 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             return Err(e).context("switchboard up failed");
         }
     };
-    print_ready(&summaries, system.context_file());
+    print_ready(&summaries, system.context_file(), dashboard_url.as_deref());
 
     system.run_until(shutdown).await;
+    if let Some(dashboard) = dashboard {
+        dashboard.abort();
+    }
     say(format_args!("switchboard: stopped"));
     Ok(())
 }
 
-fn print_ready(summaries: &[ServiceSummary], context_file: Option<&std::path::Path>) {
+fn print_ready(
+    summaries: &[ServiceSummary],
+    context_file: Option<&std::path::Path>,
+    dashboard: Option<&str>,
+) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out);
     let _ = writeln!(
@@ -194,6 +234,9 @@ fn print_ready(summaries: &[ServiceSummary], context_file: Option<&std::path::Pa
     if let Some(path) = context_file {
         let _ = writeln!(out, "nats CLI context written to {}", path.display());
         let _ = writeln!(out, "  try: nats --context {CONTEXT_NAME} micro ls");
+    }
+    if let Some(url) = dashboard {
+        let _ = writeln!(out, "dashboard: {url} (loopback only)");
     }
     let _ = writeln!(out, "switchboard: ready (Ctrl-C stops everything)");
     let _ = out.flush();

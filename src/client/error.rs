@@ -1,5 +1,6 @@
 //! Why a call failed, with kinds a caller can match.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use crate::error::ServiceError;
@@ -80,6 +81,21 @@ impl CallError {
         match self {
             CallError::Rejected(e) => Some(e),
             _ => None,
+        }
+    }
+
+    /// A short, stable name of the failure's class (`timeout`,
+    /// `no_responders`, …; a rejection's status code): a span's
+    /// `error.type`, a metric label.
+    pub fn error_type(&self) -> Cow<'static, str> {
+        match self {
+            CallError::TimedOut { .. } => "timeout".into(),
+            CallError::NoResponders { .. } => "no_responders".into(),
+            CallError::CircuitOpen { .. } => "circuit_open".into(),
+            CallError::Rejected(e) => e.code.to_string().into(),
+            CallError::Decode { .. } => "decode".into(),
+            CallError::Invalid { .. } => "invalid".into(),
+            CallError::Transport { .. } => "transport".into(),
         }
     }
 

@@ -41,6 +41,7 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use crate::codec;
+use crate::telemetry::Hop;
 use crate::trace_context::TraceContext;
 
 pub use breaker::{BreakerConfig, BreakerSnapshot, BreakerState, Breakers};
@@ -169,7 +170,26 @@ impl Client {
         }
         let started = Instant::now();
         let deadline = options.effective_deadline(started);
-        let trace = options.trace.unwrap_or_else(TraceContext::new_root);
+        let hop = Hop::client(subject, options.trace);
+        let result = self
+            .call_traced(subject, payload, &options, deadline, &hop.trace, &hop)
+            .await;
+        if let Err(error) = &result {
+            hop.fail(&error.error_type(), &error.to_string());
+        }
+        result
+    }
+
+    /// [`Client::call_bytes`]'s attempts and retries, within the call's span.
+    async fn call_traced(
+        &self,
+        subject: &str,
+        payload: bytes::Bytes,
+        options: &CallOptions,
+        deadline: Instant,
+        trace: &TraceContext,
+        hop: &Hop,
+    ) -> Result<bytes::Bytes, CallError> {
         // Built on the first failure: most calls never need it.
         let mut delays = None;
         let breakers = &self.shared.breakers;
@@ -181,7 +201,7 @@ impl Client {
                 .attempt_timeout
                 .map_or(deadline, |t| deadline.min(Instant::now() + t));
             let outcome = self
-                .attempt(subject, payload.clone(), attempt_deadline, &trace)
+                .attempt(subject, payload.clone(), attempt_deadline, trace)
                 .await;
             let error = match outcome {
                 Ok(reply) => {
@@ -216,6 +236,14 @@ impl Client {
                 return Err(error);
             }
             tracing::debug!(%subject, ?delay, %error, "retrying");
+            hop.event(
+                "retry",
+                &[
+                    ("error.type", error.error_type().into_owned()),
+                    ("exception.message", error.to_string()),
+                    ("switchboard.retry.delay_ms", delay.as_millis().to_string()),
+                ],
+            );
             tokio::time::sleep(delay).await;
         }
     }
@@ -244,7 +272,7 @@ impl Client {
         }
         let request = async_nats::Request::new()
             .payload(payload)
-            .headers(codec::request_headers(remaining, &trace.child()))
+            .headers(codec::request_headers(remaining, trace))
             .timeout(Some(remaining));
         match self
             .shared

@@ -14,8 +14,9 @@ use serde::Serialize;
 
 use super::EventError;
 use super::envelope::{self, DeadLetterInfo};
-use super::publisher::{Published, Publisher};
+use super::publisher::{Published, Publisher, producer_span};
 use super::stream::StreamSpec;
+use crate::trace_context::TraceContext;
 
 /// Name of the dead-letter stream.
 pub const DLQ_STREAM: &str = "DLQ";
@@ -82,20 +83,32 @@ impl DeadLetters {
 
     /// Stores a dead event: its facts (`info`), with its original headers
     /// and payload.
+    /// `trace`: the failed handling's, which the dead letter's span
+    /// continues (and a replay after it).
     pub(crate) async fn put(
         &self,
         info: &DeadLetterInfo,
         original_headers: Option<&async_nats::HeaderMap>,
         payload: Bytes,
+        trace: Option<TraceContext>,
     ) -> Result<(), EventError> {
-        let headers = envelope::dead_letter_headers(original_headers, info);
+        let mut headers = envelope::dead_letter_headers(original_headers, info);
         let subject = format!("dlq.{}.{}", info.stream, info.consumer);
-        self.js
-            .publish_with_headers(subject, headers, payload)
-            .await
-            .map_err(|e| EventError::js("write dead letter")(e))?
-            .await
-            .map_err(|e| EventError::js("write dead letter")(e))?;
+        let event_id = envelope::header(Some(&headers), envelope::CE_ID).unwrap_or_default();
+        let hop = producer_span("dead_letter", &subject, &event_id, &mut headers, trace);
+        let written = async {
+            self.js
+                .publish_with_headers(subject, headers, payload)
+                .await
+                .map_err(|e| EventError::js("write dead letter")(e))?
+                .await
+                .map_err(|e| EventError::js("write dead letter")(e))
+        }
+        .await;
+        if let (Some(hop), Err(error)) = (&hop, &written) {
+            hop.fail(error.kind_name(), &error.to_string());
+        }
+        written?;
         tracing::warn!(
             stream = %info.stream, consumer = %info.consumer, sequence = info.stream_sequence,
             deliveries = info.deliveries, error = %info.error, "event dead-lettered"

@@ -111,6 +111,12 @@ pub fn set_message_id(headers: &mut HeaderMap, id: &str) {
     headers.insert(static_name(NATS_MSG_ID), id);
 }
 
+/// Points the event's `traceparent` at the span that sends it, so its
+/// consumers' spans are that span's children.
+pub fn set_trace(headers: &mut HeaderMap, trace: &TraceContext) {
+    headers.insert(static_name(TRACEPARENT), trace.to_string().as_str());
+}
+
 /// The events a state write implies, on the KV message of that write
 /// until the bucket's outbox relay has published them (a JSON array of
 /// `{subject, headers, data}`; see `events::outbox`).

@@ -70,6 +70,21 @@ pub enum EventError {
 }
 
 impl EventError {
+    /// A short, stable name of the failure's class (a span's `error.type`).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            EventError::NoStream { .. } => "no_stream",
+            EventError::AckTimeout { .. } => "ack_timeout",
+            EventError::StreamDrift { .. } => "stream_drift",
+            EventError::Payload(_) => "payload",
+            EventError::Envelope(_) => "envelope",
+            EventError::InvalidAttribute { .. } => "invalid_attribute",
+            EventError::InvalidSubject { .. } => "invalid_subject",
+            EventError::UnknownDeadLetter(_) => "unknown_dead_letter",
+            EventError::JetStream { .. } => "jetstream",
+        }
+    }
+
     pub(crate) fn js<E>(action: impl Into<String>) -> impl FnOnce(E) -> Self
     where
         E: std::error::Error + Send + Sync + 'static,

@@ -46,6 +46,7 @@ mod error;
 mod event;
 mod group;
 mod idempotency;
+pub mod live;
 pub mod outbox;
 mod publisher;
 pub mod signal;

@@ -51,6 +51,7 @@ use serde::{Deserialize, Serialize};
 
 use super::EventError;
 use super::envelope::{self, OUTBOX};
+use super::publisher::producer_span;
 
 /// The durable name of every bucket's relay consumer.
 pub const RELAY_DURABLE: &str = "outbox";
@@ -258,10 +259,17 @@ async fn send(
     }
     // Last, so it replaces any id the stored headers carried.
     envelope::set_message_id(&mut headers, id);
+    // Child of the handler that committed the event (its stored traceparent).
+    let parent = crate::codec::read_trace(Some(&headers));
+    let hop = producer_span("publish", &event.subject, id, &mut headers, parent);
     let sent = js
         .publish_with_headers(event.subject.clone(), headers, event.data.into())
-        .await;
-    sent.map_err(|e| EventError::js(format!("publish to {}", event.subject))(e))
+        .await
+        .map_err(|e| EventError::js(format!("publish to {}", event.subject))(e));
+    if let (Some(hop), Err(error)) = (&hop, &sent) {
+        hop.fail(error.kind_name(), &error.to_string());
+    }
+    sent
 }
 
 async fn ack(message: &jetstream::Message, kind: AckKind) {

@@ -16,6 +16,8 @@ use super::envelope;
 use super::event::Event;
 use crate::batch::{self, BatchError, BatchMessage};
 pub use crate::batch::{AtomicBatch, MAX_ATOMIC_BATCH};
+use crate::telemetry::Hop;
+use crate::trace_context::TraceContext;
 
 /// A stored event's acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,10 +57,11 @@ impl Publisher {
         &self,
         subject: &str,
         event: &Event<T>,
-    ) -> Result<(async_nats::HeaderMap, bytes::Bytes), EventError> {
+    ) -> Result<(async_nats::HeaderMap, bytes::Bytes, Option<Hop>), EventError> {
         let (mut headers, payload) = event.encode(&self.source, subject)?;
         envelope::set_message_id(&mut headers, &event.id);
-        Ok((headers, payload))
+        let hop = producer_span("publish", subject, &event.id, &mut headers, event.trace);
+        Ok((headers, payload, hop))
     }
 
     /// An event as it waits in the outbox: subject, CloudEvents headers
@@ -96,9 +99,13 @@ impl Publisher {
         subject: &str,
         event: &Event<T>,
     ) -> Result<Published, EventError> {
-        let (headers, payload) = self.message(subject, event)?;
-        let ack = self.send(subject, headers, payload).await?;
-        confirm(subject, &event.id, ack).await
+        let (headers, payload, hop) = self.message(subject, event)?;
+        let published = match self.send(subject, headers, payload).await {
+            Ok(ack) => confirm(subject, &event.id, ack).await,
+            Err(error) => Err(error),
+        };
+        settled(hop.as_ref(), &published);
+        published
     }
 
     /// Re-publishes a stored message as it was (headers and payload), with
@@ -111,8 +118,14 @@ impl Publisher {
         message_id: &str,
     ) -> Result<Published, EventError> {
         envelope::set_message_id(&mut headers, message_id);
-        let ack = self.send(subject, headers, payload).await?;
-        confirm(subject, message_id, ack).await
+        let parent = crate::codec::read_trace(Some(&headers));
+        let hop = producer_span("replay", subject, message_id, &mut headers, parent);
+        let published = match self.send(subject, headers, payload).await {
+            Ok(ack) => confirm(subject, message_id, ack).await,
+            Err(error) => Err(error),
+        };
+        settled(hop.as_ref(), &published);
+        published
     }
 
     /// Stores `events` atomically (ADR-50 batch publish, nats-server 2.12+,
@@ -145,7 +158,7 @@ impl Publisher {
     ) -> Result<AtomicBatch, EventError> {
         let mut messages = Vec::with_capacity(events.len());
         for event in events {
-            let (headers, payload) = self.message(subject, event)?;
+            let (headers, payload, _span) = self.message(subject, event)?;
             messages.push(BatchMessage::new(subject.to_owned(), headers, payload));
         }
         batch::commit(&self.js.client(), messages)
@@ -208,7 +221,7 @@ impl BatchPublisher {
         while self.in_flight.len() >= self.window {
             self.settle_oldest().await;
         }
-        let (headers, payload) = self.publisher.message(subject, event)?;
+        let (headers, payload, _span) = self.publisher.message(subject, event)?;
         let ack = self.publisher.send(subject, headers, payload).await?;
         self.in_flight
             .push_back((subject.to_owned(), event.id.clone(), ack));
@@ -227,6 +240,35 @@ impl BatchPublisher {
             self.settle_oldest().await;
         }
         self.done
+    }
+}
+
+/// Starts the producer span of a message about to be sent (when spans are
+/// exported) and points the message's `traceparent` at it; `parent` is
+/// the span the send belongs to (a handler's, a consumer's).
+pub(crate) fn producer_span(
+    operation: &'static str,
+    subject: &str,
+    message_id: &str,
+    headers: &mut async_nats::HeaderMap,
+    parent: Option<TraceContext>,
+) -> Option<Hop> {
+    let hop = Hop::producer(operation, subject, message_id, parent)?;
+    envelope::set_trace(headers, &hop.trace);
+    Some(hop)
+}
+
+/// Records how a send ended on its producer span.
+pub(crate) fn settled(hop: Option<&Hop>, result: &Result<Published, EventError>) {
+    let Some(hop) = hop else { return };
+    match result {
+        Ok(published) => {
+            hop.attribute(
+                "messaging.nats.stream.sequence",
+                i64::try_from(published.sequence).unwrap_or(i64::MAX),
+            );
+        }
+        Err(error) => hop.fail(error.kind_name(), &error.to_string()),
     }
 }
 

@@ -25,7 +25,7 @@ use super::stats::EndpointCounters;
 use crate::client::Client;
 use crate::codec;
 use crate::error::ServiceError;
-use crate::trace_context::TraceContext;
+use crate::telemetry::Hop;
 
 /// An endpoint while it serves.
 #[derive(Debug)]
@@ -165,24 +165,21 @@ impl Request {
             );
             return self.answer(Err(error)).await;
         }
-        let trace = codec::read_trace(self.message.headers.as_ref())
-            .map(|t| t.child())
-            .unwrap_or_else(TraceContext::new_root);
+        let hop = Hop::server(
+            &self.live.service,
+            &self.live.name,
+            &self.message.subject,
+            codec::read_trace(self.message.headers.as_ref()),
+        );
         let ctx = Context {
             endpoint: self.live.name.clone(),
             subject: self.message.subject.clone(),
             deadline: self.deadline,
-            trace,
+            trace: hop.trace,
             headers: self.message.headers.take(),
             client: self.live.client.clone(),
         };
-        let span = tracing::info_span!(
-            "request",
-            service = %self.live.service,
-            endpoint = %self.live.name,
-            trace_id = %trace.trace_id(),
-            span_id = %trace.span_id(),
-        );
+        let span = hop.span.clone();
         let work = (self.live.endpoint.handler)(ctx, self.message.payload.clone());
         let work = AssertUnwindSafe(work)
             .catch_unwind()
@@ -207,6 +204,9 @@ impl Request {
                 Err(ServiceError::internal("internal error"))
             }
         };
+        if let Err(error) = &result {
+            hop.fail(&error.code.to_string(), &error.message);
+        }
         self.answer(result).await;
     }
 

@@ -18,6 +18,7 @@
 //! ```
 
 mod cluster;
+mod otlp;
 mod ports;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ use tempfile::TempDir;
 use crate::server::{NatsServer, ServerError, ServerOptions};
 
 pub use cluster::TestCluster;
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use ports::{free_port, free_port_block};
 
 /// Errors of the harness.

@@ -32,8 +32,14 @@ impl Switchboard {
     pub fn spawn(args: &[impl AsRef<std::ffi::OsStr>], env: &[(String, String)]) -> Switchboard {
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args(args)
-            // A NATS_URL of the developer's shell must not leak into tests.
+            // A NATS_URL of the developer's shell must not leak into tests,
+            // nor its OpenTelemetry set-up.
             .env_remove("NATS_URL")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("OTEL_TRACES_EXPORTER")
+            // Parallel systems: each dashboard on a port of its own.
+            .env("SWITCHBOARD_DASHBOARD_ADDR", "127.0.0.1:0")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .stdin(Stdio::null())

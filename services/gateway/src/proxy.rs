@@ -16,7 +16,9 @@ use serde_json::{Map, Value, json};
 use switchboard::ServiceError;
 use switchboard::client::{CallError, CallOptions};
 use switchboard::codec;
+use switchboard::telemetry::Hop;
 use switchboard::trace_context::TraceContext;
+use tracing::Instrument;
 
 use crate::Gateway;
 use crate::routes::Lookup;
@@ -37,14 +39,44 @@ pub(crate) async fn forward(
 ) -> Response {
     let started = Instant::now();
     // A malformed traceparent starts a new trace (as W3C asks), never a 400.
-    let trace = headers
+    let parent = headers
         .get(codec::TRACEPARENT)
         .and_then(|v| v.to_str().ok())
-        .and_then(TraceContext::parse)
-        .map(|t| t.child())
-        .unwrap_or_else(TraceContext::new_root);
+        .and_then(TraceContext::parse);
     let table = gateway.routes();
-    let (route, params) = match table.find(method.as_str(), uri.path()) {
+    let lookup = table.find(method.as_str(), uri.path());
+    let route = match &lookup {
+        Lookup::Found(route, _) => Some(route.path.as_str()),
+        _ => None,
+    };
+    let hop = Hop::http_server(method.as_str(), route, uri.path(), parent);
+    let response = answer(&gateway, lookup, body, &hop.trace)
+        .instrument(hop.span.clone())
+        .await;
+    let status = response.status();
+    hop.attribute("http.response.status_code", i64::from(status.as_u16()));
+    if status.is_server_error() {
+        hop.fail(
+            status.as_str(),
+            status.canonical_reason().unwrap_or("server error"),
+        );
+    }
+    if let Some(route) = route {
+        let label = format!("{method} {route}");
+        crate::metrics::record(&label, status.as_u16(), started.elapsed());
+    }
+    response
+}
+
+/// The response to a request whose route was looked up.
+async fn answer(
+    gateway: &Gateway,
+    lookup: Lookup<'_>,
+    body: Body,
+    trace: &TraceContext,
+) -> Response {
+    let trace = *trace;
+    let (route, params) = match lookup {
         Lookup::Found(route, params) => (route, params),
         Lookup::MethodNotAllowed(allowed) => {
             let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed", &trace);
@@ -55,7 +87,6 @@ pub(crate) async fn forward(
         }
         Lookup::NotFound => return error(StatusCode::NOT_FOUND, "no such route", &trace),
     };
-    let label = format!("{} {}", route.method, route.path);
     if let Some((name, value)) = params.iter().find(|(_, v)| v.len() > MAX_PATH_PARAMETER) {
         let message = format!(
             "path parameter {name} is {} bytes; the limit is {MAX_PATH_PARAMETER}",
@@ -83,7 +114,7 @@ pub(crate) async fn forward(
         }
     };
 
-    let response = match request_body(&body, params) {
+    match request_body(&body, params) {
         Err(message) => error(StatusCode::BAD_REQUEST, &message, &trace),
         Ok(request) => {
             let options = CallOptions::default()
@@ -112,9 +143,7 @@ pub(crate) async fn forward(
                 Err(e) => call_error(&e, &trace),
             }
         }
-    };
-    crate::metrics::record(&label, response.status().as_u16(), started.elapsed());
-    response
+    }
 }
 
 /// The body (an object, or nothing) with the path parameters merged in.

@@ -11,10 +11,12 @@ use futures::FutureExt;
 use serde::de::DeserializeOwned;
 
 use super::{ConsumerSpec, HandlerError, Shared};
+use crate::codec;
 use crate::events::EventError;
-use crate::events::envelope::DeadLetterInfo;
+use crate::events::envelope::{self, DeadLetterInfo};
 use crate::events::event::{Delivery, ReceivedEvent};
 use crate::events::idempotency::{Claim, Idempotency};
+use crate::telemetry::Hop;
 
 /// Handles one event. `in_place`: retry a retryable failure here (ordered
 /// lanes) instead of nak-ing it for a later redelivery.
@@ -43,6 +45,15 @@ pub(super) async fn handle<T, F, Fut>(
             return;
         }
     };
+    // One span for the whole delivery: in-place retries and a
+    // dead-lettering are events and children of it.
+    let hop = Hop::consumer(
+        &subject,
+        &spec.durable,
+        &envelope::header(message.headers.as_ref(), envelope::CE_ID).unwrap_or_default(),
+        delivery.delivered,
+        codec::read_trace(message.headers.as_ref()),
+    );
     let event = match ReceivedEvent::<T>::decode(&message) {
         Ok(mut event) => {
             event.delivery = Some(delivery.clone());
@@ -56,6 +67,7 @@ pub(super) async fn handle<T, F, Fut>(
                 &delivery,
                 &subject,
                 format!("undecodable: {error}"),
+                &hop,
             )
             .await;
             return;
@@ -74,7 +86,15 @@ pub(super) async fn handle<T, F, Fut>(
             }
             Err(error @ EventError::InvalidAttribute { .. }) => {
                 // No retry makes the id shorter.
-                dead_letter(shared, &message, &delivery, &subject, error.to_string()).await;
+                dead_letter(
+                    shared,
+                    &message,
+                    &delivery,
+                    &subject,
+                    error.to_string(),
+                    &hop,
+                )
+                .await;
                 return;
             }
             Err(error) => {
@@ -92,7 +112,7 @@ pub(super) async fn handle<T, F, Fut>(
     let mut delivery = delivery;
     let mut event = Some(event);
     let outcome = loop {
-        let current = match event.take() {
+        let mut current = match event.take() {
             Some(current) => current,
             // A retry in place: the same message, decoded again.
             None => match ReceivedEvent::<T>::decode(&message) {
@@ -103,20 +123,16 @@ pub(super) async fn handle<T, F, Fut>(
                 Err(error) => break Err(HandlerError::permanent(error.to_string())),
             },
         };
-        let span = tracing::info_span!(
-            "event",
-            consumer = %spec.durable,
-            subject = %subject,
-            event_id = %event_id,
-            delivered = delivery.delivered,
-            trace_id = current.trace.map(|t| t.trace_id()).unwrap_or_default(),
-        );
+        if crate::telemetry::exporting() {
+            // The handler's calls and publishes are children of this span.
+            current.trace = Some(hop.trace);
+        }
         let work = AssertUnwindSafe((shared.handler)(current)).catch_unwind();
         let outcome = keep_alive(
             &message,
             spec,
             claim,
-            tracing::Instrument::instrument(work, span),
+            tracing::Instrument::instrument(work, hop.span.clone()),
         )
         .await
         .unwrap_or_else(|_| Err(HandlerError::retry("handler panicked")));
@@ -128,6 +144,7 @@ pub(super) async fn handle<T, F, Fut>(
                 }
                 let delay = spec.delay_after(failed);
                 tracing::info!(%event_id, %reason, ?delay, "retrying in place (ordered)");
+                hop.event("retry", &[("exception.message", reason.clone())]);
                 keep_alive(&message, spec, claim, tokio::time::sleep(delay)).await;
                 delivery.delivered += 1;
             }
@@ -146,6 +163,13 @@ pub(super) async fn handle<T, F, Fut>(
             settle(&message, AckKind::Ack).await;
         }
         Err(error) => {
+            hop.fail(
+                match &error {
+                    HandlerError::Retryable(_) => "retryable",
+                    HandlerError::Permanent(_) => "permanent",
+                },
+                error.reason(),
+            );
             if let Some(idempotency) = &shared.idempotency
                 && let Err(e) = idempotency.release(&event_id).await
             {
@@ -167,7 +191,7 @@ pub(super) async fn handle<T, F, Fut>(
                 }
                 HandlerError::Retryable(reason) | HandlerError::Permanent(reason) => {
                     shared.failures.forget(delivery.stream_sequence);
-                    dead_letter(shared, &message, &delivery, &subject, reason).await;
+                    dead_letter(shared, &message, &delivery, &subject, reason, &hop).await;
                 }
             }
         }
@@ -219,7 +243,9 @@ async fn dead_letter<F>(
     delivery: &Delivery,
     subject: &str,
     error: String,
+    hop: &Hop,
 ) {
+    hop.event("dead_letter", &[("exception.message", error.clone())]);
     let info = DeadLetterInfo {
         subject: subject.to_owned(),
         stream: delivery.stream.clone(),
@@ -229,9 +255,12 @@ async fn dead_letter<F>(
         error,
         failed_at: crate::events::now_rfc3339(),
     };
-    let put = shared
-        .dead_letters
-        .put(&info, message.headers.as_ref(), message.payload.clone());
+    let put = shared.dead_letters.put(
+        &info,
+        message.headers.as_ref(),
+        message.payload.clone(),
+        crate::telemetry::exporting().then_some(hop.trace),
+    );
     match put.await {
         Ok(()) => settle(message, AckKind::Term).await,
         Err(e) => {

@@ -16,6 +16,13 @@ pub enum HandlerError {
 }
 
 impl HandlerError {
+    /// The handler's words.
+    pub fn reason(&self) -> &str {
+        match self {
+            HandlerError::Retryable(reason) | HandlerError::Permanent(reason) => reason,
+        }
+    }
+
     /// A retryable failure.
     pub fn retry(message: impl Into<String>) -> Self {
         HandlerError::Retryable(message.into())

@@ -1,0 +1,97 @@
+//! Events as they are published, for people watching (the gateway's
+//! `/events`, the dashboard's feed): a plain subscription, no durable
+//! consumer, nothing acknowledged — watching never changes what services
+//! receive.
+//!
+//! Each watcher has its own bounded buffer. A watcher that reads too slowly
+//! loses events, never slows the connection or other watchers, and is told
+//! how many it missed ([`LiveItem::Dropped`]).
+
+use futures::{Stream, StreamExt};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::envelope::{self, EventAttributes};
+
+/// Events buffered per watcher before it starts losing them.
+pub const BUFFER: usize = 256;
+
+/// One event as watchers see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveEvent {
+    /// The subject it was published on.
+    pub subject: String,
+    /// Its CloudEvents attributes (`None` for a message that is not one).
+    pub attributes: Option<EventAttributes>,
+    /// The data: JSON as it came, else the payload as text.
+    pub data: serde_json::Value,
+}
+
+impl LiveEvent {
+    /// Reads a published message.
+    pub fn from_message(message: &async_nats::Message) -> Self {
+        LiveEvent {
+            subject: message.subject.to_string(),
+            attributes: envelope::read_event_attributes(message.headers.as_ref()).ok(),
+            data: serde_json::from_slice(&message.payload).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&message.payload).into_owned())
+            }),
+        }
+    }
+}
+
+/// What a watcher receives.
+#[derive(Debug, Clone)]
+pub enum LiveItem {
+    /// An event.
+    Event(Box<LiveEvent>),
+    /// This many events were lost since the last item (the watcher was slow).
+    Dropped(u64),
+}
+
+/// Whether `subject` may be watched: `events.>` or a subject (or wildcard)
+/// under `events.`, and one the server accepts (a SUB line it refused
+/// would close the connection, every other watcher's too).
+pub fn valid_filter(subject: &str) -> bool {
+    (subject == "events.>" || subject.starts_with("events."))
+        && crate::limits::check_subject(subject).is_ok()
+        && !subject.chars().any(|c| c.is_whitespace() || c.is_control())
+        && !subject.split('.').any(str::is_empty)
+}
+
+/// Watches `subject` (checked with [`valid_filter`] by the caller). The
+/// stream ends when the connection does; dropping it unsubscribes.
+///
+/// # Errors
+///
+/// The subscription cannot be made (connection closed).
+pub async fn watch(
+    nats: &async_nats::Client,
+    subject: String,
+) -> Result<impl Stream<Item = LiveItem> + Send + 'static, async_nats::SubscribeError> {
+    let mut subscription = nats.subscribe(subject).await?;
+    let (tx, rx) = mpsc::channel::<LiveItem>(BUFFER);
+    tokio::spawn(async move {
+        let mut dropped: u64 = 0;
+        loop {
+            let message = tokio::select! {
+                message = subscription.next() => message,
+                () = tx.closed() => None, // the watcher went away
+            };
+            let Some(message) = message else { break };
+            if dropped > 0 && tx.try_send(LiveItem::Dropped(dropped)).is_ok() {
+                dropped = 0;
+            }
+            if tx
+                .try_send(LiveItem::Event(Box::new(LiveEvent::from_message(&message))))
+                .is_err()
+            {
+                dropped += 1;
+            }
+        }
+        let _ = subscription.unsubscribe().await;
+    });
+    Ok(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}
