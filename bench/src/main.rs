@@ -19,6 +19,7 @@ mod replicas;
 mod report;
 mod reqreply;
 mod saga;
+mod traces;
 
 use std::time::Duration;
 
@@ -41,6 +42,8 @@ enum Scenario {
     /// Crash safety's cost: store + publish vs transaction + outbox; one hot sku vs spread.
     Saga,
     Replicas,
+    /// Trace export's cost: the echo endpoint with OTLP export off and on vs raw.
+    Traces,
 }
 
 #[derive(Debug, Parser)]
@@ -116,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Footprint,
             Scenario::Saga,
             Scenario::Replicas,
+            Scenario::Traces,
         ]
     } else {
         args.scenarios
@@ -131,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Footprint => footprint::run(&mut report).await?,
             Scenario::Saga => saga::run(&settings, &mut report).await?,
             Scenario::Replicas => replicas::run(&settings, &mut report).await?,
+            Scenario::Traces => traces::run(&settings, &mut report).await?,
         }
     }
     if let Some(path) = args.json {

@@ -129,7 +129,7 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
 /// A raw async-nats echo responder; with `io`, each request waits that long
 /// in a task of its own (as any concurrent service must), else it is
 /// answered inline.
-async fn spawn_raw_responder(
+pub(crate) async fn spawn_raw_responder(
     nats: &async_nats::Client,
     subject: &'static str,
     io: Option<Duration>,

@@ -49,8 +49,12 @@ pub struct UpArgs {
     )]
     dashboard_addr: std::net::SocketAddr,
     /// Serve no dashboard.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "traces")]
     no_dashboard: bool,
+    /// Export every service's spans to the dashboard, which shows a trace
+    /// by id (sets the services' OTEL_EXPORTER_OTLP_ENDPOINT).
+    #[arg(long)]
+    traces: bool,
     /// Do not write the `nats` CLI context.
     #[arg(long)]
     no_context: bool,
@@ -118,6 +122,45 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         switchboard::replication::REPLICAS_ENV.to_owned(),
         replicas.to_string(),
     ));
+    // Bound before anything starts, so the ready table can say where it
+    // is and `--traces` can point the services at it; a port in use costs
+    // the dashboard, not the system.
+    let dashboard = if args.no_dashboard {
+        None
+    } else {
+        match Dashboard::bind(args.dashboard_addr).await {
+            Ok(dashboard) => Some(dashboard),
+            Err(error) => {
+                say(format_args!(
+                    "switchboard: warning: no dashboard: {error} (choose another with --dashboard-addr)"
+                ));
+                None
+            }
+        }
+    };
+    let dashboard_addr = dashboard.as_ref().and_then(Dashboard::local_addr);
+    let dashboard_url = dashboard_addr.map(|addr| format!("http://{addr}/"));
+    if args.traces {
+        let Some(addr) = dashboard_addr else {
+            anyhow::bail!("--traces collects traces in the dashboard, which is not running");
+        };
+        if let Some(endpoint) = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            say(format_args!(
+                "switchboard: warning: --traces: the services export to the dashboard, not to {}",
+                endpoint.to_string_lossy()
+            ));
+        }
+        for (name, value) in [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
+            // The signal's own variable wins over the base URL: unset it.
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", String::new()),
+            ("OTEL_TRACES_EXPORTER", "otlp".to_owned()),
+            // Seen on the page within a second, not five.
+            ("OTEL_BSP_SCHEDULE_DELAY", "500".to_owned()),
+        ] {
+            config.service_env.push((name.to_owned(), value));
+        }
+    }
     let width = config.services.iter().map(String::len).max().unwrap_or(0);
     let sink = Arc::new(move |name: &str, line: &str| {
         let mut out = std::io::stdout().lock();
@@ -156,27 +199,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         ));
     }
 
-    // Bound before `ready`, so the table can say where it is; a port in
-    // use costs the dashboard, not the system.
-    let dashboard = if args.no_dashboard {
-        None
-    } else {
-        match Dashboard::bind(args.dashboard_addr, system.admin().clone()).await {
-            Ok(dashboard) => Some(dashboard),
-            Err(error) => {
-                say(format_args!(
-                    "switchboard: warning: no dashboard: {error} (choose another with --dashboard-addr)"
-                ));
-                None
-            }
-        }
-    };
-    let dashboard_url = dashboard
-        .as_ref()
-        .and_then(Dashboard::local_addr)
-        .map(|addr| format!("http://{addr}/"));
     // Stopped by abort: a page's open event feed would hold a graceful stop.
-    let dashboard = dashboard.map(|d| tokio::spawn(d.serve(std::future::pending())));
+    let dashboard =
+        dashboard.map(|d| tokio::spawn(d.serve(system.admin().clone(), std::future::pending())));
 
     let timeout = Duration::from_secs(args.ready_timeout);
     let summaries = tokio::select! {

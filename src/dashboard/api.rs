@@ -3,6 +3,7 @@
 //! (the page polls); when NATS is unreachable every answer is a 503 with
 //! the reason, which the page shows.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::connection::State as ConnectionState;
@@ -16,6 +17,7 @@ use serde_json::json;
 
 use crate::events::{DeadLetter, DeadLetters, EventError};
 use crate::micro::{InfoResponse, StatsResponse};
+use crate::telemetry::collector::SpanStore;
 
 /// How long discovery waits for answers (instances answer in
 /// milliseconds on a healthy system).
@@ -23,15 +25,24 @@ const DISCOVERY_WINDOW: Duration = Duration::from_millis(300);
 /// Longest any answer takes before it is a 503.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// What the handlers share: the operator's connection.
+/// Spans kept for the trace view (the newest; a few minutes of a busy
+/// system).
+const SPANS_KEPT: usize = 50_000;
+
+/// What the handlers share: the operator's connection, and the spans
+/// exported to the dashboard.
 #[derive(Debug, Clone)]
 pub(super) struct State {
     nats: async_nats::Client,
+    pub(super) spans: Arc<SpanStore>,
 }
 
 impl State {
     pub(super) fn new(nats: async_nats::Client) -> Self {
-        State { nats }
+        State {
+            nats,
+            spans: Arc::new(SpanStore::new(SPANS_KEPT)),
+        }
     }
 
     fn js(&self) -> async_nats::jetstream::Context {

@@ -16,6 +16,7 @@
 
 mod api;
 mod assets;
+mod traces;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,6 +27,8 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+
+use crate::telemetry::collector;
 
 /// The header a change must carry.
 pub const CHANGE_HEADER: &str = "x-switchboard-dashboard";
@@ -53,27 +56,24 @@ pub enum DashboardError {
 #[derive(Debug)]
 pub struct Dashboard {
     listener: tokio::net::TcpListener,
-    router: Router,
 }
 
 impl Dashboard {
-    /// Binds `addr` (loopback only) for a dashboard over `nats` (an
-    /// operator's connection).
+    /// Binds `addr` (loopback only). Bound first and served later, so its
+    /// address (with port 0, the one picked) can be handed to the services
+    /// before they start (`up --traces`).
     ///
     /// # Errors
     ///
     /// [`DashboardError`]: not loopback, or the port is taken.
-    pub async fn bind(addr: SocketAddr, nats: async_nats::Client) -> Result<Self, DashboardError> {
+    pub async fn bind(addr: SocketAddr) -> Result<Self, DashboardError> {
         if !addr.ip().is_loopback() {
             return Err(DashboardError::NotLoopback(addr));
         }
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| DashboardError::Bind { addr, source })?;
-        Ok(Dashboard {
-            listener,
-            router: router(nats),
-        })
+        Ok(Dashboard { listener })
     }
 
     /// The address it listens on (the port, when 0 was asked for).
@@ -81,9 +81,14 @@ impl Dashboard {
         self.listener.local_addr().ok()
     }
 
-    /// Serves until `shutdown` completes.
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) {
-        if let Err(error) = axum::serve(self.listener, self.router)
+    /// Serves the page over `nats` (an operator's connection) until
+    /// `shutdown` completes.
+    pub async fn serve(
+        self,
+        nats: async_nats::Client,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) {
+        if let Err(error) = axum::serve(self.listener, router(nats))
             .with_graceful_shutdown(shutdown)
             .await
         {
@@ -104,6 +109,9 @@ pub fn router(nats: async_nats::Client) -> Router {
         .route("/api/dlq/{id}", get(api::dead_letter))
         .route("/api/dlq/{id}/replay", post(api::replay))
         .route("/api/dlq/purge", post(api::purge))
+        .route("/api/traces", get(traces::status))
+        .route("/api/traces/{trace_id}", get(traces::trace))
+        .route(collector::TRACES_PATH, post(traces::export))
         .layer(middleware::from_fn(guard))
         .with_state(api::State::new(nats))
 }
@@ -122,7 +130,16 @@ async fn guard(request: Request, next: Next) -> Response {
         )
             .into_response();
     }
-    if request.method() != Method::GET && !request.headers().contains_key(CHANGE_HEADER) {
+    // Spans from the services' exporters: they send no header of ours,
+    // but a protobuf body, which no cross-site form can and no cross-site
+    // `fetch` may without a (never granted) preflight.
+    let export = request.uri().path() == collector::TRACES_PATH
+        && request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|t| t.as_bytes().starts_with(collector::PROTOBUF.as_bytes()));
+    if request.method() != Method::GET && !export && !request.headers().contains_key(CHANGE_HEADER)
+    {
         return (
             StatusCode::FORBIDDEN,
             "a change needs the x-switchboard-dashboard header",

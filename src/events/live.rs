@@ -25,6 +25,9 @@ pub struct LiveEvent {
     pub attributes: Option<EventAttributes>,
     /// The data: JSON as it came, else the payload as text.
     pub data: serde_json::Value,
+    /// The trace it belongs to (from its `traceparent`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 impl LiveEvent {
@@ -36,6 +39,7 @@ impl LiveEvent {
             data: serde_json::from_slice(&message.payload).unwrap_or_else(|_| {
                 serde_json::Value::String(String::from_utf8_lossy(&message.payload).into_owned())
             }),
+            trace_id: crate::codec::read_trace(message.headers.as_ref()).map(|t| t.trace_id()),
         }
     }
 }

@@ -44,6 +44,7 @@
 mod context;
 mod dispatch;
 mod endpoint;
+mod latency;
 mod schema;
 mod srv;
 mod stats;
@@ -64,6 +65,7 @@ pub use endpoint::{
     DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_QUEUED, DESCRIPTION, Endpoint, HTTP_METHOD, HTTP_PATH,
     HTTP_STATUS, IDEMPOTENT, MAX_IN_FLIGHT, REQUEST_SCHEMA, RESPONSE_SCHEMA,
 };
+pub use latency::quantile;
 
 /// Queue group shared by all instances of an endpoint.
 pub const QUEUE_GROUP: &str = "q";

@@ -131,6 +131,7 @@ fn stats(identity: &Identity, endpoints: &[Arc<LiveEndpoint>], client: &Client) 
             .iter()
             .map(|e| {
                 let totals = e.counters.totals();
+                let latency = e.counters.latency.snapshot();
                 let average = nanos(totals.processing)
                     .checked_div(totals.requests)
                     .unwrap_or(0);
@@ -149,6 +150,12 @@ fn stats(identity: &Identity, endpoints: &[Arc<LiveEndpoint>], client: &Client) 
                         "rejected": e.counters.rejected(),
                         "max_in_flight": e.endpoint.max_in_flight,
                         "max_queued": e.endpoint.max_queued,
+                        // Since the start: `[upper bound µs, count]` of each
+                        // non-empty bucket (two snapshots' difference is a
+                        // window), and its quantiles.
+                        "latency_us": latency,
+                        "p50_us": super::latency::quantile(&latency, 0.5),
+                        "p99_us": super::latency::quantile(&latency, 0.99),
                         // The breakers of this service's outgoing calls.
                         "circuit_breakers": breakers,
                         "retries": retries,

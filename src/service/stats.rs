@@ -15,6 +15,8 @@ pub(crate) struct EndpointCounters {
     errors: AtomicU64,
     processing_nanos: AtomicU64,
     last_error: Mutex<String>,
+    /// How long answering took, by bucket.
+    pub(crate) latency: super::latency::Latency,
     pub(crate) queued: AtomicUsize,
     pub(crate) rejected: AtomicU64,
     /// Requests taken off the subscription that expect a reply.
@@ -35,6 +37,7 @@ impl EndpointCounters {
     /// Records one answered request.
     pub(crate) fn record(&self, took: Duration, error: Option<&ServiceError>) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        self.latency.record(took);
         self.processing_nanos
             .fetch_add(nanos(took), Ordering::Relaxed);
         if let Some(e) = error {

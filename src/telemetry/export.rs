@@ -17,6 +17,7 @@
 //! second HTTP stack to every binary for no gain on loopback.
 
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::level_filters::LevelFilter;
@@ -51,6 +52,14 @@ pub struct ExportSettings {
 }
 
 impl ExportSettings {
+    /// Export to the OTLP/HTTP traces URL `endpoint` (the full URL, e.g.
+    /// `http://127.0.0.1:4318/v1/traces`); the other variables still apply.
+    pub fn to(endpoint: impl Into<String>) -> Self {
+        ExportSettings {
+            endpoint: endpoint.into(),
+        }
+    }
+
     /// `None` unless the variables ask for export (see the module's table).
     pub fn from_env() -> Option<Self> {
         Self::from_lookup(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
@@ -92,6 +101,7 @@ impl ExportSettings {
     pub(super) fn provider(&self, service: &str) -> Result<SdkTracerProvider, ExportError> {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
+            .with_endpoint(self.endpoint.clone())
             .build()?;
         let mut resource = Resource::builder();
         let named_by_env = std::env::var(SERVICE_NAME).is_ok_and(|v| !v.trim().is_empty())

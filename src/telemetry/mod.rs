@@ -17,6 +17,7 @@
 //! A process keeps the [`Telemetry`] that [`init`] returns until it ends:
 //! dropping it sends the spans still buffered.
 
+pub mod collector;
 mod export;
 mod hop;
 
@@ -56,6 +57,16 @@ impl Telemetry {
         self.provider.is_some()
     }
 
+    /// Stops (`false`) or resumes making spans, the exporter staying
+    /// installed: while stopped every hop takes the path of a process that
+    /// exports nothing. For a quiet period, and for measuring what export
+    /// costs in one process.
+    pub fn set_exporting(&self, on: bool) {
+        if self.provider.is_some() {
+            EXPORTING.store(on, Ordering::Relaxed);
+        }
+    }
+
     /// Sends the spans buffered so far (shutdown does this too).
     pub fn flush(&self) {
         if let Some(provider) = &self.provider
@@ -89,6 +100,16 @@ pub fn init(service: &str) -> Telemetry {
 /// commands show only warnings unless asked (`-v`), so their output is
 /// what they print, not the client's connection events.
 pub fn init_at(service: &str, default_level: &str) -> Telemetry {
+    init_with(service, default_level, ExportSettings::from_env())
+}
+
+/// [`init_at`] with export decided by the caller instead of the
+/// environment (`None`: no export).
+pub fn init_with(
+    service: &str,
+    default_level: &str,
+    settings: Option<ExportSettings>,
+) -> Telemetry {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let ansi = match std::env::var(LOG_ANSI_ENV) {
@@ -103,7 +124,6 @@ pub fn init_at(service: &str, default_level: &str) -> Telemetry {
         // gone after Ctrl-C) makes the subscriber's own `eprintln!` panic.
         .log_internal_errors(false)
         .with_filter(filter);
-    let settings = ExportSettings::from_env();
     let (provider, problem) = match settings.as_ref().map(|s| s.provider(service)) {
         None => (None, None),
         Some(Ok(provider)) => (Some(provider), None),

@@ -14,58 +14,27 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use prost::Message;
 use tokio::net::TcpListener;
 
-/// One span as a process exported it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReceivedSpan {
-    /// The resource's `service.name`.
-    pub service: String,
-    /// 32 hex digits.
-    pub trace_id: String,
-    /// 16 hex digits.
-    pub span_id: String,
-    /// The parent's span id (`None` for a root span).
-    pub parent_span_id: Option<String>,
-    /// The span's name.
-    pub name: String,
-    /// `server`, `client`, `producer`, `consumer` or `internal`.
-    pub kind: &'static str,
-    /// Attributes, values as text.
-    pub attributes: BTreeMap<String, String>,
-    /// The names of the span's events (`retry`, `dead_letter`, …).
-    pub events: Vec<String>,
-    /// Whether the span's status is an error.
-    pub error: bool,
-}
+pub use crate::telemetry::collector::ReceivedSpan;
+use crate::telemetry::collector::{self, SpanStore};
 
-impl ReceivedSpan {
-    /// An attribute's value as text.
-    pub fn attribute(&self, key: &str) -> Option<&str> {
-        self.attributes.get(key).map(String::as_str)
-    }
-}
+/// Kept at most (a test's spans are far fewer).
+const CAPACITY: usize = 100_000;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Received {
     requests: AtomicUsize,
-    spans: Mutex<Vec<ReceivedSpan>>,
+    spans: SpanStore,
 }
 
 /// An OTLP/HTTP (protobuf) traces endpoint on a free loopback port; stops
@@ -86,7 +55,10 @@ impl OtlpReceiver {
     pub async fn start() -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let received = Arc::new(Received::default());
+        let received = Arc::new(Received {
+            requests: AtomicUsize::new(0),
+            spans: SpanStore::new(CAPACITY),
+        });
         let shared = received.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -119,11 +91,7 @@ impl OtlpReceiver {
 
     /// Every span received so far.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
-        self.received
-            .spans
-            .lock()
-            .map(|spans| spans.clone())
-            .unwrap_or_default()
+        self.received.spans.all()
     }
 
     /// How many HTTP requests arrived (any path, decodable or not).
@@ -145,84 +113,18 @@ async fn handle(request: Request<Incoming>, received: &Received) -> Response<Ful
         *response.status_mut() = status;
         response
     };
-    if request.uri().path() != "/v1/traces" {
+    if request.uri().path() != collector::TRACES_PATH {
         return reply(StatusCode::NOT_FOUND, Vec::new());
     }
     let body = match request.into_body().collect().await {
         Ok(body) => body.to_bytes(),
         Err(_) => return reply(StatusCode::BAD_REQUEST, Vec::new()),
     };
-    let Ok(export) = ExportTraceServiceRequest::decode(body) else {
-        return reply(StatusCode::BAD_REQUEST, Vec::new());
-    };
-    let spans = decode(export);
-    if let Ok(mut all) = received.spans.lock() {
-        all.extend(spans);
-    }
-    reply(
-        StatusCode::OK,
-        ExportTraceServiceResponse::default().encode_to_vec(),
-    )
-}
-
-fn decode(export: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
-    let mut out = Vec::new();
-    for resource_spans in export.resource_spans {
-        let resource = resource_spans
-            .resource
-            .map(|r| attributes(&r.attributes))
-            .unwrap_or_default();
-        let service = resource.get("service.name").cloned().unwrap_or_default();
-        for scope in resource_spans.scope_spans {
-            for span in scope.spans {
-                let kind = match SpanKind::try_from(span.kind) {
-                    Ok(SpanKind::Server) => "server",
-                    Ok(SpanKind::Client) => "client",
-                    Ok(SpanKind::Producer) => "producer",
-                    Ok(SpanKind::Consumer) => "consumer",
-                    _ => "internal",
-                };
-                out.push(ReceivedSpan {
-                    service: service.clone(),
-                    trace_id: hex(&span.trace_id),
-                    span_id: hex(&span.span_id),
-                    parent_span_id: (!span.parent_span_id.is_empty())
-                        .then(|| hex(&span.parent_span_id)),
-                    name: span.name,
-                    kind,
-                    attributes: attributes(&span.attributes),
-                    events: span.events.into_iter().map(|e| e.name).collect(),
-                    // STATUS_CODE_ERROR = 2.
-                    error: span.status.is_some_and(|s| s.code == 2),
-                });
-            }
+    match collector::decode(&body) {
+        Ok(spans) => {
+            received.spans.extend(spans);
+            reply(StatusCode::OK, collector::accepted())
         }
+        Err(_) => reply(StatusCode::BAD_REQUEST, Vec::new()),
     }
-    out
-}
-
-fn attributes(list: &[KeyValue]) -> BTreeMap<String, String> {
-    list.iter()
-        .map(|kv| {
-            (
-                kv.key.clone(),
-                kv.value.as_ref().map(text).unwrap_or_default(),
-            )
-        })
-        .collect()
-}
-
-fn text(value: &AnyValue) -> String {
-    match &value.value {
-        Some(any_value::Value::StringValue(s)) => s.clone(),
-        Some(any_value::Value::IntValue(i)) => i.to_string(),
-        Some(any_value::Value::BoolValue(b)) => b.to_string(),
-        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
-        Some(other) => format!("{other:?}"),
-        None => String::new(),
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -47,6 +47,15 @@ pub(crate) fn service_stats(stats: &[switchboard::micro::StatsResponse]) {
             metrics::gauge!("service_errors", &labels).set(endpoint.num_errors as f64);
             metrics::gauge!("service_average_processing_seconds", &labels)
                 .set(endpoint.average_processing_time as f64 / 1e9);
+            // The kit's latency buckets, since the instance started.
+            let data = endpoint.data.as_ref();
+            for (quantile, key) in [("0.5", "p50_us"), ("0.99", "p99_us")] {
+                if let Some(micros) = data.and_then(|d| d[key].as_u64()) {
+                    let mut labels = labels.to_vec();
+                    labels.push(("quantile", quantile.to_owned()));
+                    metrics::gauge!("service_latency_seconds", &labels).set(micros as f64 / 1e6);
+                }
+            }
         }
     }
 }

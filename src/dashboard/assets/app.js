@@ -38,6 +38,27 @@ function duration(ms) {
 
 const rate = (x) => [x.toFixed(1), "num"];
 
+/** Bucket counts added since `before` (both `[[upper µs, count], …]`). */
+function since(now, before) {
+  const old = new Map(before || []);
+  return now.map(([bound, count]) => [bound, count - (old.get(bound) || 0)]).filter(([, c]) => c > 0);
+}
+
+/** The q quantile of `[[upper µs, count], …]` in ms, or null: the same rule as the kit's. */
+function quantile(buckets, q) {
+  const total = buckets.reduce((sum, [, c]) => sum + c, 0);
+  if (total === 0) return null;
+  const rank = Math.max(1, Math.ceil(q * total));
+  let seen = 0;
+  for (const [bound, count] of buckets) {
+    seen += count;
+    if (seen >= rank) return bound / 1000;
+  }
+  return buckets[buckets.length - 1][0] / 1000;
+}
+
+const ms = (x) => [x === null ? "–" : x < 10 ? x.toFixed(2) : x.toFixed(0), "num"];
+
 // ---- status --------------------------------------------------------------
 
 function showStatus(ok, text) {
@@ -81,12 +102,15 @@ function overview(data) {
       const seconds = before ? (now - before.at) / 1000 : 0;
       const r = before && seconds > 0 ? Math.max(0, e.num_requests - before.requests) / seconds : 0;
       const er = before && seconds > 0 ? Math.max(0, e.num_errors - before.errors) / seconds : 0;
-      seen.set(key, { at: now, requests: e.num_requests, errors: e.num_errors });
       const d = e.data || {};
+      seen.set(key, { at: now, requests: e.num_requests, errors: e.num_errors, latency: d.latency_us || [] });
+      // Since the last poll; until there is one, since the start.
+      const recent = since(d.latency_us || [], before && before.latency);
       data0 = data0 || d;
       reqRate += r; errRate += er; inFlight += d.in_flight || 0;
-      const agg = endpoints.get(e.subject) || { name: `${stats.name}.${e.name}`, subject: e.subject, instances: 0, r: 0, er: 0, requests: 0, time: 0, inFlight: 0, queued: 0, lastError: "", schema: null };
+      const agg = endpoints.get(e.subject) || { name: e.name, subject: e.subject, instances: 0, r: 0, er: 0, requests: 0, time: 0, inFlight: 0, queued: 0, lastError: "", schema: null, latency: new Map() };
       agg.instances += 1; agg.r += r; agg.er += er;
+      for (const [bound, count] of recent) agg.latency.set(bound, (agg.latency.get(bound) || 0) + count);
       agg.requests += e.num_requests; agg.time += e.processing_time;
       agg.inFlight += d.in_flight || 0; agg.queued += d.queued || 0;
       if (e.last_error) agg.lastError = e.last_error;
@@ -121,13 +145,17 @@ function overview(data) {
       pre.textContent = `${e.schema.description || ""}\nrequest: ${pretty(e.schema.request_schema)}\nresponse: ${pretty(e.schema.response_schema)}`;
       name.append(pre);
     }
-    const average = e.requests ? e.time / e.requests / 1e6 : 0;
-    return row([name, e.subject, [String(e.instances), "num"], rate(e.r), [e.er.toFixed(1), e.er > 0 ? "num bad" : "num"], [average.toFixed(2), "num"], [String(e.inFlight), "num"], [String(e.queued), "num"], [e.lastError, "bad"]], { "data-subject": e.subject });
+    const latency = [...e.latency.entries()].sort((a, b) => a[0] - b[0]);
+    return row([name, e.subject, [String(e.instances), "num"], rate(e.r), [e.er.toFixed(1), e.er > 0 ? "num bad" : "num"], ms(quantile(latency, 0.5)), ms(quantile(latency, 0.99)), [String(e.inFlight), "num"], [String(e.queued), "num"], [e.lastError, "bad"]], { "data-subject": e.subject });
   }), "no endpoints");
   fill($("#breakers tbody"), breakers, "no calls made yet");
   $("#budgets").textContent = budgets.join(" · ");
-  fill($("#streams tbody"), data.streams.flatMap((s) => {
-    const head = row([[s.name, "subject"], s.subjects.join(" "), [String(s.messages), "num"], "", "", ""], { "data-stream": s.name });
+  // Event streams first, then the DLQ, then the state buckets' streams.
+  const order = (s) => (s.name.startsWith("KV_") ? 2 : s.name === "DLQ" ? 1 : 0);
+  const streams = [...data.streams].sort((a, b) => order(a) - order(b) || a.name.localeCompare(b.name));
+  fill($("#streams tbody"), streams.flatMap((s) => {
+    // A KV bucket's stream is state, not events: shown, but quieter.
+    const head = row([[s.name, "subject"], s.subjects.join(" "), [String(s.messages), "num"], "", "", ""], { "data-stream": s.name, class: s.name.startsWith("KV_") ? "bucket" : "" });
     return [head, ...s.consumers.map((c) => row(["", c.name, "", [String(c.pending), "num"], [String(c.ack_pending), "num"], [String(c.redelivered), "num"]], { "data-consumer": c.name }))];
   }), "no streams");
   return data.server;
@@ -210,7 +238,17 @@ function watch(subject) {
     subjectSpan.textContent = event.subject;
     const rest = document.createElement("span");
     rest.textContent = ` ${event.attributes ? event.attributes.id : ""} ${JSON.stringify(event.data)}`;
-    li.append(time, subjectSpan, rest);
+    li.append(time);
+    if (event.trace_id) {
+      // First, so a long event never pushes it out of sight.
+      const trace = document.createElement("button");
+      trace.className = "trace";
+      trace.textContent = "trace";
+      trace.title = event.trace_id;
+      trace.onclick = () => { $("#trace-id").value = event.trace_id; showTrace(event.trace_id); };
+      li.append(trace, " ");
+    }
+    li.append(subjectSpan, rest);
     const list = $("#events");
     list.prepend(li);
     while (list.children.length > MAX_EVENTS) list.lastChild.remove();
@@ -226,6 +264,66 @@ function watch(subject) {
 $("#event-filter").addEventListener("submit", (e) => {
   e.preventDefault();
   watch($("#event-subject").value.trim() || "events.>");
+});
+
+// ---- one trace ---------------------------------------------------------------------
+
+async function showTrace(id) {
+  const note = $("#trace-note");
+  const tbody = $("#trace tbody");
+  id = id.trim().toLowerCase();
+  let spans;
+  try {
+    spans = await getJson(`/api/traces/${encodeURIComponent(id)}`);
+  } catch (e) {
+    note.textContent = e.message;
+    tbody.replaceChildren();
+    return;
+  }
+  if (spans.length === 0) {
+    const status = await getJson("/api/traces").catch(() => ({ spans: 0 }));
+    note.textContent = status.spans === 0
+      ? "No spans reach the dashboard: start with `switchboard up --traces` (or look in the collector OTEL_EXPORTER_OTLP_ENDPOINT names)."
+      : `No span of trace ${id} (yet, or no longer: the dashboard keeps the newest spans only).`;
+    tbody.replaceChildren();
+    return;
+  }
+  // Depth-first from the roots (spans whose parent is not here).
+  const byId = new Map(spans.map((s) => [s.span_id, s]));
+  const children = new Map();
+  const roots = [];
+  for (const s of spans) {
+    if (s.parent_span_id && byId.has(s.parent_span_id)) {
+      if (!children.has(s.parent_span_id)) children.set(s.parent_span_id, []);
+      children.get(s.parent_span_id).push(s);
+    } else roots.push(s);
+  }
+  const start = Math.min(...spans.map((s) => s.start_unix_nanos));
+  const end = Math.max(...spans.map((s) => s.end_unix_nanos));
+  const total = Math.max(1, end - start);
+  const rows = [];
+  const visit = (span, depth) => {
+    const name = document.createElement("span");
+    name.textContent = `${"  ".repeat(depth)}${depth ? "└ " : ""}${span.name}`;
+    name.style.whiteSpace = "pre";
+    const bar = document.createElement("div");
+    bar.className = span.error ? "bar failed" : "bar";
+    bar.style.marginLeft = `${((span.start_unix_nanos - start) / total) * 100}%`;
+    bar.style.width = `${((span.end_unix_nanos - span.start_unix_nanos) / total) * 100}%`;
+    const took = (span.end_unix_nanos - span.start_unix_nanos) / 1e6;
+    rows.push(row([name, span.service, span.kind, [took.toFixed(2), "num"], bar], { "data-span": span.span_id, "data-service": span.service, class: "span-row" }));
+    rows[rows.length - 1].firstChild.className = "span";
+    for (const child of children.get(span.span_id) || []) visit(child, depth + 1);
+  };
+  roots.forEach((r) => visit(r, 0));
+  const services = new Set(spans.map((s) => s.service));
+  note.textContent = `${spans.length} spans in ${services.size} services, ${(total / 1e6).toFixed(1)} ms`;
+  tbody.replaceChildren(...rows);
+}
+
+$("#trace-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  showTrace($("#trace-id").value);
 });
 
 // ---- the loop ----------------------------------------------------------------
@@ -248,3 +346,9 @@ async function loop() {
 
 watch("events.>");
 loop();
+// A link to one trace: /#trace=<id>.
+const linked = /^#trace=([0-9a-fA-F]{32})$/.exec(location.hash);
+if (linked) {
+  $("#trace-id").value = linked[1];
+  showTrace(linked[1]);
+}
