@@ -376,3 +376,113 @@ impl Drop for Paused {
         switchboard::process::send(self.0, Signal::SIGCONT);
     }
 }
+
+/// The dashboard's guards and its answers to bad input, over HTTP (no
+/// browser): it has operator rights, so what it refuses matters as much as
+/// what it shows.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_refuses_foreign_hosts_unmarked_changes_and_bad_input() -> TestResult {
+    use switchboard::dashboard::{Dashboard, DashboardError};
+
+    let outside: std::net::SocketAddr = "0.0.0.0:0".parse()?;
+    assert!(matches!(
+        Dashboard::bind(outside).await,
+        Err(DashboardError::NotLoopback(_))
+    ));
+
+    let server = switchboard::testing::TestServer::start().await?;
+    let dashboard = Dashboard::bind("127.0.0.1:0".parse()?).await?;
+    let addr = dashboard.local_addr().ok_or("no address")?;
+    let serving = tokio::spawn(dashboard.serve(server.client().await?, std::future::pending()));
+    let http = common::Http {
+        addr: addr.to_string(),
+    };
+    // The page itself, and the API, on a loopback host.
+    assert_eq!(send(&http, "GET", "/", vec![], b"").await?.0, 200);
+    assert_eq!(
+        send(&http, "GET", "/api/dlq", vec![], b"").await?,
+        (200, "[]".to_owned())
+    );
+    // Another host name (DNS rebinding): nothing at all.
+    let (status, _) = send(
+        &http,
+        "GET",
+        "/api/dlq",
+        vec![("host", "evil.example")],
+        b"",
+    )
+    .await?;
+    assert_eq!(status, 403);
+    // A change without the dashboard's header (a cross-site form): refused.
+    assert_eq!(
+        send(&http, "POST", "/api/dlq/purge", vec![], b"").await?.0,
+        403
+    );
+    let marked = vec![("x-switchboard-dashboard", "1")];
+    assert_eq!(
+        send(&http, "POST", "/api/dlq/purge", marked.clone(), b"").await?,
+        (200, r#"{"purged":0}"#.to_owned())
+    );
+    // Bad input: 4xx with a reason, nothing changed.
+    let (status, body) = send(&http, "POST", "/api/dlq/7/replay", marked.clone(), b"").await?;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(
+        send(&http, "GET", "/api/dlq/not-a-number", vec![], b"")
+            .await?
+            .0,
+        400
+    );
+    let (status, body) = send(&http, "GET", "/api/traces/xyz", vec![], b"").await?;
+    assert_eq!(status, 400, "{body}");
+    let long = "/api/events?subject=events.".to_owned() + &"a".repeat(5000);
+    assert_eq!(send(&http, "GET", &long, vec![], b"").await?.0, 400);
+    assert_eq!(
+        send(&http, "GET", "/api/events?subject=orders.%3E", vec![], b"")
+            .await?
+            .0,
+        400
+    );
+    // Spans: a protobuf body is taken without our header (exporters do not
+    // send it), garbage is a 400; any other content type is a change
+    // without the header.
+    let protobuf = vec![("content-type", "application/x-protobuf")];
+    assert_eq!(
+        send(&http, "POST", "/v1/traces", protobuf.clone(), b"")
+            .await?
+            .0,
+        200
+    );
+    assert_eq!(
+        send(&http, "POST", "/v1/traces", protobuf, b"\xff\xff\xff")
+            .await?
+            .0,
+        400
+    );
+    let form = vec![("content-type", "application/x-www-form-urlencoded")];
+    assert_eq!(
+        send(&http, "POST", "/v1/traces", form, b"a=b").await?.0,
+        403
+    );
+
+    serving.abort();
+    Ok(())
+}
+
+/// One request to the dashboard: status and body as text.
+async fn send(
+    http: &common::Http,
+    method: &str,
+    path: &str,
+    headers: Vec<(&str, &str)>,
+    body: &'static [u8],
+) -> Result<(u16, String), Box<dyn std::error::Error>> {
+    let (status, _, body) = http
+        .send_raw(
+            method,
+            path,
+            &headers,
+            hyper::body::Bytes::from_static(body),
+        )
+        .await?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}

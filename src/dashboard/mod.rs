@@ -118,11 +118,12 @@ pub fn router(nats: async_nats::Client) -> Router {
 
 /// Loopback hosts only; changes only with [`CHANGE_HEADER`].
 async fn guard(request: Request, next: Next) -> Response {
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
+    // Exactly one Host, and a loopback one.
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (Some(host), None) => host.to_str().unwrap_or_default(),
+        _ => "",
+    };
     if !is_loopback_host(host) {
         return (
             StatusCode::FORBIDDEN,

@@ -3,7 +3,7 @@
 //!
 //! Names, kinds and attributes follow OpenTelemetry's semantic conventions:
 //! RPC for request-reply (`rpc.system = nats`, `rpc.service`,
-//! `rpc.method`), messaging for events (`messaging.system = nats`,
+//! `rpc.method`; the span's name is the subject), messaging for events (`messaging.system = nats`,
 //! `messaging.operation.type` `send`/`process`, `messaging.destination.name`,
 //! `messaging.message.id`, `messaging.consumer.group.name`) and HTTP for the
 //! gateway. A consumer's span is the child of the publish that stored the
@@ -49,8 +49,6 @@ impl Hop {
             rpc.system = "nats",
             rpc.service = %service,
             rpc.method = %method,
-            messaging.system = "nats",
-            messaging.destination.name = %subject,
         );
         Hop::start(span, parent)
     }
@@ -81,8 +79,6 @@ impl Hop {
             rpc.system = "nats",
             rpc.service = %service,
             rpc.method = %endpoint,
-            messaging.system = "nats",
-            messaging.destination.name = %subject,
             trace_id = Empty,
         );
         Hop::start(span, parent)
@@ -100,9 +96,14 @@ impl Hop {
         if !super::exporting() {
             return Hop::unexported(parent, Span::none());
         }
+        // `{method} {route}`, or the method alone when no route matched.
+        let name = match route {
+            Some(route) => format!("{method} {route}"),
+            None => method.to_owned(),
+        };
         let span = tracing::info_span!(
             "http",
-            otel.name = %format_args!("{method} {}", route.unwrap_or_default()).to_string().trim_end(),
+            otel.name = %name,
             otel.kind = "server",
             http.request.method = %method,
             http.route = route,

@@ -53,7 +53,17 @@ impl OtlpReceiver {
     ///
     /// The listener cannot be bound.
     pub async fn start() -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_at("127.0.0.1:0".parse().map_err(std::io::Error::other)?).await
+    }
+
+    /// Listens on `addr` (e.g. the default OTLP/HTTP port, 4318, to see
+    /// that nothing is sent where an unconfigured exporter would send).
+    ///
+    /// # Errors
+    ///
+    /// The listener cannot be bound (the port is taken).
+    pub async fn start_at(addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let received = Arc::new(Received {
             requests: AtomicUsize::new(0),

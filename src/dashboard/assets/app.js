@@ -108,9 +108,10 @@ function overview(data) {
       const recent = since(d.latency_us || [], before && before.latency);
       data0 = data0 || d;
       reqRate += r; errRate += er; inFlight += d.in_flight || 0;
-      const agg = endpoints.get(e.subject) || { name: e.name, subject: e.subject, instances: 0, r: 0, er: 0, requests: 0, time: 0, inFlight: 0, queued: 0, lastError: "", schema: null, latency: new Map() };
+      const agg = endpoints.get(e.subject) || { name: e.name, subject: e.subject, instances: 0, r: 0, er: 0, requests: 0, time: 0, inFlight: 0, queued: 0, lastError: "", schema: null, latency: new Map(), total: new Map() };
       agg.instances += 1; agg.r += r; agg.er += er;
       for (const [bound, count] of recent) agg.latency.set(bound, (agg.latency.get(bound) || 0) + count);
+      for (const [bound, count] of d.latency_us || []) agg.total.set(bound, (agg.total.get(bound) || 0) + count);
       agg.requests += e.num_requests; agg.time += e.processing_time;
       agg.inFlight += d.in_flight || 0; agg.queued += d.queued || 0;
       if (e.last_error) agg.lastError = e.last_error;
@@ -145,8 +146,12 @@ function overview(data) {
       pre.textContent = `${e.schema.description || ""}\nrequest: ${pretty(e.schema.request_schema)}\nresponse: ${pretty(e.schema.response_schema)}`;
       name.append(pre);
     }
-    const latency = [...e.latency.entries()].sort((a, b) => a[0] - b[0]);
-    return row([name, e.subject, [String(e.instances), "num"], rate(e.r), [e.er.toFixed(1), e.er > 0 ? "num bad" : "num"], ms(quantile(latency, 0.5)), ms(quantile(latency, 0.99)), [String(e.inFlight), "num"], [String(e.queued), "num"], [e.lastError, "bad"]], { "data-subject": e.subject });
+    // The last second's; when it had no request, since the start (grey).
+    const sorted = (m) => [...m.entries()].sort((a, b) => a[0] - b[0]);
+    const recent = sorted(e.latency);
+    const latency = recent.length ? recent : sorted(e.total);
+    const shade = (cell) => (recent.length ? cell : [cell[0], "num muted"]);
+    return row([name, e.subject, [String(e.instances), "num"], rate(e.r), [e.er.toFixed(1), e.er > 0 ? "num bad" : "num"], shade(ms(quantile(latency, 0.5))), shade(ms(quantile(latency, 0.99))), [String(e.inFlight), "num"], [String(e.queued), "num"], [e.lastError, "bad"]], { "data-subject": e.subject });
   }), "no endpoints");
   fill($("#breakers tbody"), breakers, "no calls made yet");
   $("#budgets").textContent = budgets.join(" · ");
