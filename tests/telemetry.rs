@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::json;
+use switchboard::events::{Event, Publisher};
 use switchboard::testing::{OtlpReceiver, ReceivedSpan, free_port};
 use switchboard::trace_context::TraceContext;
 
@@ -33,6 +34,26 @@ async fn user_and_stock(
     Ok(user["id"].as_str().ok_or("no user id")?.to_owned())
 }
 
+/// A receiver, and the system under `up` exporting to it (every 100 ms
+/// rather than every 5 s).
+async fn exporting_system(
+    dir: &std::path::Path,
+) -> Result<(OtlpReceiver, common::System), Box<dyn std::error::Error>> {
+    let receiver = OtlpReceiver::start().await?;
+    let (port, http_port) = (free_port()?, free_port()?);
+    let endpoint = receiver.endpoint();
+    let system = start_system_with_env(
+        dir,
+        port,
+        http_port,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    Ok((receiver, system))
+}
+
 /// `POST /orders` of two widgets through the gateway.
 async fn place_order(
     http: &common::Http,
@@ -46,6 +67,18 @@ async fn place_order(
 struct Trace(BTreeMap<String, ReceivedSpan>);
 
 impl Trace {
+    /// The spans of `trace_id` the receiver has so far.
+    fn of(receiver: &OtlpReceiver, trace_id: &str) -> Trace {
+        Trace(
+            receiver
+                .spans()
+                .into_iter()
+                .filter(|s| s.trace_id == trace_id)
+                .map(|s| (s.span_id.clone(), s))
+                .collect(),
+        )
+    }
+
     fn find(&self, service: &str, kind: &str, name: &str) -> Result<&ReceivedSpan, String> {
         self.0
             .values()
@@ -93,20 +126,8 @@ impl std::fmt::Display for Trace {
 #[tokio::test(flavor = "multi_thread")]
 async fn one_gateway_request_that_creates_an_order_is_one_trace_across_five_services() -> TestResult
 {
-    let receiver = OtlpReceiver::start().await?;
     let dir = tempfile::tempdir()?;
-    let (port, http_port) = (free_port()?, free_port()?);
-    let endpoint = receiver.endpoint();
-    let system = start_system_with_env(
-        dir.path(),
-        port,
-        http_port,
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-            // Export within 100 ms rather than 5 s.
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
-    );
+    let (receiver, system) = exporting_system(dir.path()).await?;
     let user_id = user_and_stock(dir.path(), "widget").await?;
 
     let (status, headers, order) = place_order(&system.http, &user_id).await?;
@@ -118,29 +139,26 @@ async fn one_gateway_request_that_creates_an_order_is_one_trace_across_five_serv
         .ok_or("the response carries no traceparent")?;
     let trace_id = returned.trace_id();
 
-    let of_trace = || -> Trace {
-        Trace(
-            receiver
-                .spans()
-                .into_iter()
-                .filter(|s| s.trace_id == trace_id)
-                .map(|s| (s.span_id.clone(), s))
-                .collect(),
-        )
-    };
-    // The last hop: notifications handling the order's event.
+    // Every process exports on its own schedule: wait for every hop.
+    let expected = [
+        ("gateway", "server", "POST /orders"),
+        ("gateway", "client", "orders.create"),
+        ("orders", "server", "orders.create"),
+        ("orders", "client", "users.get"),
+        ("users", "server", "users.get"),
+        ("orders", "client", "inventory.reserve"),
+        ("inventory", "server", "inventory.reserve"),
+        ("orders", "producer", "publish events.orders.created"),
+        ("notifications", "consumer", "process events.orders.created"),
+    ];
     let complete = eventually(Duration::from_secs(20), || {
-        of_trace()
-            .0
-            .values()
-            .any(|s| s.service == "notifications" && s.kind == "consumer")
+        let trace = Trace::of(&receiver, &trace_id);
+        expected
+            .iter()
+            .all(|(service, kind, name)| trace.find(service, kind, name).is_ok())
     });
-    let trace = of_trace();
-    assert!(
-        complete,
-        "notifications never reported its span; spans: {trace}"
-    );
-
+    let trace = Trace::of(&receiver, &trace_id);
+    assert!(complete, "not every hop reported its span; spans: {trace}");
     println!("the trace:{trace}");
     // The line the tests of the off cases look for, so their check can fail.
     assert!(
@@ -265,5 +283,104 @@ async fn with_the_variables_unset_or_export_turned_off_nothing_is_sent() -> Test
         !output.contains("exporting OpenTelemetry traces"),
         "no exporter started"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_letter_and_its_replay_stay_in_the_events_trace() -> TestResult {
+    // `up` itself inherits the variables: the dashboard's replay is a span too.
+    let dir = tempfile::tempdir()?;
+    let (receiver, system) = exporting_system(dir.path()).await?;
+    // A poison event (notifications cannot decode it) in a trace of ours.
+    let root = TraceContext::new_root();
+    let client = admin(dir.path()).await?;
+    let js = async_nats::jetstream::new(client.nats().clone());
+    Publisher::new(js.clone(), "telemetry-test")
+        .publish(
+            "events.users.created",
+            &Event::new(json!({"not": "a user"}))
+                .id("poison-1")
+                .trace(root),
+        )
+        .await?;
+    let of_trace = || Trace::of(&receiver, &root.trace_id());
+    let dead_lettered = eventually(Duration::from_secs(20), || {
+        of_trace()
+            .0
+            .values()
+            .any(|s| s.name == "dead_letter dlq.USERS.notifications-users")
+    });
+    let trace = of_trace();
+    assert!(dead_lettered, "no dead-letter span: {trace}");
+    let failed = trace.find("notifications", "consumer", "process events.users.created")?;
+    assert_eq!(
+        failed.parent_span_id,
+        Some(root.span_id()),
+        "the publish we made is its parent"
+    );
+    assert!(failed.error, "the failed handling is an error span");
+    assert!(
+        failed.events.iter().any(|e| e == "dead_letter"),
+        "{:?}",
+        failed.events
+    );
+    let stored = trace.find(
+        "notifications",
+        "producer",
+        "dead_letter dlq.USERS.notifications-users",
+    )?;
+    trace.assert_parent(stored, failed);
+
+    // Replayed from the dashboard (in `up`): a span of `up`, the dead
+    // letter's child, and the event handled again as the replay's child.
+    let dashboard = system
+        .up
+        .stdout()
+        .lines()
+        .find_map(|l| l.strip_prefix("dashboard: http://"))
+        .and_then(|rest| rest.split('/').next())
+        .ok_or("no dashboard address")?
+        .to_owned();
+    let letters: Vec<switchboard::events::DeadLetter> = switchboard::events::DeadLetters::open(&js)
+        .await?
+        .list()
+        .await?;
+    let id = letters.first().ok_or("no dead letter")?.id;
+    let http = common::Http { addr: dashboard };
+    let path = format!("/api/dlq/{id}/replay");
+    let (status, _, body) = http
+        .send_raw(
+            "POST",
+            &path,
+            &[("x-switchboard-dashboard", "1")],
+            hyper::body::Bytes::new(),
+        )
+        .await?;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    // Both from different processes, each exporting on its own schedule.
+    let replayed = eventually(Duration::from_secs(20), || {
+        let trace = of_trace();
+        let spans = || trace.0.values();
+        spans().any(|s| s.service == "switchboard" && s.kind == "producer")
+            && spans()
+                .filter(|s| s.kind == "consumer" && s.name == "process events.users.created")
+                .count()
+                >= 2
+    });
+    let trace = of_trace();
+    assert!(
+        replayed,
+        "the replayed event was not handled in the trace: {trace}"
+    );
+    let replay = trace.find("switchboard", "producer", "replay events.users.created")?;
+    trace.assert_parent(replay, stored);
+    let again = trace
+        .0
+        .values()
+        .find(|s| {
+            s.kind == "consumer" && s.parent_span_id.as_deref() == Some(replay.span_id.as_str())
+        })
+        .ok_or_else(|| format!("no handling of the replay: {trace}"))?;
+    assert_eq!(again.service, "notifications");
     Ok(())
 }

@@ -61,6 +61,7 @@ pub(super) async fn handle<T, F, Fut>(
         }
         Err(error) => {
             // Nothing a retry could fix.
+            hop.fail("undecodable", &error.to_string());
             dead_letter(
                 shared,
                 &message,
@@ -86,6 +87,7 @@ pub(super) async fn handle<T, F, Fut>(
             }
             Err(error @ EventError::InvalidAttribute { .. }) => {
                 // No retry makes the id shorter.
+                hop.fail(error.kind_name(), &error.to_string());
                 dead_letter(
                     shared,
                     &message,
