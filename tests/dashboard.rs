@@ -95,8 +95,14 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // The browser it started too, when a failed test never closed its
+        // session (each by its PID, found before chromedriver goes).
+        let browsers = common::descendants_of(self.child.id());
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for pid in browsers {
+            switchboard::process::send(pid, Signal::SIGKILL);
+        }
     }
 }
 
