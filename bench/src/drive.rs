@@ -24,24 +24,42 @@ pub trait Caller: Clone + Send + Sync + 'static {
     fn call(&self) -> impl Future<Output = bool> + Send;
 }
 
-/// A raw async-nats request with opaque bytes, optionally with the two
-/// headers a Switchboard call carries (deadline and trace).
+/// The headers a raw request carries.
+#[derive(Debug, Clone, Copy)]
+pub enum Headers {
+    None,
+    /// The two a Switchboard call carries (deadline and `traceparent`).
+    Ours,
+    /// Two of the same sizes under names nats-server gives no meaning to
+    /// (its message tracing looks at `traceparent`): whether the name costs.
+    Neutral,
+}
+
+/// A raw async-nats request with opaque bytes and [`Headers`].
 #[derive(Debug, Clone)]
 pub struct RawCall {
     pub nats: async_nats::Client,
     pub subject: &'static str,
     pub body: Bytes,
-    pub with_headers: bool,
+    pub headers: Headers,
 }
 
 impl Caller for RawCall {
     async fn call(&self) -> bool {
         let mut request = async_nats::Request::new().payload(self.body.clone());
-        if self.with_headers {
-            request = request.headers(codec::request_headers(
-                Duration::from_secs(5),
-                &TraceContext::new_root(),
-            ));
+        let trace = || TraceContext::new_root();
+        match self.headers {
+            Headers::None => {}
+            Headers::Ours => {
+                request = request.headers(codec::request_headers(Duration::from_secs(5), &trace()));
+            }
+            Headers::Neutral => {
+                let mut headers = async_nats::HeaderMap::new();
+                // Same lengths as Switchboard-Timeout-Ms and traceparent.
+                headers.insert("Switchboard-Neutral-Ms", "5000");
+                headers.insert("neutralhead", trace().to_string());
+                request = request.headers(headers);
+            }
         }
         self.nats.send_request(self.subject, request).await.is_ok()
     }

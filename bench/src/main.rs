@@ -13,11 +13,13 @@ mod drive;
 mod echo;
 mod footprint;
 mod http;
+mod machine;
 mod peers;
 mod publish;
 mod replicas;
 mod report;
 mod reqreply;
+mod rounds;
 mod saga;
 mod traces;
 
@@ -64,6 +66,9 @@ struct Args {
     /// Requests in flight (comma-separated) [default: 1,16,64,256].
     #[arg(long, value_delimiter = ',')]
     in_flight: Option<Vec<usize>>,
+    /// Interleaved rounds per comparison [default: 5; --quick 3].
+    #[arg(long)]
+    rounds: Option<usize>,
 }
 
 /// What every scenario is told.
@@ -79,6 +84,8 @@ pub struct Settings {
     pub messages: usize,
     /// Smoke run.
     pub quick: bool,
+    /// Interleaved rounds per comparison (see `rounds`).
+    pub rounds: usize,
 }
 
 impl Settings {
@@ -108,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
         duration: Duration::from_secs(if args.quick { 2 } else { 5 }),
         messages: if args.quick { 2000 } else { 5000 },
         quick: args.quick,
+        rounds: args.rounds.unwrap_or(if args.quick { 3 } else { 5 }).max(1),
     };
     let scenarios = if args.scenarios.is_empty() {
         vec![
@@ -125,7 +133,9 @@ async fn main() -> anyhow::Result<()> {
         args.scenarios
     };
     let mut report = report::Report::default();
+    println!("machine: {}", machine::describe());
     for scenario in scenarios {
+        let steal = machine::Steal::start();
         match scenario {
             Scenario::RequestReply => reqreply::run(&settings, &mut report).await?,
             Scenario::Publish => publish::run(&settings, &mut report).await?,
@@ -136,6 +146,13 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Saga => saga::run(&settings, &mut report).await?,
             Scenario::Replicas => replicas::run(&settings, &mut report).await?,
             Scenario::Traces => traces::run(&settings, &mut report).await?,
+        }
+        // A run the hypervisor starved is not comparable with a quiet one.
+        if let Some(percent) = steal.percent() {
+            println!(
+                "steal time during {scenario:?}: {percent:.1} % of CPU over {:.0} s",
+                steal.seconds()
+            );
         }
     }
     if let Some(path) = args.json {

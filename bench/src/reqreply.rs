@@ -18,9 +18,17 @@ use switchboard::service::{Context, Endpoint, Service};
 use switchboard::testing::TestServer;
 
 use crate::Settings;
-use crate::drive::{RawCall, TypedCall, drive};
+use crate::drive::{Headers, RawCall, TypedCall, drive};
 use crate::echo::{self, Payload};
 use crate::report::Report;
+use crate::rounds;
+
+/// One variant's call.
+#[derive(Debug, Clone)]
+enum Call {
+    Raw(RawCall),
+    Typed(TypedCall),
+}
 
 /// The simulated I/O of the slow handler.
 const IO: Duration = Duration::from_millis(5);
@@ -47,11 +55,11 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         .await?;
     responder.flush().await?;
 
-    let raw = |subject: &'static str, body: &Bytes, with_headers: bool| RawCall {
+    let raw = |subject: &'static str, body: &Bytes, headers: Headers| RawCall {
         nats: requester.clone(),
         subject,
         body: body.clone(),
-        with_headers,
+        headers,
     };
     let client = Client::new(requester.clone());
     let typed = |subject: &'static str| TypedCall {
@@ -64,43 +72,54 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
 
     for &in_flight in &settings.in_flight {
         let scenario = format!("request-reply c={in_flight}");
-        println!("{scenario} ({} bytes)", settings.payload);
-        // Raw calls only: every `measure` here is a raw async-nats request.
-        let measure = |caller: RawCall| drive(pid, in_flight, settings.duration, caller);
-        let run = measure(raw("bench.raw", &payload, false)).await?;
-        let baseline = report.add_run(&scenario, "raw async-nats", &run, None);
-        let run = drive(pid, in_flight, settings.duration, typed("bench.echo")).await?;
-        report.add_run(
-            &scenario,
-            "switchboard endpoint + client",
-            &run,
-            Some(baseline),
+        println!(
+            "{scenario} ({} bytes, {} interleaved rounds)",
+            settings.payload, settings.rounds
         );
-        if in_flight != split_at {
-            continue;
+        // Baseline first; at the split point also the parts of the gap, each
+        // against the same round's baseline.
+        let mut variants: Vec<(&str, Call)> = vec![
+            (
+                "raw async-nats",
+                Call::Raw(raw("bench.raw", &payload, Headers::None)),
+            ),
+            (
+                "switchboard endpoint + client",
+                Call::Typed(typed("bench.echo")),
+            ),
+        ];
+        if in_flight == split_at {
+            variants.extend([
+                (
+                    "part: raw + deadline/trace headers",
+                    Call::Raw(raw("bench.raw", &payload, Headers::Ours)),
+                ),
+                (
+                    "part: raw + same-size neutral headers",
+                    Call::Raw(raw("bench.raw", &payload, Headers::Neutral)),
+                ),
+                (
+                    "part: raw → switchboard endpoint",
+                    Call::Raw(raw("bench.echo", &json, Headers::None)),
+                ),
+                (
+                    "part: switchboard client → raw",
+                    Call::Typed(typed("bench.raw")),
+                ),
+            ]);
         }
-        // Where the difference goes, each part against the same baseline.
-        let run = measure(raw("bench.raw", &payload, true)).await?;
-        report.add_run(
-            &scenario,
-            "part: raw + deadline/trace headers",
-            &run,
-            Some(baseline),
-        );
-        let run = measure(raw("bench.echo", &json, false)).await?;
-        report.add_run(
-            &scenario,
-            "part: raw → switchboard endpoint",
-            &run,
-            Some(baseline),
-        );
-        let run = drive(pid, in_flight, settings.duration, typed("bench.raw")).await?;
-        report.add_run(
-            &scenario,
-            "part: switchboard client → raw",
-            &run,
-            Some(baseline),
-        );
+        let runs = rounds::interleave(settings.rounds, variants.len(), |i| {
+            let call = variants[i].1.clone();
+            async move {
+                match call {
+                    Call::Raw(c) => drive(pid, in_flight, settings.duration, c).await,
+                    Call::Typed(c) => drive(pid, in_flight, settings.duration, c).await,
+                }
+            }
+        })
+        .await?;
+        let names: Vec<&str> = variants.iter().map(|(name, _)| *name).collect();
+        rounds::report(report, &scenario, &names, &runs);
     }
 
     let in_flight = settings.in_flight.iter().copied().max().unwrap_or(64);
@@ -112,7 +131,7 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         pid,
         in_flight,
         settings.duration,
-        raw("bench.raw-io", &payload, false),
+        raw("bench.raw-io", &payload, Headers::None),
     )
     .await?;
     let raw_io = report.add_run(&scenario, "raw responder, same 5 ms", &run, Some(ideal));

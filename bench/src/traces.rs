@@ -47,7 +47,7 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         nats: requester.clone(),
         subject: "bench.raw",
         body: Bytes::from("x".repeat(settings.payload)),
-        with_headers: false,
+        headers: crate::drive::Headers::None,
     };
     let typed = TypedCall {
         client: Client::new(requester.clone()),
