@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 
 use crate::Settings;
 use crate::report::{CpuClock, Report, Run};
+use crate::rounds;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Sample {
@@ -49,16 +50,52 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         .publish_atomic("events.bench.sampled", &events)
         .await?;
 
-    // Baseline: raw pull consumer, explicit ack per message.
+    // Every variant reads all n events from the start with a durable of
+    // its own per round, in interleaved rounds (see `rounds`).
+    println!("  {} interleaved rounds", settings.rounds);
+    let names = [
+        "raw pull consumer",
+        // The consumer pulls only as many events as it has free handlers
+        // (so nothing waits in a local buffer): more handlers, fewer pulls.
+        "switchboard consumer",
+        "switchboard consumer, 256 handlers",
+        "switchboard consumer + idempotency",
+    ];
+    let pass = AtomicU64::new(0);
+    let pid = server.pid();
+    let runs = rounds::interleave(settings.rounds, names.len(), |i| {
+        let durable = format!("d{}", pass.fetch_add(1, Ordering::Relaxed));
+        let js = js.clone();
+        async move {
+            match i {
+                0 => raw_pass(&js, &durable, n, pid).await,
+                1 => kit_pass(&js, &durable, 64, false, n, pid).await,
+                2 => kit_pass(&js, &durable, 256, false, n, pid).await,
+                _ => kit_pass(&js, &durable, 64, true, n, pid).await,
+            }
+        }
+    })
+    .await?;
+    rounds::report(report, scenario, &names, &runs);
+    Ok(())
+}
+
+/// A raw pull consumer with an explicit ack per message reads all `n`.
+async fn raw_pass(
+    js: &jetstream::Context,
+    durable: &str,
+    n: usize,
+    pid: Option<u32>,
+) -> anyhow::Result<Run> {
     let stream = js.get_stream("BENCH").await?;
     let raw = stream
         .create_consumer(pull::Config {
-            durable_name: Some("raw".into()),
+            durable_name: Some(durable.into()),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ..Default::default()
         })
         .await?;
-    let cpu = CpuClock::start(server.pid());
+    let cpu = CpuClock::start(pid);
     let started = Instant::now();
     let mut messages = raw.messages().await?;
     let mut seen = 0;
@@ -70,59 +107,59 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         seen += 1;
     }
-    let run = Run {
+    Ok(Run {
         ops: seen as u64,
         took: started.elapsed(),
         latency_us: None,
         cpu: cpu.per_op(seen as u64),
-    };
-    let baseline = report.add_run(scenario, "raw pull consumer", &run, None);
+    })
+}
 
-    // The consumer pulls only as many events as it has free handlers (so
-    // nothing waits in a local buffer): more handlers, fewer pull requests.
-    for (variant, durable, handlers, idempotent) in [
-        ("switchboard consumer", "plain", 64, false),
-        ("switchboard consumer, 256 handlers", "wide", 256, false),
-        ("switchboard consumer + idempotency", "idem", 64, true),
-    ] {
-        let count = Arc::new(AtomicU64::new(0));
-        let done = Arc::new(Notify::new());
-        let stop = Arc::new(Notify::new());
-        let mut spec = ConsumerSpec::new("BENCH", durable).concurrency(handlers);
-        if idempotent {
-            spec = spec.idempotent(Duration::from_secs(600));
-        }
-        let (counted, finished) = (count.clone(), done.clone());
-        let total = n as u64;
-        let cpu = CpuClock::start(server.pid());
-        let started = Instant::now();
-        let stopped = stop.clone();
-        let task = tokio::spawn(events::consumer::run(
-            js.clone(),
-            spec,
-            move |_event: ReceivedEvent<Sample>| {
-                let (counted, finished) = (counted.clone(), finished.clone());
-                async move {
-                    if counted.fetch_add(1, Ordering::Relaxed) + 1 == total {
-                        finished.notify_one();
-                    }
-                    Ok::<(), HandlerError>(())
-                }
-            },
-            async move { stopped.notified().await },
-        ));
-        tokio::time::timeout(Duration::from_secs(120), done.notified()).await?;
-        let took = started.elapsed();
-        let ops = count.load(Ordering::Relaxed);
-        let run = Run {
-            ops,
-            took,
-            latency_us: None,
-            cpu: cpu.per_op(ops),
-        };
-        stop.notify_one();
-        task.await??;
-        report.add_run(scenario, variant, &run, Some(baseline));
+/// A Switchboard consumer with `handlers` handlers reads all `n`.
+async fn kit_pass(
+    js: &jetstream::Context,
+    durable: &str,
+    handlers: usize,
+    idempotent: bool,
+    n: usize,
+    pid: Option<u32>,
+) -> anyhow::Result<Run> {
+    let count = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(Notify::new());
+    let stop = Arc::new(Notify::new());
+    let mut spec = ConsumerSpec::new("BENCH", durable).concurrency(handlers);
+    if idempotent {
+        spec = spec.idempotent(Duration::from_secs(600));
     }
-    Ok(())
+    let (counted, finished) = (count.clone(), done.clone());
+    let total = n as u64;
+    let cpu = CpuClock::start(pid);
+    let started = Instant::now();
+    let stopped = stop.clone();
+    let task = tokio::spawn(events::consumer::run(
+        js.clone(),
+        spec,
+        move |_event: ReceivedEvent<Sample>| {
+            let (counted, finished) = (counted.clone(), finished.clone());
+            async move {
+                if counted.fetch_add(1, Ordering::Relaxed) + 1 == total {
+                    finished.notify_one();
+                }
+                Ok::<(), HandlerError>(())
+            }
+        },
+        async move { stopped.notified().await },
+    ));
+    tokio::time::timeout(Duration::from_secs(120), done.notified()).await?;
+    let took = started.elapsed();
+    let ops = count.load(Ordering::Relaxed);
+    let run = Run {
+        ops,
+        took,
+        latency_us: None,
+        cpu: cpu.per_op(ops),
+    };
+    stop.notify_one();
+    task.await??;
+    Ok(run)
 }

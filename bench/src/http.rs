@@ -23,6 +23,7 @@ use crate::Settings;
 use crate::drive::{Caller, TypedCall, drive};
 use crate::echo::{self, Payload};
 use crate::report::Report;
+use crate::rounds;
 
 /// A keep-alive HTTP/1 client pool.
 pub type Http = HttpClient<HttpConnector, Full<Bytes>>;
@@ -72,18 +73,27 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
 
     for &in_flight in &settings.in_flight {
         let scenario = format!("http c={in_flight}");
-        println!("{scenario} ({} bytes)", settings.payload);
-        let run = drive(pid, in_flight, settings.duration, http(direct)).await?;
-        let baseline = report.add_run(&scenario, "direct HTTP (axum + hyper)", &run, None);
-        let run = drive(pid, in_flight, settings.duration, typed.clone()).await?;
-        report.add_run(&scenario, "switchboard over NATS", &run, Some(baseline));
-        let run = drive(pid, in_flight, settings.duration, http(gateway)).await?;
-        report.add_run(
-            &scenario,
-            "HTTP → gateway → NATS → service",
-            &run,
-            Some(baseline),
+        println!(
+            "{scenario} ({} bytes, {} interleaved rounds)",
+            settings.payload, settings.rounds
         );
+        let names = [
+            "direct HTTP (axum + hyper)",
+            "switchboard over NATS",
+            "HTTP → gateway → NATS → service",
+        ];
+        let runs = rounds::interleave(settings.rounds, names.len(), |i| {
+            let (typed, direct, gateway) = (typed.clone(), http(direct), http(gateway));
+            async move {
+                match i {
+                    0 => drive(pid, in_flight, settings.duration, direct).await,
+                    1 => drive(pid, in_flight, settings.duration, typed).await,
+                    _ => drive(pid, in_flight, settings.duration, gateway).await,
+                }
+            }
+        })
+        .await?;
+        rounds::report(report, &scenario, &names, &runs);
     }
     Ok(())
 }

@@ -6,13 +6,15 @@
 //! profile (the server's lazy fsync).
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::time::Instant;
 
 use switchboard::events::{Event, Publisher, StreamSpec};
 use switchboard::testing::{TestServer, TestServerConfig};
 
 use crate::Settings;
-use crate::report::Report;
+use crate::report::{CpuClock, Report, Run};
+use crate::rounds;
 
 /// Acks in flight for the windowed publisher.
 const WINDOW: usize = 256;
@@ -48,101 +50,111 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         let event = || Event::new(sample());
         let raw_body = bytes::Bytes::from(serde_json::to_vec(&sample())?);
 
-        let started = Instant::now();
-        for _ in 0..n {
-            js.publish("events.bench.raw", raw_body.clone())
-                .await?
-                .await?;
-        }
-        let baseline = report.add(
-            &scenario,
+        let pid = server.pid();
+
+        // Against raw one-by-one, then against the raw window: two groups of
+        // interleaved rounds (see `rounds`), each with its own baseline.
+        let names = [
             "raw one-by-one acked",
-            n as u64,
-            started.elapsed(),
-            None,
-            None,
-        );
-        let started = Instant::now();
-        for _ in 0..n {
-            publisher.publish("events.bench.sampled", &event()).await?;
-        }
-        report.add(
-            &scenario,
-            "switchboard one-by-one (vs raw one-by-one)",
-            n as u64,
-            started.elapsed(),
-            None,
-            Some(baseline),
-        );
+            "switchboard one-by-one",
+            "switchboard atomic batches of 1000",
+        ];
+        let runs = rounds::interleave(settings.rounds, names.len(), |i| {
+            let (js, publisher, raw_body) = (js.clone(), publisher.clone(), raw_body.clone());
+            let events: Vec<_> = if i == 2 {
+                (0..n).map(|_| event()).collect()
+            } else {
+                Vec::new()
+            };
+            timed(pid, n, async move {
+                match i {
+                    0 => {
+                        for _ in 0..n {
+                            js.publish("events.bench.raw", raw_body.clone())
+                                .await?
+                                .await?;
+                        }
+                    }
+                    1 => {
+                        for _ in 0..n {
+                            publisher.publish("events.bench.sampled", &event()).await?;
+                        }
+                    }
+                    _ => {
+                        publisher
+                            .publish_atomic("events.bench.sampled", &events)
+                            .await?;
+                    }
+                }
+                Ok(())
+            })
+        })
+        .await?;
+        rounds::report(report, &scenario, &names, &runs);
 
-        let took = raw_window(&js, &raw_body, n, false).await?;
-        let raw_window_rate = report.add(
-            &scenario,
-            &format!("raw window {WINDOW} (vs raw one-by-one)"),
-            n as u64,
-            took,
-            None,
-            Some(baseline),
-        );
-        // Part of the difference: the server's de-duplication by message id
-        // (every Switchboard event has one, so a retried publish is stored once).
-        let took = raw_window(&js, &raw_body, n, true).await?;
-        report.add(
-            &scenario,
-            "part: raw window + Nats-Msg-Id (vs raw window)",
-            n as u64,
-            took,
-            None,
-            Some(raw_window_rate),
-        );
-
-        let started = Instant::now();
-        let mut batch = publisher.batch(WINDOW);
-        for _ in 0..n {
-            batch.publish("events.bench.sampled", &event()).await?;
-        }
-        let failed = batch
-            .finish()
-            .await
-            .into_iter()
-            .filter(Result::is_err)
-            .count();
-        anyhow::ensure!(failed == 0, "{failed} publishes failed");
-        report.add(
-            &scenario,
-            &format!("switchboard window {WINDOW} (vs raw window)"),
-            n as u64,
-            started.elapsed(),
-            None,
-            Some(raw_window_rate),
-        );
-
-        let events: Vec<_> = (0..n).map(|_| event()).collect();
-        let started = Instant::now();
-        publisher
-            .publish_atomic("events.bench.sampled", &events)
-            .await?;
-        report.add(
-            &scenario,
-            "switchboard atomic batches of 1000 (vs raw one-by-one)",
-            n as u64,
-            started.elapsed(),
-            None,
-            Some(baseline),
-        );
+        let window = format!("raw window {WINDOW}");
+        let names = [
+            window.as_str(),
+            // Part of the difference: the server's de-duplication by message
+            // id (every Switchboard event has one, so a retried publish is
+            // stored once).
+            "part: raw window + Nats-Msg-Id",
+            "switchboard window (BatchPublisher)",
+        ];
+        let runs = rounds::interleave(settings.rounds, names.len(), |i| {
+            let (js, publisher, raw_body) = (js.clone(), publisher.clone(), raw_body.clone());
+            timed(pid, n, async move {
+                match i {
+                    0 => raw_window(&js, &raw_body, n, false).await?,
+                    1 => raw_window(&js, &raw_body, n, true).await?,
+                    _ => {
+                        let mut batch = publisher.batch(WINDOW);
+                        for _ in 0..n {
+                            batch.publish("events.bench.sampled", &event()).await?;
+                        }
+                        let failed = batch
+                            .finish()
+                            .await
+                            .into_iter()
+                            .filter(Result::is_err)
+                            .count();
+                        anyhow::ensure!(failed == 0, "{failed} publishes failed");
+                    }
+                }
+                Ok(())
+            })
+        })
+        .await?;
+        rounds::report(report, &scenario, &names, &runs);
     }
     Ok(())
 }
 
+/// Runs `work` (publishing `n` events) and times it, with CPU per event.
+async fn timed(
+    pid: Option<u32>,
+    n: usize,
+    work: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<Run> {
+    let cpu = CpuClock::start(pid);
+    let started = Instant::now();
+    work.await?;
+    Ok(Run {
+        ops: n as u64,
+        took: started.elapsed(),
+        latency_us: None,
+        cpu: cpu.per_op(n as u64),
+    })
+}
+
 /// Publishes `n` raw messages with up to [`WINDOW`] acks outstanding (each
-/// with a fresh `Nats-Msg-Id` if `message_ids`); the time it took.
+/// with a fresh `Nats-Msg-Id` if `message_ids`).
 async fn raw_window(
     js: &async_nats::jetstream::Context,
     body: &bytes::Bytes,
     n: usize,
     message_ids: bool,
-) -> anyhow::Result<Duration> {
-    let started = Instant::now();
+) -> anyhow::Result<()> {
     let mut acks = VecDeque::with_capacity(WINDOW);
     for _ in 0..n {
         if acks.len() >= WINDOW
@@ -163,5 +175,5 @@ async fn raw_window(
     for ack in acks {
         ack.await?;
     }
-    Ok(started.elapsed())
+    Ok(())
 }

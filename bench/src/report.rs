@@ -121,27 +121,8 @@ impl Report {
         println!("ratio {scenario}: {what} = {ratio:.2}x");
     }
 
-    /// Adds a measurement; `baseline` is the throughput it is compared with
+    /// Adds a timed run; `baseline` is the throughput it is compared with
     /// (`None`: it is the baseline).
-    pub fn add(
-        &mut self,
-        scenario: &str,
-        variant: &str,
-        ops: u64,
-        elapsed: Duration,
-        latency: Option<&Histogram<u64>>,
-        baseline: Option<f64>,
-    ) -> f64 {
-        let run = Run {
-            ops,
-            took: elapsed,
-            latency_us: latency.and_then(percentiles),
-            cpu: None,
-        };
-        self.add_run(scenario, variant, &run, baseline)
-    }
-
-    /// Adds a timed run; `baseline` as for [`Report::add`].
     pub fn add_run(
         &mut self,
         scenario: &str,
