@@ -33,6 +33,9 @@ pub enum Headers {
     /// Two of the same sizes under names nats-server gives no meaning to
     /// (its message tracing looks at `traceparent`): whether the name costs.
     Neutral,
+    /// One header carrying both (`traceparent` with the deadline appended
+    /// as a fifth field): whether the number of headers costs.
+    Single,
 }
 
 /// A raw async-nats request with opaque bytes and [`Headers`].
@@ -58,6 +61,11 @@ impl Caller for RawCall {
                 // Same lengths as Switchboard-Timeout-Ms and traceparent.
                 headers.insert("Switchboard-Neutral-Ms", "5000");
                 headers.insert("neutralhead", trace().to_string());
+                request = request.headers(headers);
+            }
+            Headers::Single => {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("traceparent", format!("{}-5000", trace()));
                 request = request.headers(headers);
             }
         }

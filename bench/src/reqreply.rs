@@ -99,6 +99,10 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
                     Call::Raw(raw("bench.raw", &payload, Headers::Neutral)),
                 ),
                 (
+                    "part: raw + one header carrying both",
+                    Call::Raw(raw("bench.raw", &payload, Headers::Single)),
+                ),
+                (
                     "part: raw → switchboard endpoint",
                     Call::Raw(raw("bench.echo", &json, Headers::None)),
                 ),
