@@ -92,6 +92,19 @@ impl SpanStore {
         }
     }
 
+    /// How many spans are kept.
+    pub fn len(&self) -> usize {
+        self.spans
+            .lock()
+            .map(|spans| spans.len())
+            .unwrap_or_default()
+    }
+
+    /// Whether no span is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Every span kept, oldest first.
     pub fn all(&self) -> Vec<ReceivedSpan> {
         self.spans

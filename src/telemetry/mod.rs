@@ -15,7 +15,8 @@
 //! at all: the request path pays one relaxed atomic load per hop.
 //!
 //! A process keeps the [`Telemetry`] that [`init`] returns until it ends:
-//! dropping it sends the spans still buffered.
+//! dropping it sends the spans still buffered, waiting at most 2 s for an
+//! unreachable collector.
 
 pub mod collector;
 mod export;
@@ -77,11 +78,16 @@ impl Telemetry {
     }
 }
 
+/// How long a process that is stopping waits for its last spans to leave:
+/// an unreachable collector must not hold up a shutdown (the supervisor's
+/// patience is for draining requests, not for telemetry).
+const LAST_EXPORT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Drop for Telemetry {
     fn drop(&mut self) {
         if let Some(provider) = self.provider.take() {
             EXPORTING.store(false, Ordering::Relaxed);
-            if let Err(error) = provider.shutdown() {
+            if let Err(error) = provider.shutdown_with_timeout(LAST_EXPORT) {
                 tracing::warn!(%error, "cannot export the last spans");
             }
         }
