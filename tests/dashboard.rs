@@ -17,7 +17,7 @@ use serde_json::json;
 use switchboard::events::{Event, Publisher};
 use switchboard::testing::free_port;
 
-use common::{Signal, System, admin, start_system_with};
+use common::{Signal, System, admin, start_system_with, user_and_stock};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -204,19 +204,8 @@ async fn scenario(browser: &Browser, system: &System, dir: &Path, url: &str) -> 
 
     // 2. An order created through the gateway is in the feed within 2 s.
     let client = admin(dir).await?;
-    let user: serde_json::Value = client
-        .call(
-            "users.create",
-            &json!({"name": "Ann", "email": "ann@example.com"}),
-        )
-        .await?;
-    let _: serde_json::Value = client
-        .call(
-            "inventory.restock",
-            &json!({"sku": "widget", "quantity": 5}),
-        )
-        .await?;
-    let order = json!({"user_id": user["id"], "items": [{"sku": "widget", "quantity": 1}]});
+    let user_id = user_and_stock(&client, "ann@example.com", "widget", 5).await?;
+    let order = json!({"user_id": user_id, "items": [{"sku": "widget", "quantity": 1}]});
     let (status, headers, order) = system.http.send("POST", "/orders", Some(order)).await?;
     assert_eq!(status, 201, "{order}");
     let trace_id = headers

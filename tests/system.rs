@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use switchboard::client::{CallError, CallOptions, Client};
 use switchboard::testing::free_port;
 
-use common::{Instance, Signal, System, admin};
+use common::{Instance, Signal, System, admin, user_and_stock};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -31,28 +31,6 @@ fn code(result: &Result<Value, CallError>) -> Option<u16> {
         .err()
         .and_then(|e| e.rejection())
         .map(|e| e.code)
-}
-
-/// A user (its id) and `quantity` of `sku` in stock.
-async fn user_and_stock(
-    client: &Client,
-    email: &str,
-    sku: &str,
-    quantity: u64,
-) -> Result<String, Box<dyn std::error::Error>> {
-    let user = call(
-        client,
-        "users.create",
-        json!({"name": "Buyer", "email": email}),
-    )
-    .await?;
-    call(
-        client,
-        "inventory.restock",
-        json!({"sku": sku, "quantity": quantity}),
-    )
-    .await?;
-    Ok(user["id"].as_str().ok_or("no user id")?.to_owned())
 }
 
 async fn eventually_value(

@@ -12,27 +12,9 @@ use switchboard::events::{Event, Publisher};
 use switchboard::testing::{OtlpReceiver, ReceivedSpan, free_port};
 use switchboard::trace_context::TraceContext;
 
-use common::{admin, eventually, start_system_with_env};
+use common::{admin, eventually, start_system_with_env, user_and_stock};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-/// A user and stock of `sku`, made by the operator (outside the trace).
-async fn user_and_stock(
-    dir: &std::path::Path,
-    sku: &str,
-) -> Result<String, Box<dyn std::error::Error>> {
-    let client = admin(dir).await?;
-    let user: serde_json::Value = client
-        .call(
-            "users.create",
-            &json!({"name": "Ann", "email": "ann@example.com"}),
-        )
-        .await?;
-    let _: serde_json::Value = client
-        .call("inventory.restock", &json!({"sku": sku, "quantity": 5}))
-        .await?;
-    Ok(user["id"].as_str().ok_or("no user id")?.to_owned())
-}
 
 /// A receiver, and the system under `up` exporting to it (every 100 ms
 /// rather than every 5 s).
@@ -128,7 +110,7 @@ async fn one_gateway_request_that_creates_an_order_is_one_trace_across_five_serv
 {
     let dir = tempfile::tempdir()?;
     let (receiver, system) = exporting_system(dir.path()).await?;
-    let user_id = user_and_stock(dir.path(), "widget").await?;
+    let user_id = user_and_stock(&admin(dir.path()).await?, "ann@example.com", "widget", 5).await?;
 
     let (status, headers, order) = place_order(&system.http, &user_id).await?;
     assert_eq!(status, 201, "{order}");
@@ -238,7 +220,7 @@ async fn order_flow_with(env: &[(&str, &str)]) -> Result<String, Box<dyn std::er
     let dir = tempfile::tempdir()?;
     let (port, http_port) = (free_port()?, free_port()?);
     let mut system = start_system_with_env(dir.path(), port, http_port, env);
-    let user_id = user_and_stock(dir.path(), "widget").await?;
+    let user_id = user_and_stock(&admin(dir.path()).await?, "ann@example.com", "widget", 5).await?;
     let (status, _, order) = place_order(&system.http, &user_id).await?;
     assert_eq!(status, 201, "{order}");
     // Longer than many export intervals (100 ms when on).

@@ -377,6 +377,32 @@ pub fn start_system_with(
     }
 }
 
+/// A user named Buyer with `email` (its id), and `quantity` of `sku` in
+/// stock: each one call, not retried.
+pub async fn user_and_stock(
+    client: &switchboard::client::Client,
+    email: &str,
+    sku: &str,
+    quantity: u64,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let once = || switchboard::client::CallOptions::default().max_retries(0);
+    let user: serde_json::Value = client
+        .call_with(
+            "users.create",
+            &serde_json::json!({"name": "Buyer", "email": email}),
+            once(),
+        )
+        .await?;
+    let _: serde_json::Value = client
+        .call_with(
+            "inventory.restock",
+            &serde_json::json!({"sku": sku, "quantity": quantity}),
+            once(),
+        )
+        .await?;
+    Ok(user["id"].as_str().ok_or("no user id")?.to_owned())
+}
+
 /// A client connected as the operator, with the context `up` wrote in `dir`.
 pub async fn admin(dir: &Path) -> Result<switchboard::client::Client, Box<dyn std::error::Error>> {
     let context =
