@@ -50,7 +50,12 @@ pub(super) async fn handle<T, F, Fut>(
     let hop = Hop::consumer(
         &subject,
         &spec.durable,
-        &envelope::header(message.headers.as_ref(), envelope::CE_ID).unwrap_or_default(),
+        // Borrowed: no copy of the id per delivery.
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(codec::static_name(envelope::CE_ID)))
+            .map_or("", |id| id.as_str()),
         delivery.delivered,
         codec::read_trace(message.headers.as_ref()),
     );
