@@ -35,6 +35,8 @@ const SPANS_KEPT: usize = 50_000;
 pub(super) struct State {
     nats: async_nats::Client,
     pub(super) spans: Arc<SpanStore>,
+    /// Opened (the stream ensured) once, not on every poll.
+    dlq: Arc<tokio::sync::OnceCell<DeadLetters>>,
 }
 
 impl State {
@@ -42,6 +44,7 @@ impl State {
         State {
             nats,
             spans: Arc::new(SpanStore::new(SPANS_KEPT)),
+            dlq: Arc::new(tokio::sync::OnceCell::new()),
         }
     }
 
@@ -218,9 +221,11 @@ pub(super) async fn events(
     }
 }
 
-async fn open_dlq(state: &State) -> Result<DeadLetters, ApiError> {
+async fn open_dlq(state: &State) -> Result<&DeadLetters, ApiError> {
     state.connected()?;
-    Ok(DeadLetters::open(&state.js()).await?)
+    // Until it succeeds (NATS may be down at first), every call tries.
+    let js = state.js();
+    Ok(state.dlq.get_or_try_init(|| DeadLetters::open(&js)).await?)
 }
 
 pub(super) async fn dead_letters(
