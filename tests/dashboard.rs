@@ -17,7 +17,7 @@ use serde_json::json;
 use switchboard::events::{Event, Publisher};
 use switchboard::testing::free_port;
 
-use common::{Signal, System, admin, start_system_with, user_and_stock};
+use common::{Signal, System, admin, start_system_on_free_ports, user_and_stock};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -176,9 +176,8 @@ async fn the_dashboard_shows_the_system_its_events_and_dead_letters_in_a_browser
         return Ok(());
     };
     let dir = tempfile::tempdir()?;
-    let (port, http_port) = (free_port()?, free_port()?);
     // --traces: the services export their spans to the dashboard.
-    let system = start_system_with(dir.path(), port, http_port, &[], &["--traces"]);
+    let system = start_system_on_free_ports(dir.path(), &[], &["--traces"]);
     let url = dashboard_url(&system)?;
     let browser = driver.browser().await?;
     let outcome = scenario(&browser, &system, dir.path(), &url).await;

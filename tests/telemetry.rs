@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use serde_json::json;
 use switchboard::events::{Event, Publisher};
-use switchboard::testing::{OtlpReceiver, ReceivedSpan, free_port};
+use switchboard::testing::{OtlpReceiver, ReceivedSpan};
 use switchboard::trace_context::TraceContext;
 
-use common::{admin, eventually, start_system_with_env, user_and_stock};
+use common::{admin, eventually, start_system_on_free_ports, user_and_stock};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -22,16 +22,14 @@ async fn exporting_system(
     dir: &std::path::Path,
 ) -> Result<(OtlpReceiver, common::System), Box<dyn std::error::Error>> {
     let receiver = OtlpReceiver::start().await?;
-    let (port, http_port) = (free_port()?, free_port()?);
     let endpoint = receiver.endpoint();
-    let system = start_system_with_env(
+    let system = start_system_on_free_ports(
         dir,
-        port,
-        http_port,
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ],
+        &[],
     );
     Ok((receiver, system))
 }
@@ -218,8 +216,7 @@ async fn one_gateway_request_that_creates_an_order_is_one_trace_across_five_serv
 /// output once the flow is done and any export would have happened.
 async fn order_flow_with(env: &[(&str, &str)]) -> Result<String, Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
-    let (port, http_port) = (free_port()?, free_port()?);
-    let mut system = start_system_with_env(dir.path(), port, http_port, env);
+    let mut system = start_system_on_free_ports(dir.path(), env, &[]);
     let user_id = user_and_stock(&admin(dir.path()).await?, "ann@example.com", "widget", 5).await?;
     let (status, _, order) = place_order(&system.http, &user_id).await?;
     assert_eq!(status, 201, "{order}");

@@ -97,6 +97,14 @@ impl Switchboard {
 
     /// Waits until a line contains `needle`; panics with the output on timeout.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) {
+        if let Err(failure) = self.try_wait_for(needle, timeout) {
+            panic!("{failure}");
+        }
+    }
+
+    /// [`Switchboard::wait_for`] that returns the failure (the process
+    /// exited, or the time ran out, with its output) instead of panicking.
+    pub fn try_wait_for(&mut self, needle: &str, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
             if self
@@ -106,21 +114,21 @@ impl Switchboard {
                 .unwrap_or(false)
             {
                 self.remember_descendants();
-                return;
+                return Ok(());
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 std::thread::sleep(Duration::from_millis(100)); // let the readers finish
-                panic!(
+                return Err(format!(
                     "exited ({status}) before printing {needle:?}; output:\n{}",
                     self.output()
-                );
+                ));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                panic!(
+                return Err(format!(
                     "no line with {needle:?} within {timeout:?}; output:\n{}",
                     self.output()
-                );
+                ));
             }
             let _ = self
                 .new_line
@@ -356,6 +364,40 @@ pub fn start_system_with(
     extra: &[(&str, &str)],
     extra_args: &[&str],
 ) -> System {
+    try_start_system(dir, port, http_port, extra, extra_args).unwrap_or_else(|f| panic!("{f}"))
+}
+
+/// [`start_system_with`] on ports it picks itself, picked again (up to
+/// three times) when one was taken between picking and binding — a port
+/// chosen free can be handed to any other connection of the machine
+/// before `up` binds it.
+pub fn start_system_on_free_ports(
+    dir: &Path,
+    extra: &[(&str, &str)],
+    extra_args: &[&str],
+) -> System {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let port = switchboard::testing::free_port().unwrap_or_else(|e| panic!("{e}"));
+        let http_port = switchboard::testing::free_port().unwrap_or_else(|e| panic!("{e}"));
+        match try_start_system(dir, port, http_port, extra, extra_args) {
+            Ok(system) => return system,
+            Err(failure) if failure.contains("already in use") => last = failure,
+            Err(failure) => panic!("{failure}"),
+        }
+    }
+    panic!("ports kept being taken; last attempt: {last}");
+}
+
+/// Starts `up` and waits for `switchboard: ready`; the failure with `up`'s
+/// output otherwise.
+fn try_start_system(
+    dir: &Path,
+    port: u16,
+    http_port: u16,
+    extra: &[(&str, &str)],
+    extra_args: &[&str],
+) -> Result<System, String> {
     let mut env = vec![("XDG_CONFIG_HOME".to_owned(), dir.display().to_string())];
     env.extend(
         extra
@@ -368,13 +410,13 @@ pub fn start_system_with(
     let gateway = args.last().cloned().unwrap_or_default();
     args.extend(extra_args.iter().map(|a| (*a).to_owned()));
     let mut up = Switchboard::spawn(&args, &env);
-    up.wait_for("switchboard: ready", Duration::from_secs(120));
-    System {
+    up.try_wait_for("switchboard: ready", Duration::from_secs(120))?;
+    Ok(System {
         up,
         port,
         http_port,
         http: Http { addr: gateway },
-    }
+    })
 }
 
 /// A user named Buyer with `email` (its id), and `quantity` of `sku` in
