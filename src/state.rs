@@ -264,7 +264,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
     ) -> Result<Self, StateError> {
         let kv = match js.get_key_value(bucket).await {
             Ok(kv) => kv,
-            Err(_) => js
+            Err(_) => match js
                 .create_key_value(kv::Config {
                     bucket: bucket.to_owned(),
                     history: 1,
@@ -273,7 +273,17 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| store_err(format!("create bucket {bucket}"))(e))?,
+            {
+                Ok(kv) => kv,
+                // Another instance starting at the same time created it and
+                // prepared it for transactions (below) in between: its config
+                // is no longer the plain one we asked for. Open theirs.
+                Err(e) if bucket_created_meanwhile(&e) => js
+                    .get_key_value(bucket)
+                    .await
+                    .map_err(|e| store_err(format!("open bucket {bucket}"))(e))?,
+                Err(e) => return Err(store_err(format!("create bucket {bucket}"))(e)),
+            },
         };
         prepare_stream(js, &kv.stream_name, replicas).await?;
         let floor = Arc::new(RelayFloor::new(kv.stream.clone()));
@@ -518,6 +528,22 @@ async fn prepare_stream(
         .await
         .map_err(store_err(format!("prepare stream {stream}")))?;
     Ok(())
+}
+
+/// Whether creating a bucket failed because its stream exists already
+/// with another configuration (created, and prepared, by someone else).
+fn bucket_created_meanwhile(e: &jetstream::context::CreateKeyValueError) -> bool {
+    use std::error::Error as _;
+    e.kind() == jetstream::context::CreateKeyValueErrorKind::BucketCreate
+        && e.source()
+            .and_then(|s| s.downcast_ref::<jetstream::context::CreateStreamError>())
+            .is_some_and(|s| {
+                matches!(
+                    s.kind(),
+                    jetstream::context::CreateStreamErrorKind::JetStream(ref j)
+                        if j.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST
+                )
+            })
 }
 
 /// The KV header that marks a delete or purge.

@@ -413,3 +413,39 @@ async fn a_relay_consumer_made_by_an_earlier_version_is_taken_over() -> TestResu
     task.await?;
     Ok(())
 }
+
+/// Instances of a service started together (a deploy, `tests/rolling.rs`)
+/// all open the bucket on a fresh server: whoever creates it first, the
+/// others must open it — not fail because its stream was already prepared
+/// for transactions in between (a config that no longer matches theirs).
+#[tokio::test]
+async fn instances_opening_a_new_bucket_at_once_all_start() -> TestResult {
+    let server = TestServer::start().await?;
+    // A connection each, as separate processes have: one connection's
+    // requests would reach the server in order and never interleave.
+    let mut instances = Vec::new();
+    for _ in 0..16 {
+        instances.push(jetstream::new(server.client().await?));
+    }
+    for round in 0..50 {
+        let bucket = format!("together{round}");
+        let opened = futures::future::join_all(instances.iter().enumerate().map(|(n, js)| {
+            let bucket = bucket.clone();
+            async move {
+                // Spread over the few milliseconds a create and a prepare take.
+                tokio::time::sleep(Duration::from_micros(
+                    ((n * 7919 + round * 104_729) % 40) as u64 * 100,
+                ))
+                .await;
+                StateStore::<Order>::open(js, &bucket, 1).await
+            }
+        }))
+        .await;
+        let failed: Vec<String> = opened
+            .iter()
+            .filter_map(|o| o.as_ref().err().map(|e| e.to_string()))
+            .collect();
+        assert!(failed.is_empty(), "round {round}: {failed:?}");
+    }
+    Ok(())
+}

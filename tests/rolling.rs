@@ -32,6 +32,28 @@ const CALLERS: usize = 32;
 /// Restarts, alternating between the two `orders` instances.
 const RESTARTS: usize = 10;
 
+/// Waits until `service` has `count` instances answering discovery; when
+/// they do not, the error carries the end of the instances' logs (an
+/// instance that exited at start says why there).
+async fn instances_logged(
+    client: &Client,
+    service: &str,
+    count: usize,
+    logs: &[std::path::PathBuf],
+) -> TestResult {
+    let Err(error) = instances(client, service, count).await else {
+        return Ok(());
+    };
+    let mut message = error.to_string();
+    for log in logs {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+        message.push_str(&format!("\n--- {} (last lines)\n{tail}", log.display()));
+    }
+    Err(message.into())
+}
+
 /// Waits until `service` has `count` instances answering discovery.
 async fn instances(client: &Client, service: &str, count: usize) -> TestResult {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -71,8 +93,9 @@ async fn rolling_restarts_of_orders_and_notifications_drop_nothing() -> TestResu
         Instance::start("orders", port, &log("orders-1"))?,
     ];
     let mut notifications = Instance::start("notifications", port, &log("notifications"))?;
-    instances(&client, "orders", 2).await?;
-    instances(&client, "notifications", 1).await?;
+    let order_logs = [log("orders-0"), log("orders-1")];
+    instances_logged(&client, "orders", 2, &order_logs).await?;
+    instances_logged(&client, "notifications", 1, &[log("notifications")]).await?;
 
     // A user per caller: one user's notifications are one growing record,
     // and a single user placing every order would measure that instead.
@@ -123,12 +146,12 @@ async fn rolling_restarts_of_orders_and_notifications_drop_nothing() -> TestResu
         let which = round % 2;
         orders[which].stop()?;
         orders[which] = Instance::start("orders", port, &log(&format!("orders-{which}")))?;
-        instances(&client, "orders", 2).await?;
+        instances_logged(&client, "orders", 2, &order_logs).await?;
         // The consumer too, every other round, while events flow.
         if round % 2 == 1 {
             notifications.stop()?;
             notifications = Instance::start("notifications", port, &log("notifications"))?;
-            instances(&client, "notifications", 1).await?;
+            instances_logged(&client, "notifications", 1, &[log("notifications")]).await?;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
