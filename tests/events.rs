@@ -564,6 +564,7 @@ async fn atomic_batches_store_all_events_and_need_a_stream_that_allows_them() ->
         .ensure(&js)
         .await?;
     StreamSpec::new("PLAIN", ["events.plain.>"])
+        .atomic_batches(false)
         .ensure(&js)
         .await?;
     let publisher = Publisher::new(js.clone(), "orders");

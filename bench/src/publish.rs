@@ -127,6 +127,98 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         .await?;
         rounds::report(report, &scenario, &names, &runs);
     }
+    grouped(settings, report).await
+}
+
+/// Publishers in the kit's group commit: `PUBLISHERS` concurrent callers of
+/// the ordinary `publish` on the durable profile, against raw one-by-one on
+/// the same server and the raw window on a fast-profile server, all in the
+/// same rounds.
+async fn grouped(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
+    const PUBLISHERS: usize = 64;
+    let n = settings.messages;
+    let scenario = "publish grouped";
+    println!(
+        "{scenario} ({n} events of {} bytes, {PUBLISHERS} concurrent publishers)",
+        settings.payload
+    );
+    let durable = TestServer::with_config(
+        TestServerConfig::default().config("jetstream { sync_interval: always }"),
+    )
+    .await?;
+    let fast = TestServer::start().await?;
+    let mut contexts = Vec::new();
+    for server in [&durable, &fast] {
+        let js = async_nats::jetstream::new(server.client().await?);
+        StreamSpec::new("BENCH", ["events.bench.>"])
+            .ensure(&js)
+            .await?;
+        contexts.push(js);
+    }
+    let (durable_js, fast_js) = (contexts[0].clone(), contexts[1].clone());
+    let publisher = Publisher::new(durable_js.clone(), "bench");
+    let body = serde_json::to_vec(&Sample {
+        data: "x".repeat(settings.payload),
+    })?;
+    let raw_body = bytes::Bytes::from(body);
+    let names = [
+        "raw one-by-one acked (durable)",
+        "switchboard publish, 64 concurrent callers (durable, grouped)",
+        "raw window 256 (fast profile)",
+    ];
+    let payload = settings.payload;
+    let runs = rounds::interleave(settings.rounds, names.len(), |i| {
+        let (durable_js, fast_js, publisher, raw_body) = (
+            durable_js.clone(),
+            fast_js.clone(),
+            publisher.clone(),
+            raw_body.clone(),
+        );
+        let pid = if i == 2 { fast.pid() } else { durable.pid() };
+        timed(pid, n, async move {
+            match i {
+                0 => {
+                    for _ in 0..n {
+                        durable_js
+                            .publish("events.bench.raw", raw_body.clone())
+                            .await?
+                            .await?;
+                    }
+                }
+                1 => {
+                    let callers: Vec<_> = (0..PUBLISHERS)
+                        .map(|caller| {
+                            let publisher = publisher.clone();
+                            let count = n / PUBLISHERS + usize::from(caller < n % PUBLISHERS);
+                            tokio::spawn(async move {
+                                for _ in 0..count {
+                                    let event = Event::new(Sample {
+                                        data: "x".repeat(payload),
+                                    });
+                                    publisher.publish("events.bench.sampled", &event).await?;
+                                }
+                                anyhow::Ok(())
+                            })
+                        })
+                        .collect();
+                    for caller in callers {
+                        caller.await??;
+                    }
+                }
+                _ => raw_window(&fast_js, &raw_body, n, false).await?,
+            }
+            Ok(())
+        })
+    })
+    .await?;
+    rounds::report(report, scenario, &names[..2], &runs[..2]);
+    rounds::compare(
+        report,
+        scenario,
+        "grouped (durable) vs raw window 256 (fast profile)",
+        &runs[1],
+        &runs[2],
+    );
     Ok(())
 }
 

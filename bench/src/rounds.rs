@@ -95,31 +95,39 @@ pub fn report(
             }
         }
     }
-    let mut spreads = Vec::new();
-    for (variant, series) in runs.iter().enumerate().skip(1) {
-        let rates: Vec<f64> = series
-            .iter()
-            .zip(baseline)
-            .map(|(run, base)| throughput(run) / throughput(base).max(1e-9))
-            .collect();
-        let cpus: Vec<f64> = series
-            .iter()
-            .zip(baseline)
-            .filter_map(|(run, base)| Some(cpu(base)? / cpu(run)?.max(1e-9)))
-            .collect();
-        let rate = Spread::of(&rates);
-        report.compare(
-            scenario,
-            &format!("{} (median of rounds)", names[variant]),
-            rate.median,
-        );
-        let cpu_text = if cpus.is_empty() {
-            String::new()
-        } else {
-            format!(", cpu/op {}", Spread::of(&cpus))
-        };
-        println!("  {}: throughput {rate}{cpu_text}", names[variant]);
-        spreads.push(rate);
-    }
-    spreads
+    runs.iter()
+        .enumerate()
+        .skip(1)
+        .map(|(variant, series)| compare(report, scenario, names[variant], series, baseline))
+        .collect()
+}
+
+/// Prints and records `series` against `baseline`, round by round (the two
+/// measured in the same rounds): the throughput ratio and the CPU ratio.
+pub fn compare(
+    report: &mut Report,
+    scenario: &str,
+    name: &str,
+    series: &[Run],
+    baseline: &[Run],
+) -> Spread {
+    let rates: Vec<f64> = series
+        .iter()
+        .zip(baseline)
+        .map(|(run, base)| throughput(run) / throughput(base).max(1e-9))
+        .collect();
+    let cpus: Vec<f64> = series
+        .iter()
+        .zip(baseline)
+        .filter_map(|(run, base)| Some(cpu(base)? / cpu(run)?.max(1e-9)))
+        .collect();
+    let rate = Spread::of(&rates);
+    report.compare(scenario, &format!("{name} (median of rounds)"), rate.median);
+    let cpu_text = if cpus.is_empty() {
+        String::new()
+    } else {
+        format!(", cpu/op {}", Spread::of(&cpus))
+    };
+    println!("  {name}: throughput {rate}{cpu_text}");
+    rate
 }

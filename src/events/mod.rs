@@ -45,6 +45,7 @@ pub mod envelope;
 mod error;
 mod event;
 mod group;
+mod group_commit;
 mod idempotency;
 pub mod live;
 pub mod outbox;
@@ -57,6 +58,7 @@ pub use dead_letter::{DLQ_STREAM, DeadLetter, DeadLetters};
 pub use error::EventError;
 pub use event::{Delivery, Event, ReceivedEvent};
 pub use group::Consumers;
+pub use group_commit::GroupCommitConfig;
 pub use idempotency::{CLAIM_LEASE, Claim, Idempotency};
 pub use publisher::{
     AtomicBatch, BatchPublisher, MAX_ATOMIC_BATCH, Published, Publisher, now_rfc3339,

@@ -51,7 +51,8 @@ use serde::{Deserialize, Serialize};
 
 use super::EventError;
 use super::envelope::{self, OUTBOX};
-use super::publisher::producer_span;
+use super::group_commit::{GroupCommit, GroupCommitConfig};
+use super::publisher::{producer_span, settled};
 
 /// The durable name of every bucket's relay consumer.
 pub const RELAY_DURABLE: &str = "outbox";
@@ -133,6 +134,8 @@ pub async fn relay(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), EventError> {
     tokio::pin!(shutdown);
+    // The events of a round's writes, grouped into atomic batches.
+    let group = GroupCommit::new(js.clone(), GroupCommitConfig::default());
     let kv = js
         .get_key_value(&bucket)
         .await
@@ -181,7 +184,7 @@ pub async fn relay(
                     }
                 }
             }
-            publish_round(&js, writes).await;
+            publish_round(&group, writes).await;
             if broken {
                 break;
             }
@@ -189,11 +192,12 @@ pub async fn relay(
     }
 }
 
-/// Publishes the events of a round of writes (all in flight together, in
-/// order), then acks each write whose events the streams stored.
-async fn publish_round(js: &jetstream::Context, writes: Vec<jetstream::Message>) {
-    let mut in_flight = Vec::with_capacity(writes.len());
-    for message in writes {
+/// Publishes the events of a round of writes (all in flight together,
+/// handed to the group commit in commit order, so the events of many writes
+/// are stored as one batch), then acks each write whose events the streams
+/// stored.
+async fn publish_round(group: &GroupCommit, writes: Vec<jetstream::Message>) {
+    let settled = writes.into_iter().map(|message| async move {
         let events = match decode_pending(message.headers.as_ref()) {
             Ok(events) => events,
             Err(reason) => {
@@ -201,36 +205,13 @@ async fn publish_round(js: &jetstream::Context, writes: Vec<jetstream::Message>)
                 // never be published from blocking the rest.
                 tracing::error!(subject = %message.subject, %reason, "dropping malformed outbox events");
                 ack(&message, AckKind::Term).await;
-                continue;
+                return;
             }
         };
-        if events.is_empty() {
-            ack(&message, AckKind::Ack).await;
-            continue;
-        }
-        let mut acks = Vec::with_capacity(events.len());
-        let mut failed = None;
-        for event in events {
-            match send(js, event).await {
-                Ok(ack) => acks.push(ack),
-                Err(error) => {
-                    failed = Some(error);
-                    break;
-                }
-            }
-        }
-        if let Some(error) = failed {
-            tracing::warn!(subject = %message.subject, %error, "outbox publish failed; retrying");
-            ack(&message, AckKind::Nak(Some(RETRY))).await;
-            continue;
-        }
-        in_flight.push((message, acks));
-    }
-    let settled = in_flight.into_iter().map(|(message, acks)| async move {
-        let acks = acks.into_iter().map(std::future::IntoFuture::into_future);
-        for stored in futures::future::join_all(acks).await {
+        let published = events.into_iter().map(|event| publish(group, event));
+        for stored in futures::future::join_all(published).await {
             if let Err(error) = stored {
-                tracing::warn!(subject = %message.subject, %error, "outbox event not acknowledged; retrying");
+                tracing::warn!(subject = %message.subject, %error, "outbox event not stored; retrying");
                 ack(&message, AckKind::Nak(Some(RETRY))).await;
                 return;
             }
@@ -242,11 +223,8 @@ async fn publish_round(js: &jetstream::Context, writes: Vec<jetstream::Message>)
     futures::future::join_all(settled).await;
 }
 
-async fn send(
-    js: &jetstream::Context,
-    event: PendingEvent,
-) -> Result<jetstream::context::PublishAckFuture, EventError> {
-    let Some(id) = event.id() else {
+async fn publish(group: &GroupCommit, event: PendingEvent) -> Result<(), EventError> {
+    let Some(id) = event.id().map(str::to_owned) else {
         return Err(EventError::JetStream {
             action: format!("publish to {}", event.subject),
             message: "an outbox event without ce-id".to_owned(),
@@ -258,18 +236,15 @@ async fn send(
         headers.append(name.as_str(), value.as_str());
     }
     // Last, so it replaces any id the stored headers carried.
-    envelope::set_message_id(&mut headers, id);
+    envelope::set_message_id(&mut headers, &id);
     // Child of the handler that committed the event (its stored traceparent).
     let parent = crate::codec::read_trace(Some(&headers));
-    let hop = producer_span("publish", &event.subject, id, &mut headers, parent);
-    let sent = js
-        .publish_with_headers(event.subject.clone(), headers, event.data.into())
-        .await
-        .map_err(|e| EventError::js(format!("publish to {}", event.subject))(e));
-    if let (Some(hop), Err(error)) = (&hop, &sent) {
-        hop.fail(error.kind_name(), &error.to_string());
-    }
-    sent
+    let hop = producer_span("publish", &event.subject, &id, &mut headers, parent);
+    let published = group
+        .publish(&event.subject, &id, headers, event.data.into())
+        .await;
+    settled(hop.as_ref(), &published);
+    published.map(drop)
 }
 
 async fn ack(message: &jetstream::Message, kind: AckKind) {

@@ -11,9 +11,12 @@ use std::collections::VecDeque;
 use async_nats::jetstream::{self, context::PublishErrorKind};
 use serde::Serialize;
 
+use std::sync::Arc;
+
 use super::EventError;
 use super::envelope;
 use super::event::Event;
+use super::group_commit::{GroupCommit, GroupCommitConfig};
 use crate::batch::{self, BatchError, BatchMessage};
 pub use crate::batch::{AtomicBatch, MAX_ATOMIC_BATCH};
 use crate::telemetry::Hop;
@@ -33,16 +36,33 @@ pub struct Published {
 }
 
 /// Publishes events on behalf of one source (the service).
+///
+/// Concurrent [`publish`](Publisher::publish) calls to one subject — from
+/// the clones handed to many handlers — are stored as atomic batches, one
+/// disk sync each (see [`GroupCommitConfig`]); each call still gets its own
+/// acknowledgement or error.
 #[derive(Debug, Clone)]
 pub struct Publisher {
     js: jetstream::Context,
     source: String,
+    group: Arc<GroupCommit>,
 }
 
 impl Publisher {
-    /// A publisher whose events carry `ce-source: source`.
+    /// A publisher whose events carry `ce-source: source`, grouping
+    /// concurrent publishes ([`GroupCommitConfig::default`]).
     pub fn new(js: jetstream::Context, source: impl Into<String>) -> Self {
+        Publisher::with_group_commit(js, source, GroupCommitConfig::default())
+    }
+
+    /// As [`Publisher::new`], grouping publishes as `config` says.
+    pub fn with_group_commit(
+        js: jetstream::Context,
+        source: impl Into<String>,
+        config: GroupCommitConfig,
+    ) -> Self {
         Publisher {
+            group: Arc::new(GroupCommit::new(js.clone(), config)),
             js,
             source: source.into(),
         }
@@ -88,7 +108,8 @@ impl Publisher {
             .map_err(|e| publish_error(subject, e))
     }
 
-    /// Publishes and waits for the stream's acknowledgement.
+    /// Publishes and waits for the stream's acknowledgement (grouped with
+    /// the publishes to `subject` in flight at the same moment).
     ///
     /// # Errors
     ///
@@ -100,10 +121,10 @@ impl Publisher {
         event: &Event<T>,
     ) -> Result<Published, EventError> {
         let (headers, payload, hop) = self.message(subject, event)?;
-        let published = match self.send(subject, headers, payload).await {
-            Ok(ack) => confirm(subject, &event.id, ack).await,
-            Err(error) => Err(error),
-        };
+        let published = self
+            .group
+            .publish(subject, &event.id, headers, payload)
+            .await;
         settled(hop.as_ref(), &published);
         published
     }
@@ -272,7 +293,7 @@ pub(crate) fn settled(hop: Option<&Hop>, result: &Result<Published, EventError>)
     }
 }
 
-async fn confirm(
+pub(crate) async fn confirm(
     subject: &str,
     id: &str,
     ack: jetstream::context::PublishAckFuture,
@@ -286,7 +307,7 @@ async fn confirm(
     })
 }
 
-fn publish_error(subject: &str, e: jetstream::context::PublishError) -> EventError {
+pub(crate) fn publish_error(subject: &str, e: jetstream::context::PublishError) -> EventError {
     match e.kind() {
         PublishErrorKind::StreamNotFound => EventError::NoStream {
             subject: subject.to_owned(),

@@ -24,7 +24,9 @@ pub struct StreamSpec {
     pub max_bytes: i64,
     /// Most messages kept (-1: no limit).
     pub max_messages: i64,
-    /// Allow atomic batch publishing (nats-server 2.12+).
+    /// Allow atomic batch publishing (nats-server 2.12+). On by default:
+    /// [`Publisher::publish`](super::Publisher::publish) groups concurrent
+    /// publishes into atomic batches (one disk sync for many events).
     pub atomic_batches: bool,
     /// Update a live stream that differs, instead of refusing to start.
     pub update_on_drift: bool,
@@ -40,7 +42,7 @@ impl Default for StreamSpec {
             max_age: Duration::from_secs(7 * 24 * 3600),
             max_bytes: -1,
             max_messages: -1,
-            atomic_batches: false,
+            atomic_batches: true,
             update_on_drift: false,
         }
     }
@@ -82,7 +84,9 @@ impl StreamSpec {
         self
     }
 
-    /// Allows [`Publisher::publish_atomic`](super::Publisher::publish_atomic).
+    /// Allows atomic batches ([`Publisher::publish_atomic`](super::Publisher::publish_atomic),
+    /// and the grouping of concurrent publishes). On by default; off, every
+    /// publish to the stream is synced on its own.
     pub fn atomic_batches(mut self, allow: bool) -> Self {
         self.atomic_batches = allow;
         self
@@ -143,10 +147,13 @@ impl StreamSpec {
             return Ok(StreamStatus::Unchanged);
         }
         // The replica count follows the deployment (crate::replication):
-        // NATS changes it in place, moving the data, so it is no drift.
-        let only_replicas = differences.iter().all(|d| d.starts_with("replicas:"));
+        // NATS changes it in place, moving the data, so it is no drift. Nor
+        // is allowing atomic batches on a stream made before they were the
+        // default: it only adds a way to publish.
+        let in_place = |d: &String| d.starts_with("replicas:") || d == ATOMIC_BATCHES_ALLOWED;
+        let only_replicas = differences.iter().all(in_place);
         if only_replicas {
-            tracing::warn!(stream = %self.name, from = info.config.num_replicas, to = wanted.num_replicas, "replicas changed");
+            tracing::warn!(stream = %self.name, ?differences, "changing the stream in place");
         } else if !self.update_on_drift {
             return Err(EventError::StreamDrift {
                 stream: self.name.clone(),
@@ -162,6 +169,9 @@ impl StreamSpec {
         Ok(StreamStatus::Updated)
     }
 }
+
+/// The difference [`StreamSpec::ensure`] makes in place.
+const ATOMIC_BATCHES_ALLOWED: &str = "atomic_batches: false → true";
 
 fn differences(live: &stream::Config, wanted: &stream::Config) -> Vec<String> {
     let mut out = Vec::new();

@@ -1,0 +1,301 @@
+//! Group commit: concurrent publishes to one subject stored as one atomic
+//! batch, so one disk sync covers many events.
+//!
+//! With `sync_interval: always` (nats.conf's default: an ack means the
+//! event is on disk) the server syncs once per stored message, and a
+//! publish one by one costs a sync each — the disk sets the rate, not the
+//! network. An ADR-50 atomic batch is synced once. Callers should not have
+//! to collect their events into batches (a handler publishes one event; a
+//! hundred handlers run at once), so the kit does it for them, as databases
+//! do with their log: while one batch is being committed, the publishes
+//! that arrive queue up, and the moment it is acknowledged they all go as
+//! the next batch. A lone publish goes at once, alone, as a plain publish —
+//! nobody waits for company that is not coming — and under load batches
+//! grow by themselves, up to [`GroupCommitConfig::max_batch`].
+//!
+//! Each caller still gets its own acknowledgement (its own stream
+//! sequence) and its own error: a batch the server refuses is split into
+//! plain publishes, so a bad event fails alone and its neighbours are
+//! stored. A batch whose answer was lost is sent again the same way; every
+//! event carries a `Nats-Msg-Id`, so one that was stored the first time is
+//! acknowledged as a duplicate, never stored twice.
+//!
+//! One lane (a queue and a task) per subject: an atomic batch must fall
+//! into one stream, and one subject always does. A lane whose stream does
+//! not take atomic batches (nats-server before 2.12, or a stream declared
+//! without [`atomic_batches`](super::StreamSpec::atomic_batches)) learns it
+//! from the first refusal and publishes plainly from then on. An idle lane
+//! ends, so subjects with ids in them do not accumulate tasks.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::EventError;
+use super::publisher::{Published, confirm, publish_error};
+use crate::batch::{self, BatchError, BatchMessage, MAX_ATOMIC_BATCH};
+
+/// JetStream's error code for a stream that does not allow atomic batches.
+const ATOMIC_DISABLED: u64 = 10174;
+
+/// How long a lane with nothing to publish stays before its task ends.
+const IDLE: Duration = Duration::from_secs(5);
+
+/// How publishes are grouped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupCommitConfig {
+    /// Whether concurrent publishes are grouped at all (off: each is a
+    /// plain publish, as before the kit grouped them).
+    pub enabled: bool,
+    /// Most events in one batch (at most [`MAX_ATOMIC_BATCH`]).
+    pub max_batch: usize,
+    /// How long a batch waits for more events after its first before it
+    /// goes. Zero by default: batches form while the previous one commits,
+    /// which under load fills them without anyone waiting, and costs a lone
+    /// publish nothing.
+    pub linger: Duration,
+}
+
+impl Default for GroupCommitConfig {
+    fn default() -> Self {
+        GroupCommitConfig {
+            enabled: true,
+            max_batch: 256,
+            linger: Duration::ZERO,
+        }
+    }
+}
+
+impl GroupCommitConfig {
+    /// Grouping off: every publish is a plain one.
+    pub fn disabled() -> Self {
+        GroupCommitConfig {
+            enabled: false,
+            ..GroupCommitConfig::default()
+        }
+    }
+
+    /// Sets [`GroupCommitConfig::max_batch`] (clamped to 1..=1000).
+    pub fn max_batch(mut self, events: usize) -> Self {
+        self.max_batch = events.clamp(1, MAX_ATOMIC_BATCH);
+        self
+    }
+
+    /// Sets [`GroupCommitConfig::linger`] (at most 10 ms).
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger.min(Duration::from_millis(10));
+        self
+    }
+}
+
+/// One event waiting in a lane, and where its verdict goes.
+struct Queued {
+    id: String,
+    headers: HeaderMap,
+    payload: Bytes,
+    verdict: oneshot::Sender<Result<Published, EventError>>,
+}
+
+type Lanes = Mutex<HashMap<String, mpsc::UnboundedSender<Queued>>>;
+
+/// The lanes of one publisher (shared by its clones).
+#[derive(Debug)]
+pub(crate) struct GroupCommit {
+    js: jetstream::Context,
+    config: GroupCommitConfig,
+    lanes: Arc<Lanes>,
+}
+
+impl GroupCommit {
+    pub(crate) fn new(js: jetstream::Context, config: GroupCommitConfig) -> Self {
+        GroupCommit {
+            js,
+            config,
+            lanes: Arc::default(),
+        }
+    }
+
+    /// Stores one event (its headers carry `Nats-Msg-Id` = `id`), grouped
+    /// with whatever else is being published to `subject` right now.
+    pub(crate) async fn publish(
+        &self,
+        subject: &str,
+        id: &str,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<Published, EventError> {
+        if !self.config.enabled {
+            let ack = self
+                .js
+                .publish_with_headers(subject.to_owned(), headers, payload)
+                .await
+                .map_err(|e| publish_error(subject, e))?;
+            return confirm(subject, id, ack).await;
+        }
+        let (verdict, answer) = oneshot::channel();
+        let queued = Queued {
+            id: id.to_owned(),
+            headers,
+            payload,
+            verdict,
+        };
+        self.enqueue(subject, queued);
+        answer.await.unwrap_or_else(|_| {
+            Err(EventError::JetStream {
+                action: format!("publish to {subject}"),
+                message: "the publisher stopped before the event was acknowledged".to_owned(),
+                source: None,
+            })
+        })
+    }
+
+    fn enqueue(&self, subject: &str, queued: Queued) {
+        // Sent under the lock: a lane ending for idleness checks its queue
+        // under the same lock, so nothing is sent to a lane that has gone.
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        let queued = match lanes.get(subject) {
+            Some(lane) => match lane.send(queued) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(queued)) => queued,
+            },
+            None => queued,
+        };
+        let (lane, queue) = mpsc::unbounded_channel();
+        // A new channel's receiver is alive: the send cannot fail.
+        let _ = lane.send(queued);
+        lanes.insert(subject.to_owned(), lane);
+        tokio::spawn(
+            Lane {
+                js: self.js.clone(),
+                subject: subject.to_owned(),
+                config: self.config.clone(),
+                atomic: true,
+                lanes: Arc::downgrade(&self.lanes),
+            }
+            .run(queue),
+        );
+    }
+}
+
+/// One subject's queue, committed batch after batch.
+struct Lane {
+    js: jetstream::Context,
+    subject: String,
+    config: GroupCommitConfig,
+    /// Whether the stream takes atomic batches (until it refuses one).
+    atomic: bool,
+    lanes: Weak<Lanes>,
+}
+
+impl Lane {
+    async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Queued>) {
+        loop {
+            let first = match tokio::time::timeout(IDLE, queue.recv()).await {
+                Ok(Some(first)) => first,
+                // Every sender gone: the publisher was dropped.
+                Ok(None) => return,
+                Err(_) if self.retire(&queue) => return,
+                Err(_) => continue,
+            };
+            let mut batch = vec![first];
+            if !self.config.linger.is_zero() {
+                let until = tokio::time::Instant::now() + self.config.linger;
+                while batch.len() < self.config.max_batch {
+                    match tokio::time::timeout_at(until, queue.recv()).await {
+                        Ok(Some(next)) => batch.push(next),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            }
+            while batch.len() < self.config.max_batch {
+                match queue.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch).await;
+        }
+    }
+
+    /// Ends the lane if nothing is queued (under the lanes' lock, which
+    /// senders hold while they send).
+    fn retire(&self, queue: &mpsc::UnboundedReceiver<Queued>) -> bool {
+        let Some(lanes) = self.lanes.upgrade() else {
+            return true;
+        };
+        let mut lanes = lanes.lock().unwrap_or_else(|e| e.into_inner());
+        if !queue.is_empty() {
+            return false;
+        }
+        lanes.remove(&self.subject);
+        true
+    }
+
+    async fn commit(&mut self, batch: Vec<Queued>) {
+        if batch.len() == 1 || !self.atomic {
+            return self.one_by_one(batch).await;
+        }
+        let messages = batch
+            .iter()
+            .map(|q| BatchMessage::new(self.subject.clone(), q.headers.clone(), q.payload.clone()))
+            .collect();
+        match batch::commit(&self.js.client(), messages).await {
+            Ok(ack) => {
+                let first = ack.last_sequence + 1 - batch.len() as u64;
+                for (index, queued) in batch.into_iter().enumerate() {
+                    let _ = queued.verdict.send(Ok(Published {
+                        id: queued.id,
+                        stream: ack.stream.clone(),
+                        sequence: first + index as u64,
+                        duplicate: false,
+                    }));
+                }
+            }
+            Err(BatchError::NoStream(subject)) => {
+                for queued in batch {
+                    let _ = queued.verdict.send(Err(EventError::NoStream {
+                        subject: subject.clone(),
+                    }));
+                }
+            }
+            Err(error) => {
+                if matches!(error, BatchError::Refused { code, .. } if code == ATOMIC_DISABLED) {
+                    tracing::info!(subject = %self.subject, "the stream takes no atomic batches; publishing one by one");
+                    self.atomic = false;
+                } else {
+                    // Refused (one event may be bad) or unanswered (it may
+                    // be stored: the message ids make a repeat a duplicate).
+                    tracing::debug!(subject = %self.subject, %error, events = batch.len(), "batch not committed; publishing its events one by one");
+                }
+                self.one_by_one(batch).await;
+            }
+        }
+    }
+
+    /// Plain publishes, all in flight together, each with its own verdict.
+    async fn one_by_one(&self, batch: Vec<Queued>) {
+        let subject = &self.subject;
+        let mut sent = Vec::with_capacity(batch.len());
+        for queued in batch {
+            let ack = self
+                .js
+                .publish_with_headers(subject.clone(), queued.headers, queued.payload)
+                .await
+                .map_err(|e| publish_error(subject, e));
+            sent.push((queued.id, queued.verdict, ack));
+        }
+        let settled = sent.into_iter().map(|(id, verdict, ack)| async move {
+            let verdict_of = match ack {
+                Ok(ack) => confirm(subject, &id, ack).await,
+                Err(error) => Err(error),
+            };
+            let _ = verdict.send(verdict_of);
+        });
+        futures::future::join_all(settled).await;
+    }
+}
