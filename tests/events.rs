@@ -745,3 +745,83 @@ async fn a_consumer_whose_set_up_fails_is_started_again_until_it_runs() -> TestR
     consumers.stop().await?;
     Ok(())
 }
+
+/// The consumer pulls only for free handler slots: with every handler busy,
+/// the server has handed out exactly as many events as there are slots —
+/// none wait in a local buffer with their ack timer running — and as slots
+/// free up, the rest follow, each delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consumer_never_holds_more_events_than_it_has_free_handlers() -> TestResult {
+    const SLOTS: usize = 4;
+    const EVENTS: usize = 200;
+    let server = TestServer::start().await?;
+    let (js, publisher) = setup(&server).await?;
+    let mut batch = publisher.batch(64);
+    for n in 0..EVENTS {
+        batch
+            .publish("events.orders.created", &order(&format!("h-{n}")))
+            .await?;
+    }
+    assert!(batch.finish().await.iter().all(Result::is_ok));
+
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (started, handled) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (stop, task) = consume(
+        &js,
+        ConsumerSpec::new("ORDERS", "held").concurrency(SLOTS),
+        {
+            let (gate, started, handled) = (gate.clone(), started.clone(), handled.clone());
+            move |_event| {
+                let (gate, started, handled) = (gate.clone(), started.clone(), handled.clone());
+                async move {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    if let Ok(permit) = gate.acquire().await {
+                        permit.forget();
+                    }
+                    handled.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            }
+        },
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || started.load(Ordering::SeqCst)
+            == SLOTS)
+        .await
+    );
+    // Long enough for a consumer that over-pulls to have done so.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut consumer = js
+        .get_stream("ORDERS")
+        .await?
+        .get_consumer::<jetstream::consumer::pull::Config>("held")
+        .await
+        .map_err(|e| e.to_string())?;
+    let info = consumer.info().await?.clone();
+    assert_eq!(
+        (info.num_ack_pending, started.load(Ordering::SeqCst)),
+        (SLOTS, SLOTS),
+        "handed out beyond the free slots: {info:?}"
+    );
+    // One slot freed at a time, then all: every event follows, once.
+    gate.add_permits(1);
+    assert!(
+        eventually(Duration::from_secs(5), || started.load(Ordering::SeqCst)
+            == SLOTS + 1)
+        .await
+    );
+    gate.add_permits(EVENTS);
+    assert!(
+        eventually(Duration::from_secs(20), || handled.load(Ordering::SeqCst)
+            == EVENTS)
+        .await,
+        "handled {} of {EVENTS}",
+        handled.load(Ordering::SeqCst)
+    );
+    let info = consumer.info().await?.clone();
+    assert_eq!(info.num_redelivered, 0, "{info:?}");
+    assert_eq!(started.load(Ordering::SeqCst), EVENTS);
+    stop.cancel();
+    task.await??;
+    Ok(())
+}

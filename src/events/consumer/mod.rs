@@ -17,7 +17,8 @@
 //! redelivered or re-published event (same `ce-id`) has one effect.
 //!
 //! One concept per file, along the steps of a delivery: `spec` (what a
-//! consumer is declared as), this module (fetching only as slots free up),
+//! consumer is declared as), this module (the loop: a slot per event),
+//! `puller` (pull requests pipelined, never beyond the free slots),
 //! `delivery` (decode → claim → run with retries → settle or dead-letter),
 //! `ordered` (one lane per subject) and `attempts` (the handler's own
 //! failures).
@@ -25,6 +26,7 @@
 mod attempts;
 mod delivery;
 mod ordered;
+mod puller;
 mod spec;
 
 use std::future::Future;
@@ -32,9 +34,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use futures::StreamExt;
 use serde::de::DeserializeOwned;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::task::TaskTracker;
 
 use super::EventError;
@@ -44,6 +45,7 @@ use super::idempotency::Idempotency;
 use attempts::HandlerFailures;
 use delivery::handle;
 use ordered::{lane, lane_of};
+use puller::{Pulled, Puller};
 pub use spec::{ConsumerSpec, HandlerError};
 
 /// Everything a running consumer shares between its tasks.
@@ -115,10 +117,15 @@ where
         failures: HandlerFailures::default(),
     });
 
-    let slots = Arc::new(Semaphore::new(shared.spec.concurrency));
+    let slots = Slots::new(shared.spec.concurrency);
+    let mut puller = Puller::start(&js, consumer, shared.spec.concurrency)
+        .await
+        .map_err(|e| {
+            EventError::js(format!("subscribe for consumer {}", shared.spec.durable))(e)
+        })?;
     let tasks = TaskTracker::new();
     // Ordered mode: one lane per slot; a subject always maps to the same lane.
-    let lanes: Vec<mpsc::UnboundedSender<(jetstream::Message, OwnedSemaphorePermit)>> =
+    let lanes: Vec<mpsc::UnboundedSender<(jetstream::Message, Slot)>> =
         if shared.spec.ordered_by_subject {
             (0..shared.spec.concurrency)
                 .map(|_| {
@@ -131,63 +138,48 @@ where
             Vec::new()
         };
     loop {
-        let first = tokio::select! {
+        if let Err(error) = puller.ask(slots.free()).await {
+            tracing::warn!(consumer = %shared.spec.durable, %error, "pull request failed; retrying");
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+            }
+        }
+        let pulled = tokio::select! {
             () = &mut shutdown => break,
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
+            // A handler finished: its slot may be worth a request.
+            () = slots.freed() => continue,
+            pulled = puller.next() => pulled,
         };
-        // Ask only for as many events as there are free slots.
-        let free = 1 + slots.available_permits();
-        let batch = consumer
-            .batch()
-            .max_messages(free)
-            .expires(Duration::from_secs(1))
-            .messages()
-            .await;
-        let mut batch = match batch {
-            Ok(batch) => batch,
-            Err(error) => {
-                tracing::warn!(consumer = %shared.spec.durable, %error, "fetch failed; retrying");
-                drop(first);
+        let message = match pulled {
+            Pulled::Event(message) => *message,
+            Pulled::Uncovered => continue,
+            Pulled::Refused => {
                 tokio::select! {
                     () = &mut shutdown => break,
                     () = tokio::time::sleep(Duration::from_millis(500)) => continue,
                 }
             }
+            Pulled::Closed => break,
         };
-        let mut permit = Some(first);
-        while let Some(message) = batch.next().await {
-            let message = match message {
-                Ok(message) => message,
-                Err(error) => {
-                    tracing::debug!(%error, "batch ended");
-                    break;
-                }
-            };
-            let slot = match permit.take() {
-                Some(p) => p,
-                None => match slots.clone().acquire_owned().await {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
-            if !lanes.is_empty() {
-                let index = lane_of(&message, lanes.len());
-                if let Some(lane) = lanes.get(index)
-                    && let Err(error) = lane.send((message, slot))
-                {
-                    tracing::error!(%error, "an ordered lane is gone; the event will be redelivered");
-                }
-                continue;
+        // Asked for only as many as were free: the slot is there.
+        let Some(slot) = slots.take().await else {
+            break;
+        };
+        if !lanes.is_empty() {
+            let index = lane_of(&message, lanes.len());
+            if let Some(lane) = lanes.get(index)
+                && let Err(error) = lane.send((message, slot))
+            {
+                tracing::error!(%error, "an ordered lane is gone; the event will be redelivered");
             }
-            let shared = shared.clone();
-            tasks.spawn(async move {
-                handle(&shared, message, false).await;
-                drop(slot);
-            });
+            continue;
         }
+        let shared = shared.clone();
+        tasks.spawn(async move {
+            handle(&shared, message, false).await;
+            drop(slot);
+        });
     }
     drop(lanes); // lanes finish what they hold, then end
     tasks.close();
@@ -198,4 +190,51 @@ where
         tracing::warn!(consumer = %shared.spec.durable, "handlers still running at shutdown; they will be redelivered");
     }
     Ok(())
+}
+
+/// The handler slots: an event is pulled only for a free one.
+struct Slots {
+    free: Arc<Semaphore>,
+    freed: Arc<Notify>,
+}
+
+/// A taken slot; dropping it frees the slot and says so.
+struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    freed: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // Freed first, then told: whoever wakes sees the slot free.
+        drop(self.permit.take());
+        self.freed.notify_one();
+    }
+}
+
+impl Slots {
+    fn new(slots: usize) -> Self {
+        Slots {
+            free: Arc::new(Semaphore::new(slots)),
+            freed: Arc::new(Notify::new()),
+        }
+    }
+
+    fn free(&self) -> usize {
+        self.free.available_permits()
+    }
+
+    /// Until a slot is freed (or was, since the last call).
+    async fn freed(&self) {
+        self.freed.notified().await;
+    }
+
+    /// A slot (waiting for one only if more arrived than were asked for).
+    async fn take(&self) -> Option<Slot> {
+        let permit = self.free.clone().acquire_owned().await.ok()?;
+        Some(Slot {
+            permit: Some(permit),
+            freed: self.freed.clone(),
+        })
+    }
 }

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
 use serde::de::DeserializeOwned;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 
 use super::delivery::handle;
-use super::{HandlerError, Shared};
+use super::{HandlerError, Shared, Slot};
 use crate::events::envelope;
 use crate::events::event::ReceivedEvent;
 
@@ -29,7 +29,7 @@ pub(super) fn lane_of(message: &jetstream::Message, lanes: usize) -> usize {
 /// and keeps the queued ones alive (in-progress) while they wait.
 pub(super) async fn lane<T, F, Fut>(
     shared: Arc<Shared<F>>,
-    mut arrivals: mpsc::UnboundedReceiver<(jetstream::Message, OwnedSemaphorePermit)>,
+    mut arrivals: mpsc::UnboundedReceiver<(jetstream::Message, Slot)>,
 ) where
     T: DeserializeOwned + Send + 'static,
     F: Fn(ReceivedEvent<T>) -> Fut + Send + Sync + 'static,
