@@ -11,7 +11,9 @@
 //! that arrive queue up, and the moment it is acknowledged they all go as
 //! the next batch. A lone publish goes at once, alone, as a plain publish —
 //! nobody waits for company that is not coming — and under load batches
-//! grow by themselves, up to [`GroupCommitConfig::max_batch`].
+//! grow by themselves, up to [`GroupCommitConfig::max_batch`]: a batch
+//! waits (at most [`GroupCommitConfig::linger`]) only for as many events as
+//! the previous one held, whose callers are publishing their next.
 //!
 //! Each caller still gets its own acknowledgement (its own stream
 //! sequence) and its own error: a batch the server refuses is split into
@@ -54,10 +56,11 @@ pub struct GroupCommitConfig {
     pub enabled: bool,
     /// Most events in one batch (at most [`MAX_ATOMIC_BATCH`]).
     pub max_batch: usize,
-    /// How long a batch waits for more events after its first before it
-    /// goes. Zero by default: batches form while the previous one commits,
-    /// which under load fills them without anyone waiting, and costs a lone
-    /// publish nothing.
+    /// Longest a batch waits for more events after its first. It waits
+    /// only while fewer have arrived than the previous batch held — the
+    /// callers of that batch, woken by its ack, are on their way with their
+    /// next events — so a lone publisher never waits, and under load the
+    /// batches stay whole instead of splitting into whoever was quickest.
     pub linger: Duration,
 }
 
@@ -66,7 +69,7 @@ impl Default for GroupCommitConfig {
         GroupCommitConfig {
             enabled: true,
             max_batch: 256,
-            linger: Duration::ZERO,
+            linger: Duration::from_millis(1),
         }
     }
 }
@@ -86,7 +89,8 @@ impl GroupCommitConfig {
         self
     }
 
-    /// Sets [`GroupCommitConfig::linger`] (at most 10 ms).
+    /// Sets [`GroupCommitConfig::linger`] (at most 10 ms; zero: a batch
+    /// takes only what is queued when it goes).
     pub fn linger(mut self, linger: Duration) -> Self {
         self.linger = linger.min(Duration::from_millis(10));
         self
@@ -194,6 +198,7 @@ struct Lane {
 
 impl Lane {
     async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Queued>) {
+        let mut previous = 1;
         loop {
             let first = match tokio::time::timeout(IDLE, queue.recv()).await {
                 Ok(Some(first)) => first,
@@ -203,21 +208,25 @@ impl Lane {
                 Err(_) => continue,
             };
             let mut batch = vec![first];
-            if !self.config.linger.is_zero() {
-                let until = tokio::time::Instant::now() + self.config.linger;
-                while batch.len() < self.config.max_batch {
-                    match tokio::time::timeout_at(until, queue.recv()).await {
-                        Ok(Some(next)) => batch.push(next),
-                        Ok(None) | Err(_) => break,
-                    }
-                }
-            }
             while batch.len() < self.config.max_batch {
                 match queue.try_recv() {
                     Ok(next) => batch.push(next),
                     Err(_) => break,
                 }
             }
+            // The last batch's callers are likely publishing again: wait a
+            // little for as many, never longer than the linger.
+            let expected = previous.min(self.config.max_batch);
+            if batch.len() < expected && !self.config.linger.is_zero() {
+                let until = tokio::time::Instant::now() + self.config.linger;
+                while batch.len() < expected {
+                    match tokio::time::timeout_at(until, queue.recv()).await {
+                        Ok(Some(next)) => batch.push(next),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            }
+            previous = batch.len();
             self.commit(batch).await;
         }
     }
