@@ -449,3 +449,46 @@ async fn instances_opening_a_new_bucket_at_once_all_start() -> TestResult {
     }
     Ok(())
 }
+
+/// The relay stores events in commit order across subjects: an order's
+/// `created` and its `shipped` (another subject, carried forward onto the
+/// same write here) are never swapped, though the relay groups events into
+/// batches. (With a lane per subject this can swap them, but only when two
+/// lanes' batches race — this test did not catch that in two runs: it
+/// guards the order, it does not prove the race.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_relay_stores_events_in_commit_order_across_subjects() -> TestResult {
+    let f = fixture().await?;
+    // Committed before the relay starts, so its first rounds are full.
+    const ORDERS: usize = 100;
+    let mut committed = Vec::new();
+    for n in 0..ORDERS {
+        let id = format!("seq{n}");
+        place(&f, &id).await?;
+        committed.push(format!("{id}-created"));
+        let shipped = Event::new(Order {
+            id: id.clone(),
+            status: "shipped".into(),
+        })
+        .id(format!("{id}-shipped"))
+        .subject(id.as_str());
+        let current = f.orders.get(&id).await?.ok_or("placed order missing")?;
+        let mut tx = f.orders.transaction();
+        tx.update(&f.orders, &id, &event_data(&shipped), &current)?
+            .publish(&f.events, "events.orders.shipped", &shipped)?;
+        tx.commit().await?;
+        committed.push(format!("{id}-shipped"));
+    }
+    let (stop, relay) = start_relay(&f);
+    settle_at(&f, 2 * ORDERS as u64, Duration::from_secs(20)).await?;
+    let stream = f.js.get_stream("ORDERS").await?;
+    let mut stored = Vec::new();
+    for sequence in 1..=2 * ORDERS as u64 {
+        let message = stream.get_raw_message(sequence).await?;
+        stored.push(envelope::header(Some(&message.headers), envelope::CE_ID).unwrap_or_default());
+    }
+    assert_eq!(stored, committed);
+    stop.cancel();
+    relay.await?;
+    Ok(())
+}

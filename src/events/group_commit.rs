@@ -23,7 +23,10 @@
 //! acknowledged as a duplicate, never stored twice.
 //!
 //! One lane (a queue and a task) per subject: an atomic batch must fall
-//! into one stream, and one subject always does. A lane whose stream does
+//! into one stream, and one subject always does. Events that must be stored
+//! in the order they were handed over whatever their subjects (the outbox
+//! relay's, in commit order) share a lane of their own: its batches commit
+//! one after the other, each in order. A lane whose stream does
 //! not take atomic batches (nats-server before 2.12, or a stream declared
 //! without [`atomic_batches`](super::StreamSpec::atomic_batches)) learns it
 //! from the first refusal and publishes plainly from then on. An idle lane
@@ -99,6 +102,7 @@ impl GroupCommitConfig {
 
 /// One event waiting in a lane, and where its verdict goes.
 struct Queued {
+    subject: String,
     id: String,
     headers: HeaderMap,
     payload: Bytes,
@@ -133,6 +137,21 @@ impl GroupCommit {
         headers: HeaderMap,
         payload: Bytes,
     ) -> Result<Published, EventError> {
+        self.publish_in(subject, subject, id, headers, payload)
+            .await
+    }
+
+    /// As [`GroupCommit::publish`], in the lane named `lane`: events of one
+    /// lane are stored in the order they were handed over, whatever their
+    /// subjects.
+    pub(crate) async fn publish_in(
+        &self,
+        lane: &str,
+        subject: &str,
+        id: &str,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<Published, EventError> {
         if !self.config.enabled {
             let ack = self
                 .js
@@ -143,12 +162,13 @@ impl GroupCommit {
         }
         let (verdict, answer) = oneshot::channel();
         let queued = Queued {
+            subject: subject.to_owned(),
             id: id.to_owned(),
             headers,
             payload,
             verdict,
         };
-        self.enqueue(subject, queued);
+        self.enqueue(lane, queued);
         answer.await.unwrap_or_else(|_| {
             Err(EventError::JetStream {
                 action: format!("publish to {subject}"),
@@ -158,11 +178,11 @@ impl GroupCommit {
         })
     }
 
-    fn enqueue(&self, subject: &str, queued: Queued) {
+    fn enqueue(&self, key: &str, queued: Queued) {
         // Sent under the lock: a lane ending for idleness checks its queue
         // under the same lock, so nothing is sent to a lane that has gone.
         let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
-        let queued = match lanes.get(subject) {
+        let queued = match lanes.get(key) {
             Some(lane) => match lane.send(queued) {
                 Ok(()) => return,
                 Err(mpsc::error::SendError(queued)) => queued,
@@ -172,11 +192,11 @@ impl GroupCommit {
         let (lane, queue) = mpsc::unbounded_channel();
         // A new channel's receiver is alive: the send cannot fail.
         let _ = lane.send(queued);
-        lanes.insert(subject.to_owned(), lane);
+        lanes.insert(key.to_owned(), lane);
         tokio::spawn(
             Lane {
                 js: self.js.clone(),
-                subject: subject.to_owned(),
+                key: key.to_owned(),
                 config: self.config.clone(),
                 atomic: true,
                 lanes: Arc::downgrade(&self.lanes),
@@ -186,10 +206,11 @@ impl GroupCommit {
     }
 }
 
-/// One subject's queue, committed batch after batch.
+/// One lane's queue, committed batch after batch.
 struct Lane {
     js: jetstream::Context,
-    subject: String,
+    /// The subject, or the name of a lane of several subjects.
+    key: String,
     config: GroupCommitConfig,
     /// Whether the stream takes atomic batches (until it refuses one).
     atomic: bool,
@@ -241,7 +262,7 @@ impl Lane {
         if !queue.is_empty() {
             return false;
         }
-        lanes.remove(&self.subject);
+        lanes.remove(&self.key);
         true
     }
 
@@ -251,7 +272,7 @@ impl Lane {
         }
         let messages = batch
             .iter()
-            .map(|q| BatchMessage::new(self.subject.clone(), q.headers.clone(), q.payload.clone()))
+            .map(|q| BatchMessage::new(q.subject.clone(), q.headers.clone(), q.payload.clone()))
             .collect();
         match batch::commit(&self.js.client(), messages).await {
             Ok(ack) => {
@@ -265,46 +286,42 @@ impl Lane {
                     }));
                 }
             }
-            Err(BatchError::NoStream(subject)) => {
-                for queued in batch {
-                    let _ = queued.verdict.send(Err(EventError::NoStream {
-                        subject: subject.clone(),
-                    }));
-                }
-            }
             Err(error) => {
                 if matches!(error, BatchError::Refused { code, .. } if code == ATOMIC_DISABLED) {
-                    tracing::info!(subject = %self.subject, "the stream takes no atomic batches; publishing one by one");
+                    tracing::info!(lane = %self.key, "the stream takes no atomic batches; publishing one by one");
                     self.atomic = false;
                 } else {
-                    // Refused (one event may be bad) or unanswered (it may
-                    // be stored: the message ids make a repeat a duplicate).
-                    tracing::debug!(subject = %self.subject, %error, events = batch.len(), "batch not committed; publishing its events one by one");
+                    // Refused (one event may be bad, or lack a stream) or
+                    // unanswered (it may be stored: the message ids make a
+                    // repeat a duplicate): each event on its own.
+                    tracing::debug!(lane = %self.key, %error, events = batch.len(), "batch not committed; publishing its events one by one");
                 }
                 self.one_by_one(batch).await;
             }
         }
     }
 
-    /// Plain publishes, all in flight together, each with its own verdict.
+    /// Plain publishes, sent in order and all in flight together, each
+    /// with its own verdict.
     async fn one_by_one(&self, batch: Vec<Queued>) {
-        let subject = &self.subject;
         let mut sent = Vec::with_capacity(batch.len());
         for queued in batch {
             let ack = self
                 .js
-                .publish_with_headers(subject.clone(), queued.headers, queued.payload)
+                .publish_with_headers(queued.subject.clone(), queued.headers, queued.payload)
                 .await
-                .map_err(|e| publish_error(subject, e));
-            sent.push((queued.id, queued.verdict, ack));
+                .map_err(|e| publish_error(&queued.subject, e));
+            sent.push((queued.subject, queued.id, queued.verdict, ack));
         }
-        let settled = sent.into_iter().map(|(id, verdict, ack)| async move {
-            let verdict_of = match ack {
-                Ok(ack) => confirm(subject, &id, ack).await,
-                Err(error) => Err(error),
-            };
-            let _ = verdict.send(verdict_of);
-        });
+        let settled = sent
+            .into_iter()
+            .map(|(subject, id, verdict, ack)| async move {
+                let verdict_of = match ack {
+                    Ok(ack) => confirm(&subject, &id, ack).await,
+                    Err(error) => Err(error),
+                };
+                let _ = verdict.send(verdict_of);
+            });
         futures::future::join_all(settled).await;
     }
 }

@@ -193,9 +193,9 @@ pub async fn relay(
 }
 
 /// Publishes the events of a round of writes (all in flight together,
-/// handed to the group commit in commit order, so the events of many writes
-/// are stored as one batch), then acks each write whose events the streams
-/// stored.
+/// handed to the group commit's one lane in commit order, so the events of
+/// many writes are stored as one batch, in order), then acks each write
+/// whose events the streams stored.
 async fn publish_round(group: &GroupCommit, writes: Vec<jetstream::Message>) {
     let settled = writes.into_iter().map(|message| async move {
         let events = match decode_pending(message.headers.as_ref()) {
@@ -240,8 +240,16 @@ async fn publish(group: &GroupCommit, event: PendingEvent) -> Result<(), EventEr
     // Child of the handler that committed the event (its stored traceparent).
     let parent = crate::codec::read_trace(Some(&headers));
     let hop = producer_span("publish", &event.subject, &id, &mut headers, parent);
+    // One lane for the whole relay: events are stored in commit order,
+    // whatever their subjects.
     let published = group
-        .publish(&event.subject, &id, headers, event.data.into())
+        .publish_in(
+            RELAY_DURABLE,
+            &event.subject,
+            &id,
+            headers,
+            event.data.into(),
+        )
         .await;
     settled(hop.as_ref(), &published);
     published.map(drop)
