@@ -169,7 +169,7 @@ pub fn request_headers(remaining: Duration, trace: &TraceContext) -> HeaderMap {
     // Round up: "1 ms left" must not become "0 ms, already expired".
     let millis = remaining.as_micros().div_ceil(1000);
     headers.insert(static_name(TIMEOUT_MS), millis.to_string());
-    headers.insert(static_name(TRACEPARENT), trace.to_string());
+    headers.insert(static_name(TRACEPARENT), trace.traceparent());
     headers
 }
 

@@ -102,15 +102,26 @@ impl TraceContext {
     }
 }
 
+impl TraceContext {
+    /// The `traceparent` header value, written in one allocation: it goes
+    /// on every call and every event.
+    pub fn traceparent(&self) -> String {
+        let mut out = String::with_capacity(TRACEPARENT_LEN);
+        out.push_str("00-");
+        push_hex(&mut out, &self.trace_id);
+        out.push('-');
+        push_hex(&mut out, &self.span_id);
+        out.push_str(if self.sampled { "-01" } else { "-00" });
+        out
+    }
+}
+
+/// `00-` + 32 + `-` + 16 + `-` + 2.
+const TRACEPARENT_LEN: usize = 55;
+
 impl fmt::Display for TraceContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            self.trace_id(),
-            self.span_id(),
-            u8::from(self.sampled)
-        )
+        f.write_str(&self.traceparent())
     }
 }
 
@@ -131,13 +142,17 @@ fn is_hex(s: &str) -> bool {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
+    out
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
         out.push(char::from(DIGITS[usize::from(b >> 4)]));
         out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
-    out
 }
 
 fn decode_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
@@ -160,6 +175,21 @@ mod tests {
         let value = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let parsed = TraceContext::parse(value);
         assert_eq!(parsed.map(|t| t.to_string()).as_deref(), Some(value));
+    }
+
+    #[test]
+    fn the_header_value_is_exactly_its_length() {
+        let value = TraceContext::new_root().traceparent();
+        assert_eq!(value.len(), TRACEPARENT_LEN);
+        assert_eq!(
+            value.capacity(),
+            TRACEPARENT_LEN,
+            "one allocation, no growth"
+        );
+        assert_eq!(
+            TraceContext::parse(&value).map(|t| t.traceparent()),
+            Some(value)
+        );
     }
 
     #[test]

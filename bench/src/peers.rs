@@ -27,6 +27,7 @@ use crate::drive::{TypedCall, drive};
 use crate::echo::{self, Payload};
 use crate::http::{HttpCall, http_client};
 use crate::report::{Report, Run};
+use crate::rounds;
 
 /// How long a peer may take to say "ready".
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -54,64 +55,75 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
     let scenario = format!("peers c={in_flight}");
     println!("{scenario} ({} bytes)", settings.payload);
 
-    let run = drive(pid, in_flight, settings.duration, call("bench.echo")).await?;
-    let switchboard = report.add_run(&scenario, "switchboard endpoint + client", &run, None);
-
-    // Express, over HTTP.
+    // Every peer runs for the whole scenario; each round measures all four
+    // (see `rounds`). CPU is not compared: a peer's own process is not
+    // measured, only ours and nats-server.
     let port = free_port()?;
     let mut express = Peer::start(&dir, "express.js", &[&port.to_string()]).await?;
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut moleculer = Peer::start(&dir, "moleculer-service.js", &[&url]).await?;
+    let mut nats_js = Peer::start(&dir, "nats-service.js", &[&url]).await?;
     let http = HttpCall {
         http: http_client(),
-        addr,
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         payload: Payload::of(settings.payload),
     };
-    let run = drive(None, in_flight, settings.duration, http).await;
-    express.stop().await;
-    let express = report.add_run(&scenario, "express (node)", &run?, None);
-    report.compare(
-        &scenario,
-        "switchboard vs express",
-        switchboard / express.max(1e-9),
-    );
-
-    // Moleculer: a calling broker and a serving broker on our nats-server.
-    let mut service = Peer::start(&dir, "moleculer-service.js", &[&url]).await?;
-    let caller = Peer::output(
-        &dir,
-        "moleculer-caller.js",
-        &[
-            &url,
-            &in_flight.to_string(),
-            &settings.duration.as_millis().to_string(),
-            &settings.payload.to_string(),
-        ],
-        settings.duration + START_TIMEOUT,
-    )
-    .await;
-    service.stop().await;
-    let moleculer = report.add_run(
-        &scenario,
+    let names = [
+        "switchboard endpoint + client",
+        "express (node)",
         "moleculer (node, NATS transporter)",
-        &caller?,
-        None,
-    );
-    report.compare(
-        &scenario,
-        "switchboard vs moleculer",
-        switchboard / moleculer.max(1e-9),
-    );
-
-    // @nats-io/services, called like a Switchboard endpoint.
-    let mut js = Peer::start(&dir, "nats-service.js", &[&url]).await?;
-    let run = drive(pid, in_flight, settings.duration, call("jsbench.echo")).await;
-    js.stop().await;
-    let js = report.add_run(&scenario, "@nats-io/services (node)", &run?, None);
-    report.compare(
-        &scenario,
-        "switchboard vs @nats-io/services",
-        switchboard / js.max(1e-9),
-    );
+        "@nats-io/services (node)",
+    ];
+    let runs = rounds::interleave(settings.rounds, names.len(), |i| {
+        let (call, http, url) = (call, http.clone(), url.clone());
+        let dir = dir.clone();
+        async move {
+            let run = match i {
+                0 => drive(pid, in_flight, settings.duration, call("bench.echo")).await?,
+                1 => drive(None, in_flight, settings.duration, http).await?,
+                2 => {
+                    Peer::output(
+                        &dir,
+                        "moleculer-caller.js",
+                        &[
+                            &url,
+                            &in_flight.to_string(),
+                            &settings.duration.as_millis().to_string(),
+                            &settings.payload.to_string(),
+                        ],
+                        settings.duration + START_TIMEOUT,
+                    )
+                    .await?
+                }
+                _ => drive(pid, in_flight, settings.duration, call("jsbench.echo")).await?,
+            };
+            Ok(Run { cpu: None, ..run })
+        }
+    })
+    .await;
+    express.stop().await;
+    moleculer.stop().await;
+    nats_js.stop().await;
+    let runs = runs?;
+    for (round, run) in runs[0].iter().enumerate() {
+        report.add_run(&scenario, names[0], run, None);
+        for (variant, series) in runs.iter().enumerate().skip(1) {
+            if let Some(peer) = series.get(round) {
+                report.add_run(&scenario, names[variant], peer, None);
+            }
+        }
+    }
+    for (variant, peer) in ["express", "moleculer", "@nats-io/services"]
+        .iter()
+        .enumerate()
+    {
+        rounds::compare(
+            report,
+            &scenario,
+            &format!("switchboard vs {peer}"),
+            &runs[0],
+            &runs[variant + 1],
+        );
+    }
     Ok(())
 }
 

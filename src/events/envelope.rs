@@ -68,7 +68,7 @@ pub fn event_headers(attributes: &EventAttributes, trace: Option<&TraceContext>)
     }
     headers.insert(static_name(CONTENT_TYPE), CONTENT_TYPE_JSON);
     if let Some(trace) = trace {
-        headers.insert(static_name(TRACEPARENT), trace.to_string().as_str());
+        headers.insert(static_name(TRACEPARENT), trace.traceparent());
     }
     headers
 }
@@ -114,7 +114,7 @@ pub fn set_message_id(headers: &mut HeaderMap, id: &str) {
 /// Points the event's `traceparent` at the span that sends it, so its
 /// consumers' spans are that span's children.
 pub fn set_trace(headers: &mut HeaderMap, trace: &TraceContext) {
-    headers.insert(static_name(TRACEPARENT), trace.to_string().as_str());
+    headers.insert(static_name(TRACEPARENT), trace.traceparent());
 }
 
 /// The events a state write implies, on the KV message of that write
