@@ -137,6 +137,24 @@ where
         } else {
             Vec::new()
         };
+    // An event to its handler: on its subject's lane in ordered mode, else
+    // a task of its own.
+    let dispatch = |message: jetstream::Message, slot: Slot| {
+        if !lanes.is_empty() {
+            let index = lane_of(&message, lanes.len());
+            if let Some(lane) = lanes.get(index)
+                && let Err(error) = lane.send((message, slot))
+            {
+                tracing::error!(%error, "an ordered lane is gone; the event will be redelivered");
+            }
+            return;
+        }
+        let shared = shared.clone();
+        tasks.spawn(async move {
+            handle(&shared, message, false).await;
+            drop(slot);
+        });
+    };
     loop {
         if let Err(error) = puller.ask(slots.free()).await {
             tracing::warn!(consumer = %shared.spec.durable, %error, "pull request failed; retrying");
@@ -166,20 +184,21 @@ where
         let Some(slot) = slots.take().await else {
             break;
         };
-        if !lanes.is_empty() {
-            let index = lane_of(&message, lanes.len());
-            if let Some(lane) = lanes.get(index)
-                && let Err(error) = lane.send((message, slot))
-            {
-                tracing::error!(%error, "an ordered lane is gone; the event will be redelivered");
-            }
-            continue;
+        dispatch(message, slot);
+    }
+    // Requests still out would deliver events to a subscription about to
+    // go, where they would wait out their ack wait: take them (they have
+    // slots) until the requests end, at most their expiry.
+    let until = tokio::time::Instant::now() + puller::EXPIRES + Duration::from_millis(500);
+    while puller.asked() > 0 {
+        match tokio::time::timeout_at(until, puller.next()).await {
+            Ok(Pulled::Event(message)) => match slots.take().await {
+                Some(slot) => dispatch(*message, slot),
+                None => break,
+            },
+            Ok(Pulled::Uncovered | Pulled::Refused) => {}
+            Ok(Pulled::Closed) | Err(_) => break,
         }
-        let shared = shared.clone();
-        tasks.spawn(async move {
-            handle(&shared, message, false).await;
-            drop(slot);
-        });
     }
     drop(lanes); // lanes finish what they hold, then end
     tasks.close();

@@ -84,6 +84,11 @@ impl Puller {
         })
     }
 
+    /// Events asked for and not yet received nor expired.
+    pub(super) fn asked(&self) -> usize {
+        self.asked
+    }
+
     /// Asks for the free slots no request covers yet, if that is worth a
     /// request.
     ///
