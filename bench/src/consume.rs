@@ -52,7 +52,7 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
 
     // Every variant reads all n events from the start with a durable of
     // its own per round, in interleaved rounds (see `rounds`).
-    println!("  {} interleaved rounds", settings.rounds);
+    println!("  {} bracketed rounds", settings.rounds);
     let names = [
         "raw pull consumer",
         // The consumer pulls only as many events as it has free handlers
@@ -63,20 +63,28 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
     ];
     let pass = AtomicU64::new(0);
     let pid = server.pid();
-    let runs = rounds::interleave(settings.rounds, names.len(), |i| {
+    let measured = rounds::interleave(settings.rounds, names.len(), |i| {
         let durable = format!("d{}", pass.fetch_add(1, Ordering::Relaxed));
         let js = js.clone();
         async move {
-            match i {
+            let run = match i {
                 0 => raw_pass(&js, &durable, n, pid).await,
                 1 => kit_pass(&js, &durable, 64, false, n, pid).await,
                 2 => kit_pass(&js, &durable, 256, false, n, pid).await,
                 _ => kit_pass(&js, &durable, 64, true, n, pid).await,
+            }?;
+            // Each pass leaves the server as it found it: its consumer
+            // gone, and (idempotency) its claims with it.
+            js.delete_consumer_from_stream(&durable, "BENCH").await?;
+            if i == 3 {
+                js.delete_key_value(events::Idempotency::bucket_for(&durable))
+                    .await?;
             }
+            Ok(run)
         }
     })
     .await?;
-    rounds::report(report, scenario, &names, &runs);
+    rounds::report(report, scenario, &names, &measured);
     Ok(())
 }
 

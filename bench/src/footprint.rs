@@ -84,7 +84,7 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
             variant: format!("{name} RSS MB"),
             throughput: rss as f64 / 1024.0,
             latency_us: None,
-            ratio: 1.0,
+            ratio: Some(1.0),
             cpu_us_per_op: None,
         });
     }
@@ -110,7 +110,7 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
         variant: "up to ready ms".into(),
         throughput: ready.as_secs_f64() * 1000.0,
         latency_us: None,
-        ratio: 1.0,
+        ratio: Some(1.0),
         cpu_us_per_op: None,
     });
     switchboard::process::send(up.id(), nix_sigint());

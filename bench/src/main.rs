@@ -43,6 +43,7 @@ enum Scenario {
     Footprint,
     /// Crash safety's cost: store + publish vs transaction + outbox; one hot sku vs spread.
     Saga,
+    /// Replication's cost on a 3-node cluster: R3 vs R1 publishing and state writes.
     Replicas,
     /// Trace export's cost: the echo endpoint with OTLP export off and on vs raw.
     Traces,
@@ -66,7 +67,7 @@ struct Args {
     /// Requests in flight (comma-separated) [default: 1,16,64,256].
     #[arg(long, value_delimiter = ',')]
     in_flight: Option<Vec<usize>>,
-    /// Interleaved rounds per comparison [default: 5; --quick 3].
+    /// Bracketed rounds per comparison [default: 15; --quick 5].
     #[arg(long)]
     rounds: Option<usize>,
 }
@@ -84,7 +85,7 @@ pub struct Settings {
     pub messages: usize,
     /// Smoke run.
     pub quick: bool,
-    /// Interleaved rounds per comparison (see `rounds`).
+    /// Bracketed rounds per comparison (see `rounds`).
     pub rounds: usize,
 }
 
@@ -112,10 +113,14 @@ async fn main() -> anyhow::Result<()> {
                 vec![1, 16, 64, 256]
             }
         }),
-        duration: Duration::from_secs(if args.quick { 2 } else { 5 }),
+        // Short measurements, many rounds: see `rounds`.
+        duration: Duration::from_millis(if args.quick { 500 } else { 1000 }),
         messages: if args.quick { 2000 } else { 5000 },
         quick: args.quick,
-        rounds: args.rounds.unwrap_or(if args.quick { 3 } else { 5 }).max(1),
+        rounds: args
+            .rounds
+            .unwrap_or(if args.quick { 5 } else { 15 })
+            .max(1),
     };
     let scenarios = if args.scenarios.is_empty() {
         vec![

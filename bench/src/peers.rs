@@ -55,8 +55,8 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
     let scenario = format!("peers c={in_flight}");
     println!("{scenario} ({} bytes)", settings.payload);
 
-    // Every peer runs for the whole scenario; each round measures all four
-    // (see `rounds`). CPU is not compared: a peer's own process is not
+    // Every peer runs for the whole scenario; each round measures every
+    // peer between two runs of Switchboard (see `rounds`). CPU is not compared: a peer's own process is not
     // measured, only ours and nats-server.
     let port = free_port()?;
     let mut express = Peer::start(&dir, "express.js", &[&port.to_string()]).await?;
@@ -103,25 +103,26 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
     express.stop().await;
     moleculer.stop().await;
     nats_js.stop().await;
-    let runs = runs?;
-    for (round, run) in runs[0].iter().enumerate() {
-        report.add_run(&scenario, names[0], run, None);
-        for (variant, series) in runs.iter().enumerate().skip(1) {
-            if let Some(peer) = series.get(round) {
-                report.add_run(&scenario, names[variant], peer, None);
-            }
-        }
-    }
-    for (variant, peer) in ["express", "moleculer", "@nats-io/services"]
+    let measured = runs?;
+    report.summarize(&scenario, names[0], &measured.baseline);
+    for (v, peer) in ["express", "moleculer", "@nats-io/services"]
         .iter()
         .enumerate()
     {
-        rounds::compare(
+        let runs: Vec<&Run> = measured.variants[v].iter().map(|b| &b.run).collect();
+        report.summarize(&scenario, names[v + 1], runs);
+        // Switchboard (the bracketing runs) over the peer.
+        let ratios: Vec<f64> = measured
+            .throughput_ratios(v)
+            .iter()
+            .map(|r| 1.0 / r.max(1e-9))
+            .collect();
+        rounds::record(
             report,
             &scenario,
             &format!("switchboard vs {peer}"),
-            &runs[0],
-            &runs[variant + 1],
+            &ratios,
+            &[],
         );
     }
     Ok(())

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use switchboard::events::{Event, Publisher, StreamSpec};
 use switchboard::testing::{TestServer, TestServerConfig};
@@ -25,18 +25,15 @@ struct Sample {
 }
 
 pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
-    // The fast profile publishes ~25x faster: more events keep its
-    // measurements long enough to mean something.
-    for (profile, config, n) in [
-        (
-            "durable",
-            "jetstream { sync_interval: always }",
-            settings.messages,
-        ),
-        ("fast", "", settings.messages * 10),
+    for (profile, config) in [
+        ("durable", "jetstream { sync_interval: always }"),
+        ("fast", ""),
     ] {
         let scenario = format!("publish {profile}");
-        println!("{scenario} ({n} events of {} bytes)", settings.payload);
+        println!(
+            "{scenario} ({} bytes, {} bracketed rounds)",
+            settings.payload, settings.rounds
+        );
         let server = TestServer::with_config(TestServerConfig::default().config(config)).await?;
         let js = async_nats::jetstream::new(server.client().await?);
         StreamSpec::new("BENCH", ["events.bench.>"])
@@ -44,53 +41,51 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
             .ensure(&js)
             .await?;
         let publisher = Publisher::new(js.clone(), "bench");
-        let sample = || Sample {
-            data: "x".repeat(settings.payload),
-        };
-        let event = || Event::new(sample());
-        let raw_body = bytes::Bytes::from(serde_json::to_vec(&sample())?);
-
+        let payload = settings.payload;
+        let raw_body = bytes::Bytes::from(serde_json::to_vec(&sample(payload))?);
         let pid = server.pid();
+        let duration = settings.duration;
 
         // Against raw one-by-one, then against the raw window: two groups of
-        // interleaved rounds (see `rounds`), each with its own baseline.
+        // bracketed rounds (see `rounds`), each with its own baseline.
         let names = [
             "raw one-by-one acked",
             "switchboard one-by-one",
             "switchboard atomic batches of 1000",
         ];
-        let runs = rounds::interleave(settings.rounds, names.len(), |i| {
+        let measured = rounds::interleave(settings.rounds, names.len(), |i| {
             let (js, publisher, raw_body) = (js.clone(), publisher.clone(), raw_body.clone());
-            let events: Vec<_> = if i == 2 {
-                (0..n).map(|_| event()).collect()
-            } else {
-                Vec::new()
-            };
-            timed(pid, n, async move {
-                match i {
-                    0 => {
-                        for _ in 0..n {
+            let stream = js.clone();
+            fresh(stream, pid, duration, move |deadline| async move {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    match i {
+                        0 => {
                             js.publish("events.bench.raw", raw_body.clone())
                                 .await?
                                 .await?;
+                            n += 1;
                         }
-                    }
-                    1 => {
-                        for _ in 0..n {
-                            publisher.publish("events.bench.sampled", &event()).await?;
+                        1 => {
+                            let event = Event::new(sample(payload));
+                            publisher.publish("events.bench.sampled", &event).await?;
+                            n += 1;
                         }
-                    }
-                    _ => {
-                        publisher
-                            .publish_atomic("events.bench.sampled", &events)
-                            .await?;
+                        _ => {
+                            let events: Vec<_> =
+                                (0..1000).map(|_| Event::new(sample(payload))).collect();
+                            publisher
+                                .publish_atomic("events.bench.sampled", &events)
+                                .await?;
+                            n += 1000;
+                        }
                     }
                 }
-                Ok(())
+                Ok(n)
             })
         })
         .await?;
-        rounds::report(report, &scenario, &names, &runs);
+        rounds::report(report, &scenario, &names, &measured);
 
         let window = format!("raw window {WINDOW}");
         let names = [
@@ -101,16 +96,20 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
             "part: raw window + Nats-Msg-Id",
             "switchboard window (BatchPublisher)",
         ];
-        let runs = rounds::interleave(settings.rounds, names.len(), |i| {
+        let measured = rounds::interleave(settings.rounds, names.len(), |i| {
             let (js, publisher, raw_body) = (js.clone(), publisher.clone(), raw_body.clone());
-            timed(pid, n, async move {
+            let stream = js.clone();
+            fresh(stream, pid, duration, move |deadline| async move {
                 match i {
-                    0 => raw_window(&js, &raw_body, n, false).await?,
-                    1 => raw_window(&js, &raw_body, n, true).await?,
+                    0 => raw_window(&js, &raw_body, deadline, false).await,
+                    1 => raw_window(&js, &raw_body, deadline, true).await,
                     _ => {
                         let mut batch = publisher.batch(WINDOW);
-                        for _ in 0..n {
-                            batch.publish("events.bench.sampled", &event()).await?;
+                        let mut n = 0u64;
+                        while Instant::now() < deadline {
+                            let event = Event::new(sample(payload));
+                            batch.publish("events.bench.sampled", &event).await?;
+                            n += 1;
                         }
                         let failed = batch
                             .finish()
@@ -119,28 +118,33 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
                             .filter(Result::is_err)
                             .count();
                         anyhow::ensure!(failed == 0, "{failed} publishes failed");
+                        Ok(n)
                     }
                 }
-                Ok(())
             })
         })
         .await?;
-        rounds::report(report, &scenario, &names, &runs);
+        rounds::report(report, &scenario, &names, &measured);
     }
     grouped(settings, report).await
 }
 
+fn sample(payload: usize) -> Sample {
+    Sample {
+        data: "x".repeat(payload),
+    }
+}
+
 /// Publishers in the kit's group commit: `PUBLISHERS` concurrent callers of
 /// the ordinary `publish` on the durable profile, against raw one-by-one on
-/// the same server and the raw window on a fast-profile server, all in the
-/// same rounds.
+/// the same server, then against the raw window on a fast-profile server
+/// (two groups of bracketed rounds).
 async fn grouped(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
     const PUBLISHERS: usize = 64;
-    let n = settings.messages;
     let scenario = "publish grouped";
     println!(
-        "{scenario} ({n} events of {} bytes, {PUBLISHERS} concurrent publishers)",
-        settings.payload
+        "{scenario} ({} bytes, {PUBLISHERS} concurrent publishers, {} bracketed rounds)",
+        settings.payload, settings.rounds
     );
     let durable = TestServer::with_config(
         TestServerConfig::default().config("jetstream { sync_interval: always }"),
@@ -157,98 +161,123 @@ async fn grouped(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
     }
     let (durable_js, fast_js) = (contexts[0].clone(), contexts[1].clone());
     let publisher = Publisher::new(durable_js.clone(), "bench");
-    let body = serde_json::to_vec(&Sample {
-        data: "x".repeat(settings.payload),
-    })?;
-    let raw_body = bytes::Bytes::from(body);
-    let names = [
-        "raw one-by-one acked (durable)",
-        "switchboard publish, 64 concurrent callers (durable, grouped)",
-        "raw window 256 (fast profile)",
-    ];
     let payload = settings.payload;
-    let runs = rounds::interleave(settings.rounds, names.len(), |i| {
-        let (durable_js, fast_js, publisher, raw_body) = (
-            durable_js.clone(),
-            fast_js.clone(),
-            publisher.clone(),
-            raw_body.clone(),
-        );
-        let pid = if i == 2 { fast.pid() } else { durable.pid() };
-        timed(pid, n, async move {
-            match i {
-                0 => {
-                    for _ in 0..n {
-                        durable_js
-                            .publish("events.bench.raw", raw_body.clone())
-                            .await?
-                            .await?;
+    let raw_body = bytes::Bytes::from(serde_json::to_vec(&sample(payload))?);
+    let duration = settings.duration;
+    let grouped = "switchboard publish, 64 concurrent callers (durable, grouped)";
+    for (baseline, fast_baseline) in [
+        ("raw one-by-one acked (durable)", false),
+        ("raw window 256 (fast profile)", true),
+    ] {
+        let names = [baseline, grouped];
+        let measured = rounds::interleave(settings.rounds, names.len(), |i| {
+            let (durable_js, fast_js, publisher, raw_body) = (
+                durable_js.clone(),
+                fast_js.clone(),
+                publisher.clone(),
+                raw_body.clone(),
+            );
+            // CPU of the server the variant publishes to.
+            let pid = if i == 0 && fast_baseline {
+                fast.pid()
+            } else {
+                durable.pid()
+            };
+            let stream = if i == 0 && fast_baseline {
+                fast_js.clone()
+            } else {
+                durable_js.clone()
+            };
+            fresh(stream, pid, duration, move |deadline| async move {
+                match (i, fast_baseline) {
+                    (0, false) => {
+                        let mut n = 0u64;
+                        while Instant::now() < deadline {
+                            durable_js
+                                .publish("events.bench.raw", raw_body.clone())
+                                .await?
+                                .await?;
+                            n += 1;
+                        }
+                        Ok(n)
                     }
-                }
-                1 => {
-                    let callers: Vec<_> = (0..PUBLISHERS)
-                        .map(|caller| {
-                            let publisher = publisher.clone();
-                            let count = n / PUBLISHERS + usize::from(caller < n % PUBLISHERS);
-                            tokio::spawn(async move {
-                                for _ in 0..count {
-                                    let event = Event::new(Sample {
-                                        data: "x".repeat(payload),
-                                    });
-                                    publisher.publish("events.bench.sampled", &event).await?;
-                                }
-                                anyhow::Ok(())
+                    (0, true) => raw_window(&fast_js, &raw_body, deadline, false).await,
+                    _ => {
+                        let callers: Vec<_> = (0..PUBLISHERS)
+                            .map(|_| {
+                                let publisher = publisher.clone();
+                                tokio::spawn(async move {
+                                    let mut n = 0u64;
+                                    while Instant::now() < deadline {
+                                        let event = Event::new(sample(payload));
+                                        publisher.publish("events.bench.sampled", &event).await?;
+                                        n += 1;
+                                    }
+                                    anyhow::Ok(n)
+                                })
                             })
-                        })
-                        .collect();
-                    for caller in callers {
-                        caller.await??;
+                            .collect();
+                        let mut n = 0;
+                        for caller in callers {
+                            n += caller.await??;
+                        }
+                        Ok(n)
                     }
                 }
-                _ => raw_window(&fast_js, &raw_body, n, false).await?,
-            }
-            Ok(())
+            })
         })
-    })
-    .await?;
-    rounds::report(report, scenario, &names[..2], &runs[..2]);
-    rounds::compare(
-        report,
-        scenario,
-        "grouped (durable) vs raw window 256 (fast profile)",
-        &runs[1],
-        &runs[2],
-    );
+        .await?;
+        rounds::report(report, scenario, &names, &measured);
+    }
     Ok(())
 }
 
-/// Runs `work` (publishing `n` events) and times it, with CPU per event.
-async fn timed(
+/// Purges the stream `BENCH` (so no run pays for the ones before it, and
+/// the disk does not fill), then runs [`timed`].
+async fn fresh<W, Fut>(
+    js: async_nats::jetstream::Context,
     pid: Option<u32>,
-    n: usize,
-    work: impl Future<Output = anyhow::Result<()>>,
-) -> anyhow::Result<Run> {
+    duration: Duration,
+    work: W,
+) -> anyhow::Result<Run>
+where
+    W: FnOnce(Instant) -> Fut,
+    Fut: Future<Output = anyhow::Result<u64>>,
+{
+    js.get_stream("BENCH").await?.purge().await?;
+    timed(pid, duration, work).await
+}
+
+/// Runs `work` until the deadline it is given (`duration` from now) and
+/// times it, with CPU per event; `work` returns the events it published.
+async fn timed<W, Fut>(pid: Option<u32>, duration: Duration, work: W) -> anyhow::Result<Run>
+where
+    W: FnOnce(Instant) -> Fut,
+    Fut: Future<Output = anyhow::Result<u64>>,
+{
     let cpu = CpuClock::start(pid);
     let started = Instant::now();
-    work.await?;
+    let n = work(started + duration).await?;
     Ok(Run {
-        ops: n as u64,
+        ops: n,
         took: started.elapsed(),
         latency_us: None,
-        cpu: cpu.per_op(n as u64),
+        cpu: cpu.per_op(n),
     })
 }
 
-/// Publishes `n` raw messages with up to [`WINDOW`] acks outstanding (each
-/// with a fresh `Nats-Msg-Id` if `message_ids`).
+/// Publishes raw messages until `deadline` with up to [`WINDOW`] acks
+/// outstanding (each with a fresh `Nats-Msg-Id` if `message_ids`), then
+/// waits for the last acks; returns how many.
 async fn raw_window(
     js: &async_nats::jetstream::Context,
     body: &bytes::Bytes,
-    n: usize,
+    deadline: Instant,
     message_ids: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<u64> {
     let mut acks = VecDeque::with_capacity(WINDOW);
-    for _ in 0..n {
+    let mut n = 0u64;
+    while Instant::now() < deadline {
         if acks.len() >= WINDOW
             && let Some(ack) = acks.pop_front()
         {
@@ -263,9 +292,10 @@ async fn raw_window(
             js.publish("events.bench.raw", body.clone()).await?
         };
         acks.push_back(ack);
+        n += 1;
     }
     for ack in acks {
         ack.await?;
     }
-    Ok(())
+    Ok(n)
 }

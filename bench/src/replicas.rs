@@ -169,7 +169,7 @@ async fn compare<C: Caller>(
     scenario: &str,
     callers: [C; 2],
 ) -> anyhow::Result<()> {
-    let rounds = if settings.quick { 3 } else { 5 };
+    let rounds = settings.rounds;
     let names = ["R1", "R3"];
     // A stream or bucket just created may still be electing its leader; a
     // caller's first failures would open its circuit breaker and measure

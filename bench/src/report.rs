@@ -16,8 +16,10 @@ pub struct Measurement {
     pub throughput: f64,
     /// Latency percentiles in microseconds: p50, p90, p99, p99.9.
     pub latency_us: Option<[u64; 4]>,
-    /// Ratio to the scenario's baseline (1.0 for the baseline itself).
-    pub ratio: f64,
+    /// Ratio to the scenario's baseline (1.0 for the baseline itself);
+    /// `None` for a run of interleaved rounds (its comparison is the median
+    /// of the rounds' ratios, printed as a `ratio` line).
+    pub ratio: Option<f64>,
     /// CPU time per operation in microseconds: this process (clients and
     /// services of the scenario), and nats-server.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -72,7 +74,7 @@ fn cpu_time(pid: u32) -> Duration {
 }
 
 /// One timed run: operations done, wall time, latencies, CPU.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Run {
     /// Operations completed.
     pub ops: u64,
@@ -121,6 +123,48 @@ impl Report {
         println!("ratio {scenario}: {what} = {ratio:.2}x");
     }
 
+    /// Adds `runs` of one variant (measured in rounds) without a line each,
+    /// and prints one: the median throughput, latencies and CPU per
+    /// operation of the rounds, and how many.
+    pub fn summarize<'a>(
+        &mut self,
+        scenario: &str,
+        variant: &str,
+        runs: impl IntoIterator<Item = &'a Run>,
+    ) {
+        let runs: Vec<&Run> = runs.into_iter().collect();
+        let mid = |value: &dyn Fn(&Run) -> Option<f64>| {
+            let mut values: Vec<f64> = runs.iter().filter_map(|r| value(r)).collect();
+            (!values.is_empty()).then(|| median(&mut values))
+        };
+        let throughput = mid(&|r| Some(r.ops as f64 / r.took.as_secs_f64().max(1e-9)));
+        let p50 = mid(&|r| r.latency_us.map(|l| l[0] as f64));
+        let p99 = mid(&|r| r.latency_us.map(|l| l[2] as f64));
+        let process = mid(&|r| r.cpu.map(|c| c.process));
+        let server = mid(&|r| r.cpu.map(|c| c.server));
+        let mut line = format!(
+            "  {variant:<38} {:>11.0} ops/s",
+            throughput.unwrap_or_default()
+        );
+        if let (Some(p50), Some(p99)) = (p50, p99) {
+            line.push_str(&format!("  p50 {p50:.0}µs p99 {p99:.0}µs"));
+        }
+        if let (Some(process), Some(server)) = (process, server) {
+            line.push_str(&format!("  cpu/op {process:.1}µs + server {server:.1}µs"));
+        }
+        println!("{line}  (medians of {} runs)", runs.len());
+        for run in runs {
+            self.measurements.push(Measurement {
+                scenario: scenario.to_owned(),
+                variant: variant.to_owned(),
+                throughput: run.ops as f64 / run.took.as_secs_f64().max(1e-9),
+                latency_us: run.latency_us,
+                ratio: None,
+                cpu_us_per_op: run.cpu,
+            });
+        }
+    }
+
     /// Adds a timed run; `baseline` is the throughput it is compared with
     /// (`None`: it is the baseline).
     pub fn add_run(
@@ -149,7 +193,7 @@ impl Report {
             variant: variant.to_owned(),
             throughput,
             latency_us,
-            ratio,
+            ratio: Some(ratio),
             cpu_us_per_op: run.cpu,
         });
         throughput

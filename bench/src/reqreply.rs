@@ -73,11 +73,11 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
     for &in_flight in &settings.in_flight {
         let scenario = format!("request-reply c={in_flight}");
         println!(
-            "{scenario} ({} bytes, {} interleaved rounds)",
+            "{scenario} ({} bytes, {} bracketed rounds)",
             settings.payload, settings.rounds
         );
         // Baseline first; at the split point also the parts of the gap, each
-        // against the same round's baseline.
+        // between two runs of the baseline (see `rounds`).
         let mut variants: Vec<(&str, Call)> = vec![
             (
                 "raw async-nats",
@@ -112,7 +112,7 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
                 ),
             ]);
         }
-        let runs = rounds::interleave(settings.rounds, variants.len(), |i| {
+        let measured = rounds::interleave(settings.rounds, variants.len(), |i| {
             let call = variants[i].1.clone();
             async move {
                 match call {
@@ -123,7 +123,7 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         })
         .await?;
         let names: Vec<&str> = variants.iter().map(|(name, _)| *name).collect();
-        rounds::report(report, &scenario, &names, &runs);
+        rounds::report(report, &scenario, &names, &measured);
     }
 
     let in_flight = settings.in_flight.iter().copied().max().unwrap_or(64);
@@ -131,20 +131,35 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
     println!("{scenario}");
     let ideal = in_flight as f64 / IO.as_secs_f64();
     println!("  {:<38} {ideal:>11.0} ops/s  (in flight ÷ 5 ms)", "ideal");
-    let run = drive(
-        pid,
-        in_flight,
-        settings.duration,
-        raw("bench.raw-io", &payload, Headers::None),
-    )
+    let names = ["raw responder, same 5 ms", "switchboard 5 ms handler"];
+    let measured = rounds::interleave(settings.rounds, names.len(), |i| {
+        let call = if i == 0 {
+            Call::Raw(raw("bench.raw-io", &payload, Headers::None))
+        } else {
+            Call::Typed(typed("bench.io"))
+        };
+        async move {
+            match call {
+                Call::Raw(c) => drive(pid, in_flight, settings.duration, c).await,
+                Call::Typed(c) => drive(pid, in_flight, settings.duration, c).await,
+            }
+        }
+    })
     .await?;
-    let raw_io = report.add_run(&scenario, "raw responder, same 5 ms", &run, Some(ideal));
-    let run = drive(pid, in_flight, settings.duration, typed("bench.io")).await?;
-    let switchboard_io = report.add_run(&scenario, "switchboard 5 ms handler", &run, Some(ideal));
+    rounds::report(report, &scenario, &names, &measured);
+    let of_ideal = |runs: Vec<&crate::report::Run>| {
+        let mut rates: Vec<f64> = runs.into_iter().map(rounds::throughput).collect();
+        crate::report::median(&mut rates) / ideal
+    };
     report.compare(
         &scenario,
-        "switchboard 5 ms handler vs raw responder, same 5 ms",
-        switchboard_io / raw_io.max(1e-9),
+        "raw responder, same 5 ms vs ideal",
+        of_ideal(measured.baseline.iter().collect()),
+    );
+    report.compare(
+        &scenario,
+        "switchboard 5 ms handler vs ideal",
+        of_ideal(measured.variants[0].iter().map(|b| &b.run).collect()),
     );
     Ok(())
 }

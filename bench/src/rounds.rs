@@ -1,12 +1,21 @@
-//! Interleaved rounds: the only way a ratio holds on a shared machine.
+//! Bracketed rounds: the only way a ratio holds on a shared machine.
 //!
 //! Variants measured one after another in fixed windows each see different
-//! neighbours, and their ratio swings ×2 from run to run. Here every round
-//! measures every variant (A B C, then C B A, …), each round's ratio is taken
-//! against the baseline of the *same* round, and what is reported is the
-//! median of the rounds with its min–max — for throughput and for CPU per
-//! operation (process + nats-server), which moves far less with neighbours
-//! and is what a user pays.
+//! neighbours, and their ratio swings ×2 from run to run. Rounds of every
+//! variant (A B C, then C B A) were the first fix; two full runs then showed
+//! the machine's speed *stepping* within a round of seven 5-second
+//! variants, which reversing the order does not cancel. So now:
+//!
+//! - measurements are short (1 s) and many (15 rounds), and
+//! - every variant is measured between two measurements of the baseline
+//!   (B V1 B V2 B … in a round, the variants' order reversed every other
+//!   round), and its ratio is taken against the mean of those two: a
+//!   variant is never more than one measurement away from its baseline,
+//!   and a linear drift across the three cancels.
+//!
+//! What is reported is the median of the rounds' ratios with its min–max,
+//! for throughput and for CPU per operation (process + nats-server), which
+//! moves far less with neighbours and is what a user pays.
 
 use std::future::Future;
 
@@ -38,34 +47,91 @@ impl std::fmt::Display for Spread {
     }
 }
 
-/// Measures `variants.len()` variants in `rounds` rounds, the order
-/// reversed every other round; `measure(i)` runs variant `i` once.
-/// Returns each variant's runs, round by round.
+/// One variant's run with the baseline measured just before and after it.
+#[derive(Debug)]
+pub struct Bracketed {
+    pub run: Run,
+    /// Index into [`Measured::baseline`] of the baseline run before it; the
+    /// one after is the next.
+    pub before: usize,
+}
+
+/// A baseline and its variants, measured in bracketed rounds.
+#[derive(Debug)]
+pub struct Measured {
+    /// Every baseline run, in the order measured.
+    pub baseline: Vec<Run>,
+    /// Per variant (the baseline excluded), its runs round by round.
+    pub variants: Vec<Vec<Bracketed>>,
+}
+
+impl Measured {
+    /// Throughput ratios of variant `v` (0 = the first after the baseline)
+    /// to its two neighbouring baseline runs, round by round.
+    pub fn throughput_ratios(&self, v: usize) -> Vec<f64> {
+        self.variants[v]
+            .iter()
+            .map(|b| throughput(&b.run) / self.baseline_throughput(b.before).max(1e-9))
+            .collect()
+    }
+
+    /// CPU ratios of variant `v`: the neighbouring baselines' CPU per
+    /// operation ÷ the variant's (above 1 it costs less), round by round.
+    pub fn cpu_ratios(&self, v: usize) -> Vec<f64> {
+        self.variants[v]
+            .iter()
+            .filter_map(|b| {
+                let before = cpu(&self.baseline[b.before])?;
+                let after = cpu(self.baseline.get(b.before + 1)?)?;
+                Some((before + after) / 2.0 / cpu(&b.run)?.max(1e-9))
+            })
+            .collect()
+    }
+
+    /// The mean throughput of baseline runs `before` and the one after.
+    fn baseline_throughput(&self, before: usize) -> f64 {
+        let first = throughput(&self.baseline[before]);
+        let second = self.baseline.get(before + 1).map_or(first, throughput);
+        (first + second) / 2.0
+    }
+}
+
+/// Measures a baseline (variant 0) and `variants - 1` variants in `rounds`
+/// bracketed rounds (B V1 B V2 … B; the variants' order reversed every
+/// other round; a round's last baseline run is the next round's first).
+/// `measure(i)` runs variant `i` once.
 pub async fn interleave<F, Fut>(
     rounds: usize,
     variants: usize,
     mut measure: F,
-) -> anyhow::Result<Vec<Vec<Run>>>
+) -> anyhow::Result<Measured>
 where
     F: FnMut(usize) -> Fut,
     Fut: Future<Output = anyhow::Result<Run>>,
 {
-    let mut runs: Vec<Vec<Run>> = (0..variants).map(|_| Vec::with_capacity(rounds)).collect();
+    let others = variants.saturating_sub(1);
+    let mut measured = Measured {
+        baseline: vec![measure(0).await?],
+        variants: (0..others).map(|_| Vec::with_capacity(rounds)).collect(),
+    };
     for round in 0..rounds {
-        for step in 0..variants {
-            let index = if round % 2 == 0 {
+        for step in 0..others {
+            let v = if round % 2 == 0 {
                 step
             } else {
-                variants - 1 - step
+                others - 1 - step
             };
-            runs[index].push(measure(index).await?);
+            let before = measured.baseline.len() - 1;
+            let run = measure(v + 1).await?;
+            measured.variants[v].push(Bracketed { run, before });
+            measured.baseline.push(measure(0).await?);
         }
     }
-    Ok(runs)
+    Ok(measured)
 }
 
 /// Throughput of a run, operations per second.
-fn throughput(run: &Run) -> f64 {
+pub fn throughput(run: &Run) -> f64 {
     run.ops as f64 / run.took.as_secs_f64().max(1e-9)
 }
 
@@ -74,59 +140,53 @@ fn cpu(run: &Run) -> Option<f64> {
     run.cpu.map(|c| c.process + c.server)
 }
 
-/// Adds every run to the report and prints, for each variant after the
-/// first (the baseline), the throughput ratio and the CPU ratio (baseline's
-/// CPU per operation ÷ the variant's: above 1 it costs less) across rounds.
-/// Returns the throughput spreads, one per non-baseline variant.
+/// Adds every run to the report (saved in the JSON, one summary line per
+/// variant printed) and prints, for each variant after the baseline, the
+/// throughput ratio and the CPU ratio across rounds. Returns the throughput
+/// spreads, one per non-baseline variant.
 pub fn report(
     report: &mut Report,
     scenario: &str,
     names: &[&str],
-    runs: &[Vec<Run>],
+    measured: &Measured,
 ) -> Vec<Spread> {
-    let Some(baseline) = runs.first() else {
-        return Vec::new();
-    };
-    for (round, base) in baseline.iter().enumerate() {
-        let base_rate = report.add_run(scenario, names[0], base, None);
-        for (variant, series) in runs.iter().enumerate().skip(1) {
-            if let Some(run) = series.get(round) {
-                report.add_run(scenario, names[variant], run, Some(base_rate));
-            }
-        }
-    }
-    runs.iter()
-        .enumerate()
-        .skip(1)
-        .map(|(variant, series)| compare(report, scenario, names[variant], series, baseline))
+    report.summarize(scenario, names[0], &measured.baseline);
+    (0..measured.variants.len())
+        .map(|v| {
+            let runs: Vec<&Run> = measured.variants[v].iter().map(|b| &b.run).collect();
+            report.summarize(scenario, names[v + 1], runs);
+            record(
+                report,
+                scenario,
+                names[v + 1],
+                &measured.throughput_ratios(v),
+                &measured.cpu_ratios(v),
+            )
+        })
         .collect()
 }
 
-/// Prints and records `series` against `baseline`, round by round (the two
-/// measured in the same rounds): the throughput ratio and the CPU ratio.
-pub fn compare(
+/// Prints and records a comparison from its rounds' ratios (throughput;
+/// CPU, baseline ÷ variant, when measured).
+pub fn record(
     report: &mut Report,
     scenario: &str,
     name: &str,
-    series: &[Run],
-    baseline: &[Run],
+    rates: &[f64],
+    cpus: &[f64],
 ) -> Spread {
-    let rates: Vec<f64> = series
-        .iter()
-        .zip(baseline)
-        .map(|(run, base)| throughput(run) / throughput(base).max(1e-9))
-        .collect();
-    let cpus: Vec<f64> = series
-        .iter()
-        .zip(baseline)
-        .filter_map(|(run, base)| Some(cpu(base)? / cpu(run)?.max(1e-9)))
-        .collect();
-    let rate = Spread::of(&rates);
+    let rate = Spread::of(rates);
     report.compare(scenario, &format!("{name} (median of rounds)"), rate.median);
     let cpu_text = if cpus.is_empty() {
         String::new()
     } else {
-        format!(", cpu/op {}", Spread::of(&cpus))
+        let cpu = Spread::of(cpus);
+        report.compare(
+            &format!("{scenario} cpu/op"),
+            &format!("{name} (median of rounds)"),
+            cpu.median,
+        );
+        format!(", cpu/op {cpu}")
     };
     println!("  {name}: throughput {rate}{cpu_text}");
     rate

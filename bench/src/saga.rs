@@ -35,6 +35,7 @@ use tokio::sync::Notify;
 use crate::Settings;
 use crate::drive::{Caller, drive};
 use crate::report::{CpuClock, Report, median};
+use crate::rounds;
 
 /// Callers in flight, as in the hot-sku target.
 const CALLERS: usize = 32;
@@ -138,7 +139,7 @@ async fn outbox(settings: &Settings, report: &mut Report) -> anyhow::Result<()> 
     // Alternating, repeated pairs (the order flips each round), and the
     // median of the rounds' ratios: one pair moved between 0.64x and 1.03x
     // from run to run.
-    let rounds = if settings.quick { 3 } else { 5 };
+    let rounds = settings.rounds;
     let variants = [
         ("KV create, then publish (before)", "bench.direct", "DIRECT"),
         ("transaction + outbox relay", "bench.outbox", "OUTBOX"),
@@ -278,24 +279,32 @@ async fn hot_sku(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         }
         stocked?;
     }
-    let mut baseline = None;
-    for (variant, skus) in [
+    let callers = [
         ("a sku per caller (baseline)", Some(Arc::new(spread))),
         ("every caller on one sku", None),
-    ] {
-        let caller = ReserveOne {
-            client: client.clone(),
-            skus,
-            next: Arc::default(),
-            refused: Arc::default(),
-        };
-        let run = drive(server.pid(), CALLERS, settings.duration, caller.clone()).await?;
-        let rate = report.add_run(scenario, variant, &run, baseline);
-        baseline.get_or_insert(rate);
+    ]
+    .map(|(variant, skus)| {
+        (
+            variant,
+            ReserveOne {
+                client: client.clone(),
+                skus,
+                next: Arc::default(),
+                refused: Arc::default(),
+            },
+        )
+    });
+    let measured = rounds::interleave(settings.rounds, callers.len(), |i| {
+        let caller = callers[i].1.clone();
+        drive(server.pid(), CALLERS, settings.duration, caller)
+    })
+    .await?;
+    let names = callers.each_ref().map(|(variant, _)| *variant);
+    rounds::report(report, scenario, &names, &measured);
+    for (variant, caller) in &callers {
         println!(
-            "  {variant}: {} refused of {}",
-            caller.refused.load(Ordering::Relaxed),
-            run.ops + caller.refused.load(Ordering::Relaxed)
+            "  {variant}: {} refused",
+            caller.refused.load(Ordering::Relaxed)
         );
     }
     stop.notify_one();

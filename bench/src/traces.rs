@@ -20,7 +20,8 @@ use switchboard::testing::TestServer;
 use crate::Settings;
 use crate::drive::{RawCall, TypedCall, drive};
 use crate::echo::{self, Payload};
-use crate::report::{Report, median};
+use crate::report::Report;
+use crate::rounds;
 
 /// In flight: the request-reply scenario's target point.
 const IN_FLIGHT: usize = 64;
@@ -57,63 +58,48 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
 
     let scenario = format!("trace export c={IN_FLIGHT}");
     println!("{scenario} ({} bytes)", settings.payload);
-    let rounds = if settings.quick { 3 } else { 5 };
-    let (mut off_ratios, mut on_ratios, mut on_off, mut cpu_ratios) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for round in 0..rounds {
-        let run = drive(pid, IN_FLIGHT, settings.duration, raw.clone()).await?;
-        let baseline = report.add_run(&scenario, "raw async-nats", &run, None);
-        // Off and on alternate which goes first.
-        let mut rates = [0.0f64; 2];
-        let mut cpu = [0.0f64; 2];
-        for step in 0..2 {
-            let on = (round + step) % 2 == 1;
-            exporter.set_exporting(on);
-            let variant = if on {
-                "switchboard, export on"
-            } else {
-                "switchboard, export off"
-            };
-            let run = drive(pid, IN_FLIGHT, settings.duration, typed.clone()).await?;
-            rates[usize::from(on)] = report.add_run(&scenario, variant, &run, Some(baseline));
-            cpu[usize::from(on)] = run.cpu.map_or(0.0, |c| c.process + c.server);
-            // Spans of this round are sent before the next round starts.
+    // Raw, export off and export on, each variant between two raw runs.
+    let names = [
+        "raw async-nats",
+        "switchboard, export off",
+        "switchboard, export on",
+    ];
+    let measured = rounds::interleave(settings.rounds, names.len(), |i| {
+        let (raw, typed, exporter) = (raw.clone(), typed.clone(), &exporter);
+        async move {
+            if i == 0 {
+                return drive(pid, IN_FLIGHT, settings.duration, raw).await;
+            }
+            exporter.set_exporting(i == 2);
+            let run = drive(pid, IN_FLIGHT, settings.duration, typed).await;
+            exporter.set_exporting(false);
+            // This run's spans are sent before the next run starts.
             exporter.flush();
+            run
         }
-        exporter.set_exporting(false);
-        off_ratios.push(rates[0] / baseline.max(1e-9));
-        on_ratios.push(rates[1] / baseline.max(1e-9));
-        on_off.push(rates[1] / rates[0].max(1e-9));
-        cpu_ratios.push(cpu[0] / cpu[1].max(1e-9));
-    }
-    let (exports, bytes) = sink.received();
-    println!(
-        "  per round: off/raw {off_ratios:.2?}, on/raw {on_ratios:.2?}, on/off {on_off:.2?}, \
-         cpu/op off÷on {cpu_ratios:.2?}; {exports} exports, {bytes} bytes received"
+    })
+    .await?;
+    rounds::report(report, &scenario, &names, &measured);
+    // On against off: their ratios to the same bracketing raw runs.
+    let pairs = |of: fn(&rounds::Measured, usize) -> Vec<f64>| -> Vec<f64> {
+        of(&measured, 1)
+            .iter()
+            .zip(of(&measured, 0))
+            .map(|(on, off)| on / off.max(1e-9))
+            .collect()
+    };
+    rounds::record(
+        report,
+        &scenario,
+        "export on vs off",
+        &pairs(rounds::Measured::throughput_ratios),
+        &pairs(rounds::Measured::cpu_ratios),
     );
+    let (exports, bytes) = sink.received();
+    println!("  {exports} exports, {bytes} bytes received");
     if exports == 0 {
         anyhow::bail!("export was on, yet the sink got nothing");
     }
-    report.compare(
-        &scenario,
-        "export off vs raw (median of rounds)",
-        median(&mut off_ratios),
-    );
-    report.compare(
-        &scenario,
-        "export on vs raw (median of rounds)",
-        median(&mut on_ratios),
-    );
-    report.compare(
-        &scenario,
-        "export on vs off (median of rounds)",
-        median(&mut on_off),
-    );
-    report.compare(
-        "trace export cpu/op",
-        "off ÷ on (median of rounds)",
-        median(&mut cpu_ratios),
-    );
     Ok(())
 }
 
