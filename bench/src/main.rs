@@ -11,6 +11,7 @@ static ALLOCATOR: switchboard::Allocator = switchboard::Allocator;
 mod consume;
 mod drive;
 mod echo;
+mod encoding;
 mod footprint;
 mod http;
 mod machine;
@@ -47,6 +48,8 @@ enum Scenario {
     Replicas,
     /// Trace export's cost: the echo endpoint with OTLP export off and on vs raw.
     Traces,
+    /// The compact encoding: MessagePack vs JSON calls, 128 B and 4 KiB records.
+    Encoding,
 }
 
 #[derive(Debug, Parser)]
@@ -133,6 +136,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Saga,
             Scenario::Replicas,
             Scenario::Traces,
+            Scenario::Encoding,
         ]
     } else {
         args.scenarios
@@ -151,6 +155,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Saga => saga::run(&settings, &mut report).await?,
             Scenario::Replicas => replicas::run(&settings, &mut report).await?,
             Scenario::Traces => traces::run(&settings, &mut report).await?,
+            Scenario::Encoding => encoding::run(&settings, &mut report).await?,
         }
         // A run the hypervisor starved is not comparable with a quiet one.
         if let Some(percent) = steal.percent() {

@@ -49,9 +49,9 @@ pub enum CallError {
     Decode {
         /// The subject called.
         subject: String,
-        /// serde's error.
+        /// serde's error, in the payload's encoding.
         #[source]
-        source: serde_json::Error,
+        source: crate::codec::CodecError,
     },
     /// The request cannot be sent as it is (bad subject, too large); no
     /// retry can help.

@@ -40,7 +40,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
-use crate::codec;
+use crate::codec::{self, Encoding};
 use crate::telemetry::Hop;
 use crate::trace_context::TraceContext;
 
@@ -133,15 +133,13 @@ impl Client {
         request: &Req,
         options: CallOptions,
     ) -> Result<Resp, CallError> {
-        let payload = codec::encode(request).map_err(|source| CallError::Decode {
+        let decode_error = |source| CallError::Decode {
             subject: subject.to_owned(),
             source,
-        })?;
-        let reply = self.call_bytes(subject, payload, options).await?;
-        codec::decode_response(&reply).map_err(|source| CallError::Decode {
-            subject: subject.to_owned(),
-            source,
-        })
+        };
+        let payload = options.encoding.encode(request).map_err(decode_error)?;
+        let (reply, encoding) = self.call_encoded(subject, payload, options).await?;
+        encoding.decode(&reply).map_err(decode_error)
     }
 
     /// [`Client::call_with`] for a body that is already JSON, returning the
@@ -152,14 +150,32 @@ impl Client {
     ///
     /// # Errors
     ///
-    /// A [`CallError`] naming what failed (never `Decode`: nothing is
-    /// decoded).
+    /// A [`CallError`] naming what failed (`Decode` only for a reply whose
+    /// `Content-Type` names an encoding this kit does not speak: nothing
+    /// is decoded; no `Accept` is sent, so services answer JSON).
     pub async fn call_bytes(
         &self,
         subject: &str,
         payload: bytes::Bytes,
         options: CallOptions,
     ) -> Result<bytes::Bytes, CallError> {
+        let options = CallOptions {
+            encoding: Encoding::Json,
+            ..options
+        };
+        self.call_encoded(subject, payload, options)
+            .await
+            .map(|(reply, _)| reply)
+    }
+
+    /// A call with a payload already in `options.encoding`: the reply's
+    /// payload and its encoding.
+    async fn call_encoded(
+        &self,
+        subject: &str,
+        payload: bytes::Bytes,
+        options: CallOptions,
+    ) -> Result<(bytes::Bytes, Encoding), CallError> {
         // A subject the server would refuse by closing the connection
         // (taking every other call on it along) is this call's error alone.
         if let Err(e) = crate::limits::check_subject(subject) {
@@ -189,7 +205,7 @@ impl Client {
         deadline: Instant,
         trace: &TraceContext,
         hop: &Hop,
-    ) -> Result<bytes::Bytes, CallError> {
+    ) -> Result<(bytes::Bytes, Encoding), CallError> {
         // Built on the first failure: most calls never need it.
         let mut delays = None;
         let breakers = &self.shared.breakers;
@@ -201,7 +217,13 @@ impl Client {
                 .attempt_timeout
                 .map_or(deadline, |t| deadline.min(Instant::now() + t));
             let outcome = self
-                .attempt(subject, payload.clone(), attempt_deadline, trace)
+                .attempt(
+                    subject,
+                    payload.clone(),
+                    attempt_deadline,
+                    trace,
+                    options.encoding,
+                )
                 .await;
             let error = match outcome {
                 Ok(reply) => {
@@ -248,14 +270,16 @@ impl Client {
         }
     }
 
-    /// One request; the reply's payload or the classified failure.
+    /// One request; the reply's payload and its encoding, or the
+    /// classified failure.
     async fn attempt(
         &self,
         subject: &str,
         payload: bytes::Bytes,
         deadline: Instant,
         trace: &TraceContext,
-    ) -> Result<bytes::Bytes, CallError> {
+        encoding: Encoding,
+    ) -> Result<(bytes::Bytes, Encoding), CallError> {
         if !self.shared.breakers.allow(subject) {
             return Err(CallError::CircuitOpen {
                 subject: subject.to_owned(),
@@ -272,7 +296,7 @@ impl Client {
         }
         let request = async_nats::Request::new()
             .payload(payload)
-            .headers(codec::request_headers(remaining, trace))
+            .headers(codec::request_headers_as(remaining, trace, encoding))
             .timeout(Some(remaining));
         match self
             .shared
@@ -280,10 +304,19 @@ impl Client {
             .send_request(subject.to_owned(), request)
             .await
         {
-            Ok(message) => match codec::read_error(message.headers.as_ref(), &message.payload) {
-                Some(rejection) => Err(CallError::Rejected(rejection)),
-                None => Ok(message.payload),
-            },
+            Ok(message) => {
+                let headers = message.headers.as_ref();
+                if let Some(rejection) = codec::read_error(headers, &message.payload) {
+                    return Err(CallError::Rejected(rejection));
+                }
+                match codec::payload_encoding(headers) {
+                    Ok(encoding) => Ok((message.payload, encoding)),
+                    Err(source) => Err(CallError::Decode {
+                        subject: subject.to_owned(),
+                        source,
+                    }),
+                }
+            }
             Err(e) => Err(match e.kind() {
                 RequestErrorKind::NoResponders => CallError::NoResponders {
                     subject: subject.to_owned(),

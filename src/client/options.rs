@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::codec::Encoding;
 use crate::trace_context::TraceContext;
 
 /// How one call behaves; `Default` is a 5 s timeout, not idempotent, up to
@@ -29,6 +30,9 @@ pub struct CallOptions {
     pub retry_max_delay: Duration,
     /// The trace this call belongs to; `None` starts a new one.
     pub trace: Option<TraceContext>,
+    /// The encoding of the request and the one asked for the reply
+    /// (default JSON; see [`Encoding`]).
+    pub encoding: Encoding,
 }
 
 impl Default for CallOptions {
@@ -42,6 +46,7 @@ impl Default for CallOptions {
             retry_min_delay: Duration::from_millis(10),
             retry_max_delay: Duration::from_millis(500),
             trace: None,
+            encoding: Encoding::Json,
         }
     }
 }
@@ -75,6 +80,13 @@ impl CallOptions {
     /// Continues a trace.
     pub fn trace(mut self, trace: TraceContext) -> Self {
         self.trace = Some(trace);
+        self
+    }
+    /// Sends the request in `encoding`; the reply comes in it too (a
+    /// service may still answer JSON, e.g. an error: the reply's
+    /// `Content-Type` decides how it is read).
+    pub fn encoding(mut self, encoding: Encoding) -> Self {
+        self.encoding = encoding;
         self
     }
 

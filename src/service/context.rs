@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use crate::client::{CallError, CallOptions, Client};
+use crate::codec::Encoding;
 use crate::trace_context::TraceContext;
 
 /// The request's deadline and trace, the caller's headers, and a client
@@ -21,6 +22,10 @@ pub struct Context {
     pub(crate) trace: TraceContext,
     pub(crate) headers: Option<HeaderMap>,
     pub(crate) client: Client,
+    /// The request payload's encoding.
+    pub(crate) encoding: Encoding,
+    /// The encoding the caller wants the reply in.
+    pub(crate) accept: Encoding,
 }
 
 impl Context {

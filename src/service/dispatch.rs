@@ -23,7 +23,7 @@ use super::Context;
 use super::endpoint::Endpoint;
 use super::stats::EndpointCounters;
 use crate::client::Client;
-use crate::codec;
+use crate::codec::{self, Encoding};
 use crate::error::ServiceError;
 use crate::telemetry::Hop;
 
@@ -101,6 +101,7 @@ async fn accept(live: &Arc<LiveEndpoint>, mut message: Message, tracker: &TaskTr
         reply,
         deadline: None,
         received,
+        reply_encoding: Encoding::Json,
     };
     match deadline {
         // Bounded by codec::MAX_TIMEOUT_MS, so the addition cannot overflow.
@@ -155,6 +156,8 @@ struct Request {
     reply: async_nats::Subject,
     deadline: Option<Instant>,
     received: Instant,
+    /// What a successful reply is encoded in (errors are always JSON).
+    reply_encoding: Encoding,
 }
 
 impl Request {
@@ -165,6 +168,12 @@ impl Request {
             );
             return self.answer(Err(error)).await;
         }
+        let headers = self.message.headers.as_ref();
+        let encoding = match codec::request_encoding(headers) {
+            Ok(encoding) => encoding,
+            Err(error) => return self.answer(Err(error)).await,
+        };
+        self.reply_encoding = codec::reply_encoding(headers, encoding);
         let hop = Hop::server(
             &self.live.service,
             &self.live.name,
@@ -178,6 +187,8 @@ impl Request {
             trace: hop.trace,
             headers: self.message.headers.take(),
             client: self.live.client.clone(),
+            encoding,
+            accept: self.reply_encoding,
         };
         let span = hop.span.clone();
         let work = (self.live.endpoint.handler)(ctx, self.message.payload.clone());
@@ -223,7 +234,15 @@ impl Request {
             ));
         }
         let published = match &result {
-            Ok(body) => self.live.nats.publish(self.reply, body.clone()).await,
+            Ok(body) => match codec::reply_headers(self.reply_encoding) {
+                None => self.live.nats.publish(self.reply, body.clone()).await,
+                Some(headers) => {
+                    self.live
+                        .nats
+                        .publish_with_headers(self.reply, headers, body.clone())
+                        .await
+                }
+            },
             Err(error) => {
                 let (headers, body) = codec::error_reply(error);
                 self.live

@@ -11,7 +11,6 @@ use serde::de::DeserializeOwned;
 
 use super::Context;
 use super::schema::RequestSchema;
-use crate::codec;
 use crate::error::ServiceError;
 use crate::micro::Metadata;
 
@@ -99,9 +98,10 @@ impl Endpoint {
             let schema = schema.clone();
             Box::pin(async move {
                 // Inside the future: the dispatcher catches a panic here too.
-                let request: Req = schema.decode(&payload)?;
+                let request: Req = schema.decode(&payload, ctx.encoding)?;
+                let accept = ctx.accept;
                 let response = handler(ctx, request).await?;
-                codec::encode(&response).map_err(|e| {
+                accept.encode(&response).map_err(|e| {
                     tracing::error!(error = %e, "response does not serialize");
                     ServiceError::internal("internal error")
                 })

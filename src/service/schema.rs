@@ -19,7 +19,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::codec;
+use crate::codec::{self, Encoding};
 use crate::error::ServiceError;
 
 /// Keywords that constrain a value beyond what serde checks while decoding.
@@ -88,12 +88,18 @@ impl RequestSchema {
         self.validator.is_some()
     }
 
-    /// Decodes a request, checking it against the schema first.
-    pub(crate) fn decode<T: DeserializeOwned>(&self, payload: &Bytes) -> Result<T, ServiceError> {
+    /// Decodes a request in `encoding`, checking it against the schema
+    /// first (the same schema whatever the encoding: it is the request's
+    /// shape, not its bytes).
+    pub(crate) fn decode<T: DeserializeOwned>(
+        &self,
+        payload: &Bytes,
+        encoding: Encoding,
+    ) -> Result<T, ServiceError> {
         let Some(validator) = &self.validator else {
-            return codec::decode_request(payload);
+            return codec::decode_request_as(payload, encoding);
         };
-        let mut value: Value = codec::decode_request(payload)?;
+        let mut value: Value = codec::decode_request_as(payload, encoding)?;
         check(validator, &value)?;
         // In place: no second tree per request.
         integers_as_integers(&mut value);
@@ -226,7 +232,7 @@ mod tests {
             })
             .to_string(),
         );
-        let error = schema.decode::<Limited>(&payload).err();
+        let error = schema.decode::<Limited>(&payload, Encoding::Json).err();
         let error = error.unwrap_or_else(|| ServiceError::internal("accepted"));
         assert_eq!(error.code, 400);
         let paths: Vec<&str> = error
@@ -240,15 +246,15 @@ mod tests {
         }
         assert!(error.message.len() < 300, "{}", error.message);
         let good = Bytes::from(r#"{"id":"a-1","lines":[{"sku":"x","quantity":10}]}"#);
-        assert!(schema.decode::<Limited>(&good).is_ok());
+        assert!(schema.decode::<Limited>(&good, Encoding::Json).is_ok());
         let whole = Bytes::from(r#"{"id":"a-1","lines":[{"sku":"x","quantity":7.0}]}"#);
         assert!(
             schema
-                .decode::<Limited>(&whole)
+                .decode::<Limited>(&whole, Encoding::Json)
                 .is_ok_and(|l| l.lines[0].quantity == 7),
             "7.0 is the integer 7 to JSON Schema"
         );
-        let malformed = schema.decode::<Limited>(&Bytes::from_static(b"{\"id\":"));
+        let malformed = schema.decode::<Limited>(&Bytes::from_static(b"{\"id\":"), Encoding::Json);
         assert!(malformed.is_err_and(|e| e.code == 400));
     }
 }

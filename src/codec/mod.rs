@@ -7,6 +7,13 @@
 //! `Nats-Service-Error` / `Nats-Service-Error-Code` plus a JSON body
 //! `{"error":{"code":…,"message":…,"details":…}}`, so the `nats` CLI shows
 //! them and a plain client can read them.
+//!
+//! Payloads are JSON unless the message says otherwise: a request may be
+//! MessagePack (`Content-Type`), answered in kind unless `Accept` asks for
+//! another, see [`encoding`]. A JSON call carries neither header, so the default
+//! path costs nothing for the choice.
+
+pub mod encoding;
 
 use std::time::Duration;
 
@@ -19,6 +26,8 @@ use serde::de::DeserializeOwned;
 use crate::error::ServiceError;
 use crate::trace_context::TraceContext;
 
+pub use encoding::{CodecError, Encoding};
+
 /// ADR-32 error description header.
 pub const SERVICE_ERROR: &str = "Nats-Service-Error";
 /// ADR-32 error code header.
@@ -27,6 +36,12 @@ pub const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
 pub const TIMEOUT_MS: &str = "Switchboard-Timeout-Ms";
 /// W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
+/// The payload's encoding, when not JSON (absent: JSON).
+pub const CONTENT_TYPE: &str = "Content-Type";
+/// The encoding a caller wants its reply in, when not JSON.
+pub const ACCEPT: &str = "Accept";
+/// The status code of a request in an encoding this kit does not speak.
+pub const UNSUPPORTED_MEDIA_TYPE: u16 = 415;
 /// A header name known at compile time, without the validation and copy
 /// that a `&str` name costs on every insert and lookup.
 pub(crate) fn static_name(name: &'static str) -> HeaderName {
@@ -51,23 +66,102 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Bytes, serde_json::Error> {
     serde_json::to_vec(value).map(Bytes::from)
 }
 
-/// Parses a request; malformed or mistyped JSON becomes a 400 whose message
-/// is serde's (it names the line, column and field).
+/// Parses a JSON request; malformed or mistyped JSON becomes a 400 whose
+/// message is serde's (it names the line, column and field).
 ///
 /// # Errors
 ///
 /// A 400 [`ServiceError`].
 pub fn decode_request<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ServiceError> {
-    // An empty request means "no fields", so `{}`-shaped types accept it.
-    let payload: &[u8] = if payload.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        payload
+    decode_request_as(payload, Encoding::Json)
+}
+
+/// Parses a request in `encoding`; malformed or mistyped input becomes a
+/// 400 whose message is serde's (for JSON it names line and column).
+///
+/// # Errors
+///
+/// A 400 [`ServiceError`].
+pub fn decode_request_as<T: DeserializeOwned>(
+    payload: &[u8],
+    encoding: Encoding,
+) -> Result<T, ServiceError> {
+    match encoding {
+        Encoding::MessagePack => {
+            // An empty request means "no fields", as for JSON below.
+            let payload: &[u8] = if payload.is_empty() { &[0x80] } else { payload };
+            encoding
+                .decode(payload)
+                .map_err(|e| ServiceError::bad_request(format!("invalid request: {e}")))
+        }
+        Encoding::Json => {
+            // An empty request means "no fields", so `{}`-shaped types accept it.
+            let payload: &[u8] = if payload.iter().all(u8::is_ascii_whitespace) {
+                b"{}"
+            } else {
+                payload
+            };
+            serde_json::from_slice(payload).map_err(|e| {
+                ServiceError::bad_request(format!("invalid request: {e}"))
+                    .with_details(serde_json::json!({ "line": e.line(), "column": e.column() }))
+            })
+        }
+    }
+}
+
+/// The encoding of a request's payload: JSON without `Content-Type`; a
+/// 415 for one this kit does not speak (nothing is guessed).
+///
+/// # Errors
+///
+/// A 415 [`ServiceError`] naming the content type and the ones spoken.
+pub fn request_encoding(headers: Option<&HeaderMap>) -> Result<Encoding, ServiceError> {
+    let Some(value) = headers.and_then(|h| h.get(static_name(CONTENT_TYPE))) else {
+        return Ok(Encoding::Json);
     };
-    serde_json::from_slice(payload).map_err(|e| {
-        ServiceError::bad_request(format!("invalid request: {e}"))
-            .with_details(serde_json::json!({ "line": e.line(), "column": e.column() }))
+    Encoding::from_content_type(value.as_str()).ok_or_else(|| {
+        ServiceError::new(
+            UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "content type {:?} is not spoken here; send {} or {}",
+                crate::limits::preview(value.as_str()),
+                encoding::JSON,
+                encoding::MESSAGE_PACK
+            ),
+        )
+        .with_details(serde_json::json!({ "header": CONTENT_TYPE }))
     })
+}
+
+/// The encoding a reply goes in: what `Accept` asks for; without it, the
+/// request's own (`request`) — an RPC answers in kind, so a MessagePack
+/// caller sends one header, not two.
+pub fn reply_encoding(headers: Option<&HeaderMap>, request: Encoding) -> Encoding {
+    headers
+        .and_then(|h| h.get(static_name(ACCEPT)))
+        .map_or(request, |v| Encoding::from_accept(v.as_str()))
+}
+
+/// Headers of a successful reply in `encoding`: none for JSON.
+pub fn reply_headers(encoding: Encoding) -> Option<HeaderMap> {
+    (encoding != Encoding::Json).then(|| {
+        let mut headers = HeaderMap::new();
+        headers.insert(static_name(CONTENT_TYPE), encoding.content_type());
+        headers
+    })
+}
+
+/// The encoding of a reply's payload (JSON without `Content-Type`).
+///
+/// # Errors
+///
+/// [`CodecError::UnknownContentType`], when it is not one this kit speaks.
+pub fn payload_encoding(headers: Option<&HeaderMap>) -> Result<Encoding, CodecError> {
+    match headers.and_then(|h| h.get(static_name(CONTENT_TYPE))) {
+        None => Ok(Encoding::Json),
+        Some(value) => Encoding::from_content_type(value.as_str())
+            .ok_or_else(|| CodecError::UnknownContentType(crate::limits::preview(value.as_str()))),
+    }
 }
 
 /// Parses a response.
@@ -163,13 +257,27 @@ pub fn read_trace(headers: Option<&HeaderMap>) -> Option<TraceContext> {
     TraceContext::parse(headers?.get(static_name(TRACEPARENT))?.as_str())
 }
 
-/// Request headers for a call: remaining time and trace context.
+/// Request headers for a JSON call: remaining time and trace context.
 pub fn request_headers(remaining: Duration, trace: &TraceContext) -> HeaderMap {
+    request_headers_as(remaining, trace, Encoding::Json)
+}
+
+/// Request headers for a call in `encoding`: remaining time and trace
+/// context, and for a non-JSON call its `Content-Type` (the reply comes in
+/// the same encoding: see [`reply_encoding`]).
+pub fn request_headers_as(
+    remaining: Duration,
+    trace: &TraceContext,
+    encoding: Encoding,
+) -> HeaderMap {
     let mut headers = HeaderMap::new();
     // Round up: "1 ms left" must not become "0 ms, already expired".
     let millis = remaining.as_micros().div_ceil(1000);
     headers.insert(static_name(TIMEOUT_MS), millis.to_string());
     headers.insert(static_name(TRACEPARENT), trace.traceparent());
+    if encoding != Encoding::Json {
+        headers.insert(static_name(CONTENT_TYPE), encoding.content_type());
+    }
     headers
 }
 
