@@ -201,7 +201,10 @@ async fn rolling_restarts_of_orders_and_notifications_drop_nothing() -> TestResu
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    if consumer.num_pending > 0 || consumer.num_ack_pending > 0 {
+    if consumer.num_pending > 0
+        || consumer.num_ack_pending > 0
+        || consumer.delivered.consumer_sequence != consumer.delivered.stream_sequence
+    {
         let log = std::fs::read_to_string(log("notifications")).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(40).collect();
         eprintln!("notifications log, last lines first:\n{}", tail.join("\n"));
