@@ -82,10 +82,12 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         .replicas(3)
         .ensure(&js)
         .await?;
-    where_they_live(&nats, &js, ["R1", "R3"]).await?;
+    let elsewhere = same_leader_elsewhere(&cluster, &js, ["R1", "R3"]).await?;
+    let publisher = jetstream::new(elsewhere.clone());
+    where_they_live(&elsewhere, &publisher, ["R1", "R3"]).await?;
     let body = Bytes::from(vec![b'x'; settings.payload]);
     let publish = |subject| Publish {
-        js: js.clone(),
+        js: publisher.clone(),
         subject,
         body: body.clone(),
     };
@@ -112,14 +114,16 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         })
         .max_in_flight(1024)
     };
-    where_they_live(&nats, &js, ["KV_records-r1", "KV_records-r3"]).await?;
+    let elsewhere =
+        same_leader_elsewhere(&cluster, &js, ["KV_records-r1", "KV_records-r3"]).await?;
+    where_they_live(&elsewhere, &js, ["KV_records-r1", "KV_records-r3"]).await?;
     let _service = Service::builder("bench", "1.0.0")
         .endpoint(endpoint("r1", one))
         .endpoint(endpoint("r3", three))
-        .start(nats.clone())
+        .start(elsewhere.clone())
         .await?;
-    nats.flush().await?;
-    let client = Client::new(cluster.client().await?);
+    elsewhere.flush().await?;
+    let client = Client::new(elsewhere);
     let store = |subject| Store {
         client: client.clone(),
         subject,
@@ -132,6 +136,51 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         [store("bench.r1"), store("bench.r3")],
     )
     .await
+}
+
+/// Moves the R3 stream's leader to the R1 stream's node and returns a
+/// connection to another node, so both are one hop away and the ratio is
+/// replication's cost alone. (Left to the server, placement differs from
+/// run to run — an R1 leader on the client's own node one run, remote the
+/// next — and moved this ratio by 0.1–0.2 between runs.)
+async fn same_leader_elsewhere(
+    cluster: &TestCluster,
+    js: &jetstream::Context,
+    [one, three]: [&str; 2],
+) -> anyhow::Result<async_nats::Client> {
+    let target = leader_of(js, one).await?;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while leader_of(js, three).await? != target {
+        anyhow::ensure!(
+            std::time::Instant::now() < until,
+            "{three}'s leader would not move to {target}"
+        );
+        let request = serde_json::json!({ "placement": { "preferred": target } });
+        let _ = js
+            .client()
+            .request(
+                format!("$JS.API.STREAM.LEADER.STEPDOWN.{three}"),
+                serde_json::to_vec(&request)?.into(),
+            )
+            .await;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    for node in 0..cluster.len() {
+        let Some(url) = cluster.node_url(node) else {
+            continue;
+        };
+        let nats = async_nats::connect(url).await?;
+        if nats.server_info().server_name != target {
+            return Ok(nats);
+        }
+    }
+    anyhow::bail!("no node other than {target}")
+}
+
+/// The server name of the stream's leader (empty if none yet).
+async fn leader_of(js: &jetstream::Context, stream: &str) -> anyhow::Result<String> {
+    let info = js.get_stream(stream).await?.info().await?.clone();
+    Ok(info.cluster.and_then(|c| c.leader).unwrap_or_default())
 }
 
 /// Prints which node leads each stream and which node this process talks

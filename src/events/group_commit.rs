@@ -276,12 +276,13 @@ impl Lane {
             .collect();
         match batch::commit(&self.js.client(), messages).await {
             Ok(ack) => {
-                let first = ack.last_sequence + 1 - batch.len() as u64;
+                // The server's figure: never trusted to be large enough.
+                let first = (ack.last_sequence + 1).saturating_sub(batch.len() as u64);
                 for (index, queued) in batch.into_iter().enumerate() {
                     let _ = queued.verdict.send(Ok(Published {
                         id: queued.id,
                         stream: ack.stream.clone(),
-                        sequence: first + index as u64,
+                        sequence: first.saturating_add(index as u64),
                         duplicate: false,
                     }));
                 }

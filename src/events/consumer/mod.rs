@@ -188,8 +188,12 @@ where
     }
     // Requests still out would deliver events to a subscription about to
     // go, where they would wait out their ack wait: take them (they have
-    // slots) until the requests end, at most their expiry.
-    let until = tokio::time::Instant::now() + puller::EXPIRES + Duration::from_millis(500);
+    // slots) until the server says each request ended. Its expiry runs from
+    // when the server *read* the request, which under load can be well
+    // after we sent it, so the bound is generous; normally the last
+    // request's end arrives within `EXPIRES`, and a silent server ends the
+    // wait after `LOST_AFTER` (see `Puller::next`).
+    let until = tokio::time::Instant::now() + puller::EXPIRES + puller::LOST_AFTER;
     while puller.asked() > 0 {
         match tokio::time::timeout_at(until, puller.next()).await {
             Ok(Pulled::Event(message)) => match slots.take().await {

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 pub(super) const EXPIRES: Duration = Duration::from_secs(1);
 
 /// Silence after which outstanding requests are taken as lost.
-const LOST_AFTER: Duration = Duration::from_secs(3);
+pub(super) const LOST_AFTER: Duration = Duration::from_secs(3);
 
 /// JetStream's header with how many events of an ended request were not
 /// delivered.
