@@ -169,7 +169,14 @@ async fn grouped(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         ("raw one-by-one acked (durable)", false),
         ("raw window 256 (fast profile)", true),
     ] {
-        let names = [baseline, grouped];
+        let names = [
+            baseline,
+            if fast_baseline {
+                "grouped (durable) vs raw window 256 (fast profile)"
+            } else {
+                grouped
+            },
+        ];
         let measured = rounds::interleave(settings.rounds, names.len(), |i| {
             let (durable_js, fast_js, publisher, raw_body) = (
                 durable_js.clone(),
