@@ -14,6 +14,7 @@ mod echo;
 mod encoding;
 mod footprint;
 mod http;
+mod ingest;
 mod machine;
 mod peers;
 mod publish;
@@ -50,6 +51,8 @@ enum Scenario {
     Traces,
     /// The compact encoding: MessagePack vs JSON calls, 128 B and 4 KiB records.
     Encoding,
+    /// The grouping lead: fast-ingest vs atomic batches, durable (not in the default run).
+    Ingest,
 }
 
 #[derive(Debug, Parser)]
@@ -156,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Replicas => replicas::run(&settings, &mut report).await?,
             Scenario::Traces => traces::run(&settings, &mut report).await?,
             Scenario::Encoding => encoding::run(&settings, &mut report).await?,
+            Scenario::Ingest => ingest::run(&settings, &mut report).await?,
         }
         // A run the hypervisor starved is not comparable with a quiet one.
         if let Some(percent) = steal.percent() {
