@@ -193,11 +193,7 @@ async fn where_they_live(
 ) -> anyhow::Result<()> {
     let mut leaders = Vec::new();
     for name in streams {
-        let info = js.get_stream(name).await?.info().await?.clone();
-        let leader = info
-            .cluster
-            .and_then(|c| c.leader)
-            .unwrap_or_else(|| "?".into());
+        let leader = leader_of(js, name).await?;
         leaders.push(format!("{name} led by {leader}"));
     }
     println!(

@@ -86,6 +86,13 @@ pub struct Run {
     pub cpu: Option<CpuPerOp>,
 }
 
+impl Run {
+    /// Operations per second.
+    pub fn throughput(&self) -> f64 {
+        self.ops as f64 / self.took.as_secs_f64().max(1e-9)
+    }
+}
+
 /// Collects measurements and prints them as they come.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -137,7 +144,7 @@ impl Report {
             let mut values: Vec<f64> = runs.iter().filter_map(|r| value(r)).collect();
             (!values.is_empty()).then(|| median(&mut values))
         };
-        let throughput = mid(&|r| Some(r.ops as f64 / r.took.as_secs_f64().max(1e-9)));
+        let throughput = mid(&|r| Some(r.throughput()));
         let p50 = mid(&|r| r.latency_us.map(|l| l[0] as f64));
         let p99 = mid(&|r| r.latency_us.map(|l| l[2] as f64));
         let process = mid(&|r| r.cpu.map(|c| c.process));
@@ -157,7 +164,7 @@ impl Report {
             self.measurements.push(Measurement {
                 scenario: scenario.to_owned(),
                 variant: variant.to_owned(),
-                throughput: run.ops as f64 / run.took.as_secs_f64().max(1e-9),
+                throughput: run.throughput(),
                 latency_us: run.latency_us,
                 ratio: None,
                 cpu_us_per_op: run.cpu,
@@ -174,8 +181,8 @@ impl Report {
         run: &Run,
         baseline: Option<f64>,
     ) -> f64 {
-        let (ops, elapsed, latency_us) = (run.ops, run.took, run.latency_us);
-        let throughput = ops as f64 / elapsed.as_secs_f64().max(1e-9);
+        let latency_us = run.latency_us;
+        let throughput = run.throughput();
         let ratio = baseline.map_or(1.0, |b| throughput / b.max(1e-9));
         let lat = latency_us
             .map(|[a, b, c, d]| format!("p50 {a}µs p90 {b}µs p99 {c}µs p99.9 {d}µs"))

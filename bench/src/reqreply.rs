@@ -148,7 +148,10 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
     .await?;
     rounds::report(report, &scenario, &names, &measured);
     let of_ideal = |runs: Vec<&crate::report::Run>| {
-        let mut rates: Vec<f64> = runs.into_iter().map(rounds::throughput).collect();
+        let mut rates: Vec<f64> = runs
+            .into_iter()
+            .map(crate::report::Run::throughput)
+            .collect();
         crate::report::median(&mut rates) / ideal
     };
     report.compare(

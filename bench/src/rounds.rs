@@ -71,7 +71,7 @@ impl Measured {
     pub fn throughput_ratios(&self, v: usize) -> Vec<f64> {
         self.variants[v]
             .iter()
-            .map(|b| throughput(&b.run) / self.baseline_throughput(b.before).max(1e-9))
+            .map(|b| b.run.throughput() / self.baseline_throughput(b.before).max(1e-9))
             .collect()
     }
 
@@ -90,8 +90,8 @@ impl Measured {
 
     /// The mean throughput of baseline runs `before` and the one after.
     fn baseline_throughput(&self, before: usize) -> f64 {
-        let first = throughput(&self.baseline[before]);
-        let second = self.baseline.get(before + 1).map_or(first, throughput);
+        let first = self.baseline[before].throughput();
+        let second = self.baseline.get(before + 1).map_or(first, Run::throughput);
         (first + second) / 2.0
     }
 }
@@ -128,11 +128,6 @@ where
         }
     }
     Ok(measured)
-}
-
-/// Throughput of a run, operations per second.
-pub fn throughput(run: &Run) -> f64 {
-    run.ops as f64 / run.took.as_secs_f64().max(1e-9)
 }
 
 /// CPU per operation of a run (process + server), if measured.

@@ -116,15 +116,11 @@ pub fn decode_request_as<T: DeserializeOwned>(
 ///
 /// A 415 [`ServiceError`] naming the content type and the ones spoken.
 pub fn request_encoding(headers: Option<&HeaderMap>) -> Result<Encoding, ServiceError> {
-    let Some(value) = headers.and_then(|h| h.get(static_name(CONTENT_TYPE))) else {
-        return Ok(Encoding::Json);
-    };
-    Encoding::from_content_type(value.as_str()).ok_or_else(|| {
+    payload_encoding(headers).map_err(|error| {
         ServiceError::new(
             UNSUPPORTED_MEDIA_TYPE,
             format!(
-                "content type {:?} is not spoken here; send {} or {}",
-                crate::limits::preview(value.as_str()),
+                "{error}; send {} or {}",
                 encoding::JSON,
                 encoding::MESSAGE_PACK
             ),
