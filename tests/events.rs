@@ -746,10 +746,10 @@ async fn a_consumer_whose_set_up_fails_is_started_again_until_it_runs() -> TestR
     Ok(())
 }
 
-/// The consumer pulls only for free handler slots: with every handler busy,
-/// the server has handed out exactly as many events as there are slots —
-/// none wait in a local buffer with their ack timer running — and as slots
-/// free up, the rest follow, each delivered once.
+/// Handlers that finish nothing earn no prefetch: with every handler busy
+/// from the start, the server has handed out exactly as many events as
+/// there are slots — none wait in a local buffer with their ack timer
+/// running — and as slots free up, the rest follow, each delivered once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_consumer_never_holds_more_events_than_it_has_free_handlers() -> TestResult {
     const SLOTS: usize = 4;
@@ -823,5 +823,116 @@ async fn a_consumer_never_holds_more_events_than_it_has_free_handlers() -> TestR
     assert_eq!(started.load(Ordering::SeqCst), EVENTS);
     stop.cancel();
     task.await??;
+    Ok(())
+}
+
+/// Fast handlers let the consumer pull ahead of them (its prefetch); when
+/// they then stall, the events waiting for a slot are handed back within a
+/// third of the ack wait, so that another instance takes them long before
+/// their ack timers would have run out; every event is handled exactly
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_waiting_behind_stalled_handlers_are_handed_back() -> TestResult {
+    const SLOTS: usize = 4;
+    const FAST: usize = 1500;
+    const EVENTS: usize = 2000;
+    let server = TestServer::start().await?;
+    let (js, publisher) = setup(&server).await?;
+    let mut batch = publisher.batch(256);
+    for n in 0..EVENTS {
+        batch
+            .publish("events.orders.created", &order(&format!("s-{n}")))
+            .await?;
+    }
+    assert!(batch.finish().await.iter().all(Result::is_ok));
+
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let started = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(Mutex::new(BTreeMap::<String, usize>::new()));
+    let record = |seen: &Mutex<BTreeMap<String, usize>>, event: ReceivedEvent<OrderCreated>| {
+        if let Ok(mut seen) = seen.lock() {
+            *seen.entry(event.data.order_id).or_default() += 1;
+        }
+    };
+    let ack_wait = Duration::from_secs(9);
+    let spec = ConsumerSpec::new("ORDERS", "stalled")
+        .concurrency(SLOTS)
+        .ack_wait(ack_wait);
+    let (stop, task) = consume(&js, spec.clone(), {
+        let (gate, started, seen) = (gate.clone(), started.clone(), seen.clone());
+        move |event| {
+            let (gate, started, seen) = (gate.clone(), started.clone(), seen.clone());
+            async move {
+                // The first FAST go through at once; then every handler
+                // stalls until the gate opens.
+                if started.fetch_add(1, Ordering::SeqCst) >= FAST
+                    && let Ok(permit) = gate.acquire().await
+                {
+                    permit.forget();
+                }
+                record(&seen, event);
+                Ok(())
+            }
+        }
+    });
+    assert!(
+        eventually(Duration::from_secs(20), || started.load(Ordering::SeqCst)
+            == FAST + SLOTS)
+        .await,
+        "started {}",
+        started.load(Ordering::SeqCst)
+    );
+    let stalled = Instant::now();
+    let mut consumer = js
+        .get_stream("ORDERS")
+        .await?
+        .get_consumer::<jetstream::consumer::pull::Config>("stalled")
+        .await
+        .map_err(|e| e.to_string())?;
+    let held = consumer.info().await?.num_ack_pending;
+    assert!(
+        held > SLOTS,
+        "fast handlers earned no prefetch: {held} held for {SLOTS} slots"
+    );
+
+    // A second instance with free handlers: it takes the rest of the
+    // stream and, once handed back, what waited behind the stall.
+    let (stop_other, other) = consume(&js, spec, {
+        let seen = seen.clone();
+        move |event| {
+            let seen = seen.clone();
+            async move {
+                record(&seen, event);
+                Ok(())
+            }
+        }
+    });
+    let everything_but_the_stalled = || seen.lock().map_or(0, |s| s.len()) == EVENTS - SLOTS;
+    assert!(
+        eventually(ack_wait * 2 / 3, everything_but_the_stalled).await,
+        "{} of {} handled {:?} after the stall (ack wait {ack_wait:?}; {held} held)",
+        seen.lock().map_or(0, |s| s.len()),
+        EVENTS - SLOTS,
+        stalled.elapsed()
+    );
+    assert_eq!(started.load(Ordering::SeqCst), FAST + SLOTS);
+
+    gate.add_permits(SLOTS);
+    assert!(
+        eventually(Duration::from_secs(10), || seen
+            .lock()
+            .map_or(0, |s| s.len())
+            == EVENTS)
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = seen.lock().map_err(|e| e.to_string())?.clone();
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "handled more than once: {twice:?}");
+    assert_eq!(started.load(Ordering::SeqCst), FAST + SLOTS);
+    stop.cancel();
+    stop_other.cancel();
+    task.await??;
+    other.await??;
     Ok(())
 }

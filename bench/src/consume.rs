@@ -1,5 +1,6 @@
 //! JetStream consuming: a raw async-nats pull consumer with explicit acks
-//! (the baseline) against a Switchboard consumer with 64 and 256 handlers,
+//! (the baseline) against a Switchboard consumer with 64, 16 (the default)
+//! and 256 handlers,
 //! and with the idempotency helper (one KV claim and one record per event).
 
 use std::sync::Arc;
@@ -17,6 +18,9 @@ use tokio::sync::Notify;
 use crate::Settings;
 use crate::report::{CpuClock, Report, Run};
 use crate::rounds;
+
+/// `ConsumerSpec`'s default concurrency.
+const DEFAULT_HANDLERS: usize = 16;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Sample {
@@ -58,6 +62,7 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         // The consumer pulls only as many events as it has free handlers
         // (so nothing waits in a local buffer): more handlers, fewer pulls.
         "switchboard consumer",
+        "switchboard consumer, default 16 handlers",
         "switchboard consumer, 256 handlers",
         "switchboard consumer + idempotency",
     ];
@@ -70,13 +75,14 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
             let run = match i {
                 0 => raw_pass(&js, &durable, n, pid).await,
                 1 => kit_pass(&js, &durable, 64, false, n, pid).await,
-                2 => kit_pass(&js, &durable, 256, false, n, pid).await,
+                2 => kit_pass(&js, &durable, DEFAULT_HANDLERS, false, n, pid).await,
+                3 => kit_pass(&js, &durable, 256, false, n, pid).await,
                 _ => kit_pass(&js, &durable, 64, true, n, pid).await,
             }?;
             // Each pass leaves the server as it found it: its consumer
             // gone, and (idempotency) its claims with it.
             js.delete_consumer_from_stream(&durable, "BENCH").await?;
-            if i == 3 {
+            if i == 4 {
                 js.delete_key_value(events::Idempotency::bucket_for(&durable))
                     .await?;
             }

@@ -67,21 +67,21 @@ pub(super) async fn handle<T, F, Fut>(
         Err(error) => {
             // Nothing a retry could fix.
             hop.fail("undecodable", &error.to_string());
-            dead_letter(
+            Box::pin(dead_letter(
                 shared,
                 &message,
                 &delivery,
                 &subject,
                 format!("undecodable: {error}"),
                 &hop,
-            )
+            ))
             .await;
             return;
         }
     };
     let event_id = event.attributes.id.clone();
     if let Some(idempotency) = &shared.idempotency {
-        match idempotency.claim(&event_id).await {
+        match Box::pin(idempotency.claim(&event_id)).await {
             Ok(Claim::New) => {}
             Ok(Claim::AlreadyDone) => {
                 tracing::debug!(%event_id, "already processed; acknowledging");
@@ -93,14 +93,14 @@ pub(super) async fn handle<T, F, Fut>(
             Err(error @ EventError::InvalidAttribute { .. }) => {
                 // No retry makes the id shorter.
                 hop.fail(error.kind_name(), &error.to_string());
-                dead_letter(
+                Box::pin(dead_letter(
                     shared,
                     &message,
                     &delivery,
                     &subject,
                     error.to_string(),
                     &hop,
-                )
+                ))
                 .await;
                 return;
             }
@@ -152,7 +152,7 @@ pub(super) async fn handle<T, F, Fut>(
                 let delay = spec.delay_after(failed);
                 tracing::info!(%event_id, %reason, ?delay, "retrying in place (ordered)");
                 hop.event("retry", &[("exception.message", reason.clone())]);
-                keep_alive(&message, spec, claim, tokio::time::sleep(delay)).await;
+                Box::pin(keep_alive(&message, spec, claim, tokio::time::sleep(delay))).await;
                 delivery.delivered += 1;
             }
             other => break other,
@@ -163,7 +163,7 @@ pub(super) async fn handle<T, F, Fut>(
         Ok(()) => {
             shared.failures.forget(delivery.stream_sequence);
             if let Some(idempotency) = &shared.idempotency
-                && let Err(error) = idempotency.done(&event_id).await
+                && let Err(error) = Box::pin(idempotency.done(&event_id)).await
             {
                 tracing::warn!(%event_id, %error, "cannot record the event as processed");
             }
@@ -178,7 +178,7 @@ pub(super) async fn handle<T, F, Fut>(
                 error.reason(),
             );
             if let Some(idempotency) = &shared.idempotency
-                && let Err(e) = idempotency.release(&event_id).await
+                && let Err(e) = Box::pin(idempotency.release(&event_id)).await
             {
                 tracing::warn!(%event_id, error = %e, "cannot release the claim");
             }
@@ -198,7 +198,10 @@ pub(super) async fn handle<T, F, Fut>(
                 }
                 HandlerError::Retryable(reason) | HandlerError::Permanent(reason) => {
                     shared.failures.forget(delivery.stream_sequence);
-                    dead_letter(shared, &message, &delivery, &subject, reason, &hop).await;
+                    Box::pin(dead_letter(
+                        shared, &message, &delivery, &subject, reason, &hop,
+                    ))
+                    .await;
                 }
             }
         }
@@ -229,13 +232,15 @@ pub(super) async fn keep_alive<O>(
         tokio::select! {
             out = &mut work => return out,
             _ = ticker.tick() => {
+                // Boxed, here and below: a tick is rare, and these futures
+                // inline would grow every delivery's future (see `handle`).
                 if spec.progress
-                    && let Err(error) = message.ack_with(AckKind::Progress).await
+                    && let Err(error) = Box::pin(message.ack_with(AckKind::Progress)).await
                 {
                     tracing::debug!(%error, "in-progress signal failed");
                 }
                 if let Some((idempotency, id)) = claim
-                    && let Err(error) = idempotency.renew(id).await
+                    && let Err(error) = Box::pin(idempotency.renew(id)).await
                 {
                     tracing::debug!(%error, "claim renewal failed");
                 }

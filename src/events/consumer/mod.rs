@@ -10,15 +10,18 @@
 //! Only the handler's own failures count towards a dead letter: the server
 //! redelivers without limit, so a server restart, a consumer crash, a KV
 //! timeout or an expired ack wait never dead-letters an event whose handler
-//! did not fail (see `attempts.rs`). Events are fetched only as fast as
-//! handler slots free up, so nothing waits in a local buffer while its ack
-//! timer runs (over-pulling is what causes spurious redeliveries). A long
+//! did not fail (see `attempts.rs`). Events are fetched as handler slots
+//! free up, and ahead of them only by what the handlers finish in a few
+//! milliseconds (`prefetch`), so nothing waits long in a local buffer while
+//! its ack timer runs (over-pulling is what causes spurious redeliveries);
+//! an event kept waiting by stalled handlers is handed back. A long
 //! handler sends in-progress signals. With [`ConsumerSpec::idempotent`], a
 //! redelivered or re-published event (same `ce-id`) has one effect.
 //!
 //! One concept per file, along the steps of a delivery: `spec` (what a
 //! consumer is declared as), this module (the loop: a slot per event),
-//! `puller` (pull requests pipelined, never beyond the free slots),
+//! `puller` (pull requests pipelined, never beyond what `prefetch` allows),
+//! `prefetch` (how far ahead of the handlers, by their pace),
 //! `delivery` (decode → claim → run with retries → settle or dead-letter),
 //! `ordered` (one lane per subject) and `attempts` (the handler's own
 //! failures).
@@ -26,14 +29,16 @@
 mod attempts;
 mod delivery;
 mod ordered;
+mod prefetch;
 mod puller;
 mod spec;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, AckKind};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::task::TaskTracker;
@@ -45,6 +50,7 @@ use super::idempotency::Idempotency;
 use attempts::HandlerFailures;
 use delivery::handle;
 use ordered::{lane, lane_of};
+use prefetch::Waiting;
 use puller::{Pulled, Puller};
 pub use spec::{ConsumerSpec, HandlerError};
 
@@ -155,8 +161,23 @@ where
             drop(slot);
         });
     };
+    let mut waiting = Waiting::new(
+        shared.spec.prefetch,
+        shared.spec.concurrency,
+        shared.spec.ack_wait,
+    );
+    let mut overdue_check = tokio::time::interval(waiting.check_every());
+    overdue_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        if let Err(error) = puller.ask(slots.free()).await {
+        // Waiting events first, in arrival order, as slots allow.
+        while !waiting.is_empty()
+            && let Some(slot) = slots.try_take()
+            && let Some(message) = waiting.pop()
+        {
+            dispatch(message, slot);
+        }
+        let wanted = slots.free() + waiting.room(slots.finished());
+        if let Err(error) = puller.ask(wanted).await {
             tracing::warn!(consumer = %shared.spec.durable, %error, "pull request failed; retrying");
             tokio::select! {
                 () = &mut shutdown => break,
@@ -165,45 +186,53 @@ where
         }
         let pulled = tokio::select! {
             () = &mut shutdown => break,
-            // A handler finished: its slot may be worth a request.
+            // A handler finished: its slot may take a waiting event or be
+            // worth a request.
             () = slots.freed() => continue,
+            _ = overdue_check.tick(), if !waiting.is_empty() => {
+                give_back(waiting.overdue()).await;
+                continue;
+            }
             pulled = puller.next() => pulled,
         };
-        let message = match pulled {
-            Pulled::Event(message) => *message,
-            Pulled::Uncovered => continue,
+        match pulled {
+            Pulled::Event(message) => waiting.push(*message),
+            Pulled::Uncovered => {}
             Pulled::Refused => {
                 tokio::select! {
                     () = &mut shutdown => break,
-                    () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
             }
             Pulled::Closed => break,
-        };
-        // Asked for only as many as were free: the slot is there.
-        let Some(slot) = slots.take().await else {
-            break;
-        };
-        dispatch(message, slot);
+        }
     }
-    // Requests still out would deliver events to a subscription about to
-    // go, where they would wait out their ack wait: take them (they have
-    // slots) until the server says each request ended. Its expiry runs from
-    // when the server *read* the request, which under load can be well
-    // after we sent it, so the bound is generous; normally the last
-    // request's end arrives within `EXPIRES`, and a silent server ends the
-    // wait after `LOST_AFTER` (see `Puller::next`).
+    // Events already here, and those that requests still out would deliver
+    // to a subscription about to go (where they would wait out their ack
+    // wait), are handled as slots free. A request's expiry runs from when
+    // the server *read* it, which under load can be well after we sent
+    // it, so the bound is generous; normally the last request's end
+    // arrives within `EXPIRES`, and a silent server ends the wait after
+    // `LOST_AFTER` (see `Puller::next`). What has no slot by then is
+    // handed back.
     let until = tokio::time::Instant::now() + puller::EXPIRES + puller::LOST_AFTER;
-    while puller.asked() > 0 {
+    loop {
+        while let Some(message) = waiting.pop() {
+            match tokio::time::timeout_at(until, slots.take()).await {
+                Ok(Some(slot)) => dispatch(message, slot),
+                _ => give_back(vec![message]).await,
+            }
+        }
+        if puller.asked() == 0 {
+            break;
+        }
         match tokio::time::timeout_at(until, puller.next()).await {
-            Ok(Pulled::Event(message)) => match slots.take().await {
-                Some(slot) => dispatch(*message, slot),
-                None => break,
-            },
+            Ok(Pulled::Event(message)) => waiting.push(*message),
             Ok(Pulled::Uncovered | Pulled::Refused) => {}
             Ok(Pulled::Closed) | Err(_) => break,
         }
     }
+    give_back(std::iter::from_fn(|| waiting.pop()).collect()).await;
     drop(lanes); // lanes finish what they hold, then end
     tasks.close();
     if tokio::time::timeout(shared.spec.ack_wait, tasks.wait())
@@ -215,23 +244,44 @@ where
     Ok(())
 }
 
-/// The handler slots: an event is pulled only for a free one.
+/// Hands events back to the server for redelivery (no delay): they waited
+/// for a slot too long, or the consumer is stopping. Not a handler
+/// failure, so nothing is counted towards a dead letter.
+async fn give_back(messages: Vec<jetstream::Message>) {
+    for message in messages {
+        if let Err(error) = message.ack_with(AckKind::Nak(None)).await {
+            tracing::debug!(%error, "cannot hand an event back; it is redelivered after its ack wait");
+        }
+    }
+}
+
+/// The handler slots: an event is pulled only for a free one (or one
+/// expected to be free shortly: see `prefetch`).
 struct Slots {
     free: Arc<Semaphore>,
-    freed: Arc<Notify>,
+    freed: Arc<Freed>,
+}
+
+/// Told when a slot is freed; counts the handlers finished (their pace is
+/// what the prefetch allowance follows).
+#[derive(Default)]
+struct Freed {
+    notify: Notify,
+    finished: AtomicU64,
 }
 
 /// A taken slot; dropping it frees the slot and says so.
 struct Slot {
     permit: Option<OwnedSemaphorePermit>,
-    freed: Arc<Notify>,
+    freed: Arc<Freed>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         // Freed first, then told: whoever wakes sees the slot free.
         drop(self.permit.take());
-        self.freed.notify_one();
+        self.freed.finished.fetch_add(1, Ordering::Relaxed);
+        self.freed.notify.notify_one();
     }
 }
 
@@ -239,8 +289,13 @@ impl Slots {
     fn new(slots: usize) -> Self {
         Slots {
             free: Arc::new(Semaphore::new(slots)),
-            freed: Arc::new(Notify::new()),
+            freed: Arc::new(Freed::default()),
         }
+    }
+
+    /// Handlers finished so far.
+    fn finished(&self) -> u64 {
+        self.freed.finished.load(Ordering::Relaxed)
     }
 
     fn free(&self) -> usize {
@@ -249,10 +304,19 @@ impl Slots {
 
     /// Until a slot is freed (or was, since the last call).
     async fn freed(&self) {
-        self.freed.notified().await;
+        self.freed.notify.notified().await;
     }
 
-    /// A slot (waiting for one only if more arrived than were asked for).
+    /// A free slot, if there is one now.
+    fn try_take(&self) -> Option<Slot> {
+        let permit = self.free.clone().try_acquire_owned().ok()?;
+        Some(Slot {
+            permit: Some(permit),
+            freed: self.freed.clone(),
+        })
+    }
+
+    /// A slot, waiting for one.
     async fn take(&self) -> Option<Slot> {
         let permit = self.free.clone().acquire_owned().await.ok()?;
         Some(Slot {

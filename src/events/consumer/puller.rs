@@ -1,8 +1,9 @@
-//! Fetching only as slots free up, without a round trip per batch.
+//! Fetching as slots free up, without a round trip per batch.
 //!
-//! A consumer must not pull more events than it has free handler slots: an
-//! event waiting in a local buffer has its ack timer running, and a buffer
-//! that outlives the ack wait turns into redeliveries. Pulling exactly what
+//! A consumer must not pull far more events than it has free handler
+//! slots: an event waiting in a local buffer has its ack timer running, and
+//! a buffer that outlives the ack wait turns into redeliveries (how far
+//! ahead is safe is `prefetch`'s business). Pulling exactly what
 //! is free with one fetch at a time (a subscription, a request, the batch,
 //! the unsubscribe) keeps that promise but leaves the consumer idle for a
 //! round trip after every batch — at 64 fast handlers, a third of the time.
@@ -12,8 +13,8 @@
 //! yet received, and asks for more the moment enough slots are free that no
 //! request covers — in requests of at least a quarter of the slots (fewer,
 //! larger pulls), or whatever is free when nothing is asked for at all.
-//! Asked-for events never exceed free slots, so an event that arrives
-//! always has a slot waiting.
+//! Asked-for events never exceed what the consumer says it can take (its
+//! free slots, plus the short wait `prefetch` allows).
 //!
 //! A request the server forgets (a restart, a leader change, a reconnect)
 //! would leave the count stuck: each request expires after [`EXPIRES`] with

@@ -55,6 +55,11 @@ pub struct ConsumerSpec {
     pub concurrency: usize,
     /// Send in-progress signals while a handler runs (every `ack_wait / 3`).
     pub progress: bool,
+    /// How long an event may be expected to wait here for a free handler:
+    /// the consumer pulls ahead of its handlers by as many events as they
+    /// finish in this time (at most `concurrency` more). Zero: pull only
+    /// for free handlers. See `consumer::prefetch`.
+    pub prefetch: Duration,
     /// One effect per `ce-id`, recorded for this long (≥ the duplicate window).
     pub idempotency_ttl: Option<Duration>,
     /// Handle events with the same `ce-subject` (e.g. one order) one at a
@@ -64,7 +69,8 @@ pub struct ConsumerSpec {
 
 impl ConsumerSpec {
     /// A consumer `durable` on `stream`, with defaults: ack wait 30 s, 5
-    /// deliveries, backoff 1 s, 5 s, 30 s, 16 handlers, 256 pending.
+    /// deliveries, backoff 1 s, 5 s, 30 s, 16 handlers, 256 pending, a
+    /// prefetch of 20 ms of the handlers' pace.
     pub fn new(stream: impl Into<String>, durable: impl Into<String>) -> Self {
         ConsumerSpec {
             stream: stream.into(),
@@ -80,6 +86,7 @@ impl ConsumerSpec {
             max_ack_pending: 256,
             concurrency: 16,
             progress: true,
+            prefetch: Duration::from_millis(20),
             idempotency_ttl: None,
             ordered_by_subject: false,
         }
@@ -114,6 +121,14 @@ impl ConsumerSpec {
         self.progress = progress;
         self
     }
+    /// Sets how far ahead of its handlers the consumer pulls, as the
+    /// wait for a free handler it accepts (`Duration::ZERO`: only for
+    /// free handlers).
+    pub fn prefetch(mut self, wait: Duration) -> Self {
+        self.prefetch = wait;
+        self
+    }
+
     /// Events about the same thing (same `ce-subject`) are handled in order,
     /// one at a time; different subjects still run concurrently. A retryable
     /// failure is retried in place (after the backoff delay) so that later
