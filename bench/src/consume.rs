@@ -1,7 +1,8 @@
 //! JetStream consuming: a raw async-nats pull consumer with explicit acks
 //! (the baseline) against a Switchboard consumer with 64, 16 (the default)
 //! and 256 handlers,
-//! and with the idempotency helper (one KV claim and one record per event).
+//! and with the idempotency helper (one KV claim and one record per event)
+//! beside the same two KV writes made raw.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,6 +66,9 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         "switchboard consumer, default 16 handlers",
         "switchboard consumer, 256 handlers",
         "switchboard consumer + idempotency",
+        // What two KV writes per event cost with no kit at all: the floor
+        // under the idempotent consumer's ratio.
+        "part: raw pull consumer + KV create and put per event, 64 at once",
     ];
     let pass = AtomicU64::new(0);
     let pid = server.pid();
@@ -77,12 +81,13 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
                 1 => kit_pass(&js, &durable, 64, false, n, pid).await,
                 2 => kit_pass(&js, &durable, DEFAULT_HANDLERS, false, n, pid).await,
                 3 => kit_pass(&js, &durable, 256, false, n, pid).await,
-                _ => kit_pass(&js, &durable, 64, true, n, pid).await,
+                4 => kit_pass(&js, &durable, 64, true, n, pid).await,
+                _ => raw_kv_pass(&js, &durable, n, pid).await,
             }?;
             // Each pass leaves the server as it found it: its consumer
             // gone, and (idempotency) its claims with it.
             js.delete_consumer_from_stream(&durable, "BENCH").await?;
-            if i == 4 {
+            if i >= 4 {
                 js.delete_key_value(events::Idempotency::bucket_for(&durable))
                     .await?;
             }
@@ -126,6 +131,71 @@ async fn raw_pass(
         took: started.elapsed(),
         latency_us: None,
         cpu: cpu.per_op(seen as u64),
+    })
+}
+
+/// A raw pull consumer reads all `n` and, for each, 64 at a time, does what
+/// the idempotency helper does on the happy path — create a record, put it
+/// again as done — before the ack; the bucket is made as the kit makes it.
+async fn raw_kv_pass(
+    js: &jetstream::Context,
+    durable: &str,
+    n: usize,
+    pid: Option<u32>,
+) -> anyhow::Result<Run> {
+    let kv = js
+        .create_key_value(jetstream::kv::Config {
+            bucket: events::Idempotency::bucket_for(durable),
+            history: 1,
+            max_age: Duration::from_secs(600),
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+    let stream = js.get_stream("BENCH").await?;
+    let raw = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(durable.into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await?;
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(64));
+    let done = Arc::new(AtomicU64::new(0));
+    let cpu = CpuClock::start(pid);
+    let started = Instant::now();
+    let mut messages = raw.messages().await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let Some(message) = messages.next().await else {
+            break;
+        };
+        let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let permit = in_flight.clone().acquire_owned().await?;
+        let (kv, done) = (kv.clone(), done.clone());
+        tasks.spawn(async move {
+            let key = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("ce-id"))
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default();
+            if kv.create(&key, "p".into()).await.is_ok()
+                && kv.put(&key, "d".into()).await.is_ok()
+                && message.ack().await.is_ok()
+            {
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            drop(permit);
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let ops = done.load(Ordering::Relaxed);
+    Ok(Run {
+        ops,
+        took: started.elapsed(),
+        latency_us: None,
+        cpu: cpu.per_op(ops),
     })
 }
 
