@@ -1,6 +1,8 @@
 //! A three-node (or larger) JetStream cluster on loopback, for tests of
 //! replication and fail-over.
 
+use std::time::Duration;
+
 use tempfile::TempDir;
 
 use super::{TestServerError, free_port};
@@ -31,9 +33,30 @@ impl TestCluster {
             match start_nodes(&dir, size).await {
                 Err(ServerError::PortInUse { .. }) if attempt < 5 => continue,
                 Err(e) => return Err(e.into()),
-                Ok(nodes) => return Ok(TestCluster { nodes, dir }),
+                Ok(nodes) => {
+                    let cluster = TestCluster { nodes, dir };
+                    cluster.wait_for_full_mesh().await?;
+                    return Ok(cluster);
+                }
             }
         }
+    }
+
+    /// Until every node announces all the others to its clients: a node is
+    /// ready (`/healthz`) once it sees a JetStream quorum, which on three
+    /// nodes is two — a client of it could still be told of a two-node
+    /// cluster, and whatever sizes itself by the cluster would be wrong.
+    async fn wait_for_full_mesh(&self) -> Result<(), TestServerError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        for node in &self.nodes {
+            let client = async_nats::connect(node.client_url()).await?;
+            while crate::replication::cluster_nodes(&client) < self.nodes.len()
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+        Ok(())
     }
 
     /// Client URLs of all nodes, comma separated (what `NATS_URL` takes).
