@@ -83,25 +83,39 @@ pub fn read_event_attributes(
     headers: Option<&HeaderMap>,
 ) -> Result<EventAttributes, EnvelopeError> {
     let headers = headers.ok_or_else(|| EnvelopeError("no headers".into()))?;
-    let get = |name: &'static str| {
-        headers
-            .get(static_name(name))
-            .map(|v| v.as_str().to_owned())
+    // One pass over the headers, not a hashed lookup per attribute: this
+    // runs for every delivery.
+    let (mut version, mut id, mut source, mut event_type, mut time, mut subject) =
+        (None, None, None, None, None, None);
+    for (name, values) in headers.iter() {
+        let attribute = match AsRef::<str>::as_ref(name) {
+            CE_SPECVERSION => &mut version,
+            CE_ID => &mut id,
+            CE_SOURCE => &mut source,
+            CE_TYPE => &mut event_type,
+            CE_TIME => &mut time,
+            CE_SUBJECT => &mut subject,
+            _ => continue,
+        };
+        *attribute = values.first().map(|value| value.as_str());
+    }
+    let required = |value: Option<&str>, name: &str| {
+        value
+            .map(str::to_owned)
+            .ok_or_else(|| EnvelopeError(format!("no {name}")))
     };
-    let required =
-        |name: &'static str| get(name).ok_or_else(|| EnvelopeError(format!("no {name}")));
-    let version = required(CE_SPECVERSION)?;
+    let version = required(version, CE_SPECVERSION)?;
     if version != SPEC_VERSION {
         return Err(EnvelopeError(format!(
             "{CE_SPECVERSION} {version}, expected {SPEC_VERSION}"
         )));
     }
     Ok(EventAttributes {
-        id: required(CE_ID)?,
-        source: required(CE_SOURCE)?,
-        event_type: required(CE_TYPE)?,
-        time: required(CE_TIME)?,
-        subject: get(CE_SUBJECT),
+        id: required(id, CE_ID)?,
+        source: required(source, CE_SOURCE)?,
+        event_type: required(event_type, CE_TYPE)?,
+        time: required(time, CE_TIME)?,
+        subject: subject.map(str::to_owned),
     })
 }
 
@@ -241,4 +255,61 @@ pub fn headers_from_pairs(pairs: &[(String, String)]) -> HeaderMap {
         headers.append(name.as_str(), value.as_str());
     }
     headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attributes(subject: Option<&str>) -> EventAttributes {
+        EventAttributes {
+            id: "o-1-created".into(),
+            source: "orders".into(),
+            event_type: "orders.created".into(),
+            time: "2026-12-02T09:00:00Z".into(),
+            subject: subject.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn attributes_read_back_as_written_with_other_headers_beside_them() {
+        for subject in [Some("o-1"), None] {
+            let mut headers = event_headers(&attributes(subject), Some(&TraceContext::new_root()));
+            headers.insert("Nats-Msg-Id", "o-1-created");
+            assert_eq!(
+                read_event_attributes(Some(&headers)).ok(),
+                Some(attributes(subject))
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_attribute_or_another_version_is_named() {
+        assert!(read_event_attributes(None).is_err());
+        let full = event_headers(&attributes(None), None);
+        for (name, _) in full.iter() {
+            let name: &str = name.as_ref();
+            let mut headers = HeaderMap::new();
+            for (other, values) in full.iter() {
+                if AsRef::<str>::as_ref(other) != name {
+                    for value in values {
+                        headers.append(other.clone(), value.clone());
+                    }
+                }
+            }
+            match read_event_attributes(Some(&headers)) {
+                Err(EnvelopeError(message)) if name.starts_with("ce-") => {
+                    assert_eq!(message, format!("no {name}"));
+                }
+                // Content-Type is not an attribute.
+                other => assert!(other.is_ok(), "{name}: {other:?}"),
+            }
+        }
+        let mut headers = event_headers(&attributes(None), None);
+        headers.insert(static_name(CE_SPECVERSION), "0.3");
+        let Err(EnvelopeError(message)) = read_event_attributes(Some(&headers)) else {
+            panic!("version 0.3 accepted");
+        };
+        assert!(message.contains("0.3"), "{message}");
+    }
 }

@@ -159,7 +159,7 @@ impl<T: DeserializeOwned> ReceivedEvent<T> {
         let data = codec::decode_response(&message.payload)?;
         Ok(ReceivedEvent {
             attributes,
-            nats_subject: message.subject.to_string(),
+            nats_subject: message.subject.as_str().to_owned(),
             data,
             trace: codec::read_trace(message.headers.as_ref()),
             delivery: None,

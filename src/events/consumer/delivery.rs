@@ -38,7 +38,7 @@ pub(super) async fn handle<T, F, Fut>(
                 stream_sequence: info.stream_sequence,
                 delivered: u64::try_from(info.delivered).unwrap_or(1),
             },
-            message.subject.to_string(),
+            message.subject.as_str().to_owned(),
         ),
         Err(error) => {
             tracing::error!(%error, "a message without JetStream metadata; ignoring it");
@@ -221,6 +221,11 @@ pub(super) async fn keep_alive<O>(
         return work.await;
     }
     tokio::pin!(work);
+    // A handler that finishes without waiting needs no ticker (a timer
+    // registered and cancelled per event).
+    if let std::task::Poll::Ready(out) = futures::poll!(&mut work) {
+        return out;
+    }
     // Often enough for both: the ack wait and, with a claim, its lease.
     let mut every = spec.ack_wait / 3;
     if claim.is_some() {
