@@ -99,6 +99,22 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
     Ok(())
 }
 
+/// A raw durable pull consumer with explicit acks on the bench stream.
+async fn raw_consumer(
+    js: &jetstream::Context,
+    durable: &str,
+) -> anyhow::Result<jetstream::consumer::PullConsumer> {
+    Ok(js
+        .get_stream("BENCH")
+        .await?
+        .create_consumer(pull::Config {
+            durable_name: Some(durable.into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await?)
+}
+
 /// A raw pull consumer with an explicit ack per message reads all `n`.
 async fn raw_pass(
     js: &jetstream::Context,
@@ -106,14 +122,7 @@ async fn raw_pass(
     n: usize,
     pid: Option<u32>,
 ) -> anyhow::Result<Run> {
-    let stream = js.get_stream("BENCH").await?;
-    let raw = stream
-        .create_consumer(pull::Config {
-            durable_name: Some(durable.into()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            ..Default::default()
-        })
-        .await?;
+    let raw = raw_consumer(js, durable).await?;
     let cpu = CpuClock::start(pid);
     let started = Instant::now();
     let mut messages = raw.messages().await?;
@@ -152,14 +161,7 @@ async fn raw_kv_pass(
             ..Default::default()
         })
         .await?;
-    let stream = js.get_stream("BENCH").await?;
-    let raw = stream
-        .create_consumer(pull::Config {
-            durable_name: Some(durable.into()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            ..Default::default()
-        })
-        .await?;
+    let raw = raw_consumer(js, durable).await?;
     let in_flight = Arc::new(tokio::sync::Semaphore::new(64));
     let done = Arc::new(AtomicU64::new(0));
     let cpu = CpuClock::start(pid);

@@ -292,7 +292,7 @@ async fn dead_letter<F>(
     }
 }
 
-async fn settle(message: &jetstream::Message, kind: AckKind) {
+pub(super) async fn settle(message: &jetstream::Message, kind: AckKind) {
     if let Err(error) = message.ack_with(kind).await {
         tracing::warn!(%error, ?kind, "acknowledgement failed; the event may be redelivered");
     }

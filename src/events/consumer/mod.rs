@@ -48,7 +48,7 @@ use super::dead_letter::DeadLetters;
 use super::event::ReceivedEvent;
 use super::idempotency::Idempotency;
 use attempts::HandlerFailures;
-use delivery::handle;
+use delivery::{handle, settle};
 use ordered::{lane, lane_of};
 use prefetch::Waiting;
 use puller::{Pulled, Puller};
@@ -249,9 +249,7 @@ where
 /// failure, so nothing is counted towards a dead letter.
 async fn give_back(messages: Vec<jetstream::Message>) {
     for message in messages {
-        if let Err(error) = message.ack_with(AckKind::Nak(None)).await {
-            tracing::debug!(%error, "cannot hand an event back; it is redelivered after its ack wait");
-        }
+        settle(&message, AckKind::Nak(None)).await;
     }
 }
 
