@@ -19,7 +19,7 @@ use futures::StreamExt;
 use switchboard::testing::{TestServer, TestServerConfig};
 
 use crate::Settings;
-use crate::report::{CpuClock, Report, Run};
+use crate::report::{CpuClock, Report};
 use crate::rounds;
 
 /// Events per batch: what 64 concurrent callers hand a lane.
@@ -85,12 +85,7 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
                     }
                 }
             }
-            anyhow::Ok(Run {
-                ops: n,
-                took: started.elapsed(),
-                latency_us: None,
-                cpu: cpu.per_op(n),
-            })
+            anyhow::Ok(cpu.run(n, started))
         }
     })
     .await?;
@@ -98,29 +93,18 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
     Ok(())
 }
 
-/// One ADR-50 atomic batch of [`BATCH`] messages: the last is a request
-/// carrying the commit, answered by the pub ack.
+/// One ADR-50 atomic batch of [`BATCH`] messages.
 async fn atomic_batch(nats: &async_nats::Client, body: &Bytes) -> anyhow::Result<()> {
-    let id = nuid::next().to_string();
-    for seq in 1..=BATCH {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Batch-Id", id.as_str());
-        headers.insert("Nats-Batch-Sequence", seq.to_string());
-        if seq < BATCH {
-            nats.publish_with_headers("ingest.atomic", headers, body.clone())
-                .await?;
-        } else {
-            headers.insert("Nats-Batch-Commit", "1");
-            let reply = nats
-                .request_with_headers("ingest.atomic", headers, body.clone())
-                .await?;
-            let value: serde_json::Value = serde_json::from_slice(&reply.payload)?;
-            if let Some(error) = value.get("error") {
-                anyhow::bail!("atomic batch refused: {error}");
-            }
-        }
-    }
-    Ok(())
+    let messages = (0..BATCH)
+        .map(|_| {
+            (
+                "ingest.atomic".to_owned(),
+                async_nats::HeaderMap::new(),
+                body.clone(),
+            )
+        })
+        .collect();
+    crate::atomic::send(nats, messages).await
 }
 
 /// One fast-ingest batch of [`BATCH`] messages, the last one committing;

@@ -8,6 +8,8 @@
 #[global_allocator]
 static ALLOCATOR: switchboard::Allocator = switchboard::Allocator;
 
+mod atomic;
+mod claims;
 mod consume;
 mod drive;
 mod echo;
@@ -53,6 +55,8 @@ enum Scenario {
     Encoding,
     /// The grouping lead: fast-ingest vs atomic batches, durable (not in the default run).
     Ingest,
+    /// The idempotency lead: KV creates one by one vs in atomic batches (not in the default run).
+    Claims,
 }
 
 #[derive(Debug, Parser)]
@@ -160,6 +164,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Traces => traces::run(&settings, &mut report).await?,
             Scenario::Encoding => encoding::run(&settings, &mut report).await?,
             Scenario::Ingest => ingest::run(&settings, &mut report).await?,
+            Scenario::Claims => claims::run(&settings, &mut report).await?,
         }
         // A run the hypervisor starved is not comparable with a quiet one.
         if let Some(percent) = steal.percent() {

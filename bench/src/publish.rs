@@ -265,12 +265,7 @@ where
     let cpu = CpuClock::start(pid);
     let started = Instant::now();
     let n = work(started + duration).await?;
-    Ok(Run {
-        ops: n,
-        took: started.elapsed(),
-        latency_us: None,
-        cpu: cpu.per_op(n),
-    })
+    Ok(cpu.run(n, started))
 }
 
 /// Publishes raw messages until `deadline` with up to [`WINDOW`] acks

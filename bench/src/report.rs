@@ -55,6 +55,17 @@ impl CpuClock {
         }
     }
 
+    /// A run of `ops` operations begun at `started` (no latencies
+    /// recorded), with its CPU per operation since the start.
+    pub fn run(&self, ops: u64, started: std::time::Instant) -> Run {
+        Run {
+            ops,
+            took: started.elapsed(),
+            latency_us: None,
+            cpu: self.per_op(ops),
+        }
+    }
+
     /// CPU per operation since the start.
     pub fn per_op(&self, ops: u64) -> Option<CpuPerOp> {
         let ops = ops.max(1) as f64;
