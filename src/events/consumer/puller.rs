@@ -10,9 +10,11 @@
 //!
 //! So one subscription lives as long as the consumer, and pull requests are
 //! *pipelined*: the puller knows how many events it has asked for and not
-//! yet received, and asks for more the moment enough slots are free that no
-//! request covers — in requests of at least a quarter of the slots (fewer,
-//! larger pulls), or whatever is free when nothing is asked for at all.
+//! yet received, and asks for more the moment enough room is free that no
+//! request covers — in requests of at least a quarter of what the consumer
+//! may hold (its slots, plus the prefetch while handlers are fast: fewer,
+//! larger pulls, each of which costs the server a wake-up), or whatever is
+//! free when nothing is asked for at all.
 //! Asked-for events never exceed what the consumer says it can take (its
 //! free slots, plus the short wait `prefetch` allows).
 //!
@@ -60,7 +62,8 @@ pub(super) struct Puller {
     answers: Subscriber,
     /// Events asked for and not yet received (nor expired).
     asked: usize,
-    /// Smallest request worth sending while others are outstanding.
+    /// Smallest request worth sending while others are outstanding, at
+    /// the least (see [`Puller::ask`]).
     least: usize,
     heard: Instant,
 }
@@ -90,15 +93,20 @@ impl Puller {
         self.asked
     }
 
-    /// Asks for the free slots no request covers yet, if that is worth a
-    /// request.
+    /// Asks for the room (`wanted`: free slots and prefetch) no request
+    /// covers yet, if that is worth a request.
     ///
     /// # Errors
     ///
     /// The request could not be sent (the connection).
-    pub(super) async fn ask(&mut self, free: usize) -> Result<(), async_nats::Error> {
-        let uncovered = free.saturating_sub(self.asked);
-        if uncovered == 0 || (self.asked > 0 && uncovered < self.least) {
+    pub(super) async fn ask(&mut self, wanted: usize) -> Result<(), async_nats::Error> {
+        let uncovered = wanted.saturating_sub(self.asked);
+        // A quarter of the slots, or of all the consumer may hold when the
+        // prefetch adds to them: 16 fast handlers with 256 prefetched
+        // would otherwise send a request per 4 events (measured: 0.84× →
+        // 0.87× a raw pull consumer with the cap at 128).
+        let least = self.least.max(wanted / 4);
+        if uncovered == 0 || (self.asked > 0 && uncovered < least) {
             return Ok(());
         }
         if self.asked == 0 {
