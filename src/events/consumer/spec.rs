@@ -58,7 +58,8 @@ pub struct ConsumerSpec {
     /// How long an event may be expected to wait here for a free handler:
     /// the consumer pulls ahead of its handlers by as many events as they
     /// finish in this time (at most twice `concurrency`, or 256 if that
-    /// is more; never beyond `max_ack_pending` in all). Zero: pull only
+    /// is more; the server still stops at `max_ack_pending`
+    /// unacknowledged). Zero: pull only
     /// for free handlers. See `consumer::prefetch`.
     pub prefetch: Duration,
     /// One effect per `ce-id`, recorded for this long (≥ the duplicate window).
