@@ -1,5 +1,5 @@
 //! Every `$SRV.PING|INFO|STATS` answer validates against the JSON Schemas
-//! the `nats` CLI uses (`shared/contracts/nats-micro-v1`): an answer that
+//! the `nats` CLI uses (`tests/schemas/nats-micro-v1`, copied from nats-io/jsm.go): an answer that
 //! fails them is silently dropped by `nats micro ls`.
 
 use std::path::PathBuf;
@@ -22,7 +22,7 @@ struct Echo {
 
 fn contract(name: &str) -> Result<jsonschema::Validator, Box<dyn std::error::Error>> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/contracts/nats-micro-v1")
+        .join("tests/schemas/nats-micro-v1")
         .join(name);
     let text = std::fs::read_to_string(&path)
         .map_err(|e| format!("cannot read the contract {}: {e}", path.display()))?;
