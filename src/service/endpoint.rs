@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Context;
-use super::schema::RequestSchema;
+use super::schema::{self, RequestSchema};
 use crate::error::ServiceError;
 use crate::micro::Metadata;
 
@@ -115,7 +115,7 @@ impl Endpoint {
             max_queued: DEFAULT_MAX_QUEUED,
             metadata: Metadata::new(),
             request_schema,
-            response_schema: schemars::schema_for!(Resp).to_value(),
+            response_schema: schema::schema_of::<Resp>(),
             handler: erased,
         }
     }

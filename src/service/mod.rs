@@ -66,6 +66,7 @@ pub use endpoint::{
     HTTP_STATUS, IDEMPOTENT, MAX_IN_FLIGHT, REQUEST_SCHEMA, RESPONSE_SCHEMA,
 };
 pub use latency::quantile;
+pub use schema::schema_of;
 
 /// Queue group shared by all instances of an endpoint.
 pub const QUEUE_GROUP: &str = "q";
@@ -222,7 +223,7 @@ impl ServiceBuilder {
         self.events.push(EventDeclaration {
             subject: subject.into(),
             description: description.into(),
-            schema: schemars::schema_for!(T).to_value(),
+            schema: schema::schema_of::<T>(),
         });
         self
     }

@@ -12,6 +12,12 @@
 //! Types whose schema says nothing serde does not already check (types,
 //! required and unknown fields) skip the validator: their requests cost
 //! exactly what they did before.
+//!
+//! Two things serde alone would let through are closed here: a struct
+//! request must be an object (serde also reads a struct from an array, so
+//! `[]` would be a valid request with no fields), and the descriptions
+//! schemars takes from doc comments are plain text (rustdoc links such as
+//! ``[`LIMIT`]`` would otherwise reach every published document).
 
 use std::sync::Arc;
 
@@ -49,6 +55,98 @@ const MAX_REPORTED: usize = 10;
 pub(crate) struct RequestSchema {
     pub(crate) published: Value,
     validator: Option<Arc<jsonschema::Validator>>,
+    /// The type is a struct (or map): only an object is a request of it.
+    object: bool,
+}
+
+/// The JSON Schema of `T` as the kit publishes it: schemars' schema with
+/// every description in plain text.
+pub fn schema_of<T: schemars::JsonSchema>() -> Value {
+    let mut schema = schemars::schema_for!(T).to_value();
+    plain_descriptions(&mut schema);
+    schema
+}
+
+/// Rewrites every `description` of `schema` without rustdoc link syntax.
+fn plain_descriptions(schema: &mut Value) {
+    match schema {
+        Value::Object(object) => {
+            for (key, value) in object.iter_mut() {
+                match value {
+                    Value::String(text) if key == "description" => *text = plain_text(text),
+                    _ => plain_descriptions(value),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(plain_descriptions),
+        _ => {}
+    }
+}
+
+/// A doc comment's text without rustdoc links: ``[`crate::x::LIMIT`]``
+/// becomes `LIMIT`, `[text](target)` and `[text][target]` become `text`
+/// (a web address is kept in parentheses); other brackets stay.
+pub(crate) fn plain_text(doc: &str) -> String {
+    let mut out = String::with_capacity(doc.len());
+    let mut rest = doc;
+    while let Some(open) = rest.find('[') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find(']') else {
+            out.push_str(&rest[open..]);
+            return out;
+        };
+        let inner = &after[..close];
+        let mut tail = &after[close + 1..];
+        let target = match tail.chars().next() {
+            Some(bracket @ ('(' | '[')) => {
+                let end = if bracket == '(' { ')' } else { ']' };
+                tail[1..].find(end).map(|e| {
+                    let target = &tail[1..1 + e];
+                    tail = &tail[e + 2..];
+                    target
+                })
+            }
+            _ => None,
+        };
+        let is_link = target.is_some() || is_item_path(inner);
+        if !is_link {
+            out.push('[');
+            out.push_str(inner);
+            out.push(']');
+        } else {
+            let text = inner.trim_matches('`');
+            // An intra-doc path names its item; the path itself is noise.
+            let text = if target.is_none() || text == target.unwrap_or_default() {
+                text.rsplit("::").next().unwrap_or(text)
+            } else {
+                text
+            };
+            out.push_str(text);
+            if let Some(url) =
+                target.filter(|t| t.starts_with("http://") || t.starts_with("https://"))
+            {
+                out.push_str(" (");
+                out.push_str(url);
+                out.push(')');
+            }
+        }
+        rest = tail;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Whether bracketed text is an intra-doc link (``[`Item`]``, `[path::Item]`)
+/// rather than prose in brackets (`[1, 2]`, `[optional]`).
+fn is_item_path(inner: &str) -> bool {
+    let code = inner.strip_prefix('`').and_then(|i| i.strip_suffix('`'));
+    let path = code.unwrap_or(inner);
+    !path.is_empty()
+        && (code.is_some() || path.contains("::"))
+        && path
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | ':' | '!' | '(' | ')' | '<' | '>'))
 }
 
 impl std::fmt::Debug for RequestSchema {
@@ -61,7 +159,8 @@ impl std::fmt::Debug for RequestSchema {
 
 impl RequestSchema {
     pub(crate) fn for_type<T: schemars::JsonSchema>() -> Self {
-        let published = schemars::schema_for!(T).to_value();
+        let published = schema_of::<T>();
+        let object = published["type"] == "object";
         let validator = if constrains(&published) {
             match jsonschema::validator_for(&published) {
                 Ok(validator) => Some(Arc::new(validator)),
@@ -79,6 +178,7 @@ impl RequestSchema {
         RequestSchema {
             published,
             validator,
+            object,
         }
     }
 
@@ -96,6 +196,15 @@ impl RequestSchema {
         payload: &Bytes,
         encoding: Encoding,
     ) -> Result<T, ServiceError> {
+        if self.object && !is_map(payload, encoding) {
+            return Err(ServiceError::bad_request(format!(
+                "invalid request: expected {}, with the fields of the request",
+                match encoding {
+                    Encoding::Json => "a JSON object",
+                    Encoding::MessagePack => "a MessagePack map",
+                }
+            )));
+        }
         let Some(validator) = &self.validator else {
             return codec::decode_request_as(payload, encoding);
         };
@@ -105,6 +214,21 @@ impl RequestSchema {
         integers_as_integers(&mut value);
         T::deserialize(&value)
             .map_err(|e| ServiceError::bad_request(format!("invalid request: {e}")))
+    }
+}
+
+/// Whether `payload` is an object (or empty, which means "no fields"):
+/// read from its first byte, before anything is decoded.
+fn is_map(payload: &[u8], encoding: Encoding) -> bool {
+    match encoding {
+        Encoding::Json => payload
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_none_or(|&b| b == b'{'),
+        // fixmap, map 16, map 32.
+        Encoding::MessagePack => payload
+            .first()
+            .is_none_or(|&b| (0x80..=0x8f).contains(&b) || b == 0xde || b == 0xdf),
     }
 }
 
@@ -214,6 +338,57 @@ mod tests {
         id: String,
         #[schemars(length(min = 1, max = 3))]
         lines: Vec<Line>,
+    }
+
+    #[derive(serde::Deserialize, schemars::JsonSchema, Debug)]
+    struct NoFields {}
+
+    /// Counts, at most [`MAX_REPORTED`] per page; see [`crate::limits::truncate`]
+    /// and [the guide](https://example.com/guide), [optional] [1, 2].
+    #[derive(serde::Deserialize, schemars::JsonSchema, Debug)]
+    #[allow(dead_code)]
+    struct Documented {
+        /// Like [`Plain::id`][Plain].
+        id: String,
+    }
+
+    #[test]
+    fn a_struct_request_is_an_object_or_a_400() {
+        let schema = RequestSchema::for_type::<NoFields>();
+        for bad in ["[]", " [1]", "\"x\"", "7", "null"] {
+            let refused = schema.decode::<NoFields>(&Bytes::from(bad), Encoding::Json);
+            assert!(refused.is_err_and(|e| e.code == 400), "{bad} was accepted");
+        }
+        for good in ["{}", " {} ", ""] {
+            let accepted = schema.decode::<NoFields>(&Bytes::from(good), Encoding::Json);
+            assert!(accepted.is_ok(), "{good:?} was refused");
+        }
+        let plain = RequestSchema::for_type::<Plain>();
+        let as_array = plain.decode::<Plain>(&Bytes::from(r#"["a", 1]"#), Encoding::Json);
+        assert!(as_array.is_err_and(|e| e.code == 400 && e.message.contains("JSON object")));
+        // MessagePack: an array (fixarray 0x92) is refused, a map accepted.
+        let packed = rmp_serde::to_vec(&("a", 1)).unwrap_or_default();
+        let refused = plain.decode::<Plain>(&Bytes::from(packed), Encoding::MessagePack);
+        assert!(refused.is_err_and(|e| e.code == 400));
+        let named = rmp_serde::to_vec_named(&serde_json::json!({"id": "a", "count": 1}))
+            .unwrap_or_default();
+        assert!(
+            plain
+                .decode::<Plain>(&Bytes::from(named), Encoding::MessagePack)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn descriptions_are_plain_text() {
+        let schema = schema_of::<Documented>();
+        let text = schema.to_string();
+        assert!(!text.contains("[`"), "{text}");
+        assert_eq!(
+            schema["description"],
+            "Counts, at most MAX_REPORTED per page; see truncate\nand the guide (https://example.com/guide), [optional] [1, 2]."
+        );
+        assert_eq!(schema["properties"]["id"]["description"], "Like Plain::id.");
     }
 
     #[test]

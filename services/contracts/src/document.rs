@@ -44,7 +44,7 @@ pub struct EventDoc {
 }
 
 fn schema<T: JsonSchema>() -> serde_json::Value {
-    schemars::schema_for!(T).to_value()
+    switchboard::service::schema_of::<T>()
 }
 
 fn fields<T: JsonSchema>() -> Vec<String> {
