@@ -151,13 +151,13 @@ async fn first_sse_event(addr: String, subject: &'static str) -> Result<(Value, 
             }
             if let Some(at) = text.find("event: event\n") {
                 let rest = &text[at..];
-                if let Some(line) = rest.lines().find_map(|l| l.strip_prefix("data: ")) {
-                    if rest.contains("\n\n") {
-                        let arrived = Instant::now();
-                        return serde_json::from_str(line)
-                            .map(|v| (v, arrived))
-                            .map_err(|e| e.to_string());
-                    }
+                if let Some(line) = rest.lines().find_map(|l| l.strip_prefix("data: "))
+                    && rest.contains("\n\n")
+                {
+                    let arrived = Instant::now();
+                    return serde_json::from_str(line)
+                        .map(|v| (v, arrived))
+                        .map_err(|e| e.to_string());
                 }
             }
         }
