@@ -52,7 +52,7 @@ impl Default for ConnectConfig {
 
 /// Connecting failed; the message names the server and the likely cause.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot connect to NATS at {url} as {user}: {source}")]
+#[error("cannot connect to NATS at {url} as {user}: {source}{}", hint(source.kind(), user))]
 pub struct ConnectError {
     /// The URL(s) tried.
     pub url: String,
@@ -61,6 +61,25 @@ pub struct ConnectError {
     /// The client's error; match on `source.kind()`.
     #[source]
     pub source: async_nats::ConnectError,
+}
+
+/// What to set when the server refused or could not be reached: the error
+/// alone ("authorization violation", "connection refused") does not say.
+fn hint(kind: async_nats::ConnectErrorKind, user: &str) -> String {
+    use async_nats::ConnectErrorKind as Kind;
+    match kind {
+        Kind::AuthorizationViolation => format!(
+            " (the server does not know user {user} with this password: set \
+             {NATS_USER_ENV} and {NATS_PASSWORD_ENV}; under `switchboard up` a service's \
+             password is SB_<NAME>_PASSWORD, generated when unset, and its user is \
+             derived from its contract)"
+        ),
+        Kind::Io | Kind::TimedOut => format!(
+            " (is a nats-server running there? set {NATS_URL_ENV}, or start one with \
+             `switchboard up`)"
+        ),
+        _ => String::new(),
+    }
 }
 
 impl ConnectConfig {
@@ -100,6 +119,19 @@ impl ConnectConfig {
         if let (Some(user), Some(password)) = (&self.user, &self.password) {
             options = options.user_and_password(user.clone(), password.clone());
         }
+        // The server tells a connection its refused publishes out of band:
+        // recorded so a call waiting for a reply fails at once (`refusals`).
+        let user = self.user.clone().unwrap_or_else(|| "anonymous".to_owned());
+        options = options.event_callback(move |event| {
+            if let async_nats::Event::ServerError(async_nats::ServerError::Other(message)) = &event
+            {
+                match crate::refusals::report(&user, message) {
+                    Some(refusal) => tracing::warn!(%refusal, "refused by the server"),
+                    None => tracing::warn!(error = %message, "server error"),
+                }
+            }
+            async {}
+        });
         let urls: Vec<&str> = self.url.split(',').map(str::trim).collect();
         options
             .connect(urls.as_slice())

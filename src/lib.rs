@@ -29,6 +29,7 @@
 //! | [`replication`] | how many copies of streams and buckets: configuration, migrated in place |
 //! | [`shutdown`] | the shutdown future processes are given |
 //! | [`process`] | SIGTERM-then-SIGKILL stop of child processes |
+//! | [`refusals`] | the server's permission refusals, as errors within a round trip instead of timeouts |
 //! | [`telemetry`] | logs, and OpenTelemetry spans of every hop when the OTLP variables ask |
 //! | `testing` | real throw-away servers and clusters for tests (feature `testing`) |
 //!
@@ -87,6 +88,7 @@ pub mod limits;
 pub mod micro;
 pub mod nats_context;
 pub mod process;
+pub mod refusals;
 pub mod replication;
 pub mod server;
 pub mod service;

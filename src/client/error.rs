@@ -44,6 +44,17 @@ pub enum CallError {
     /// The service answered with an error.
     #[error("{0}")]
     Rejected(ServiceError),
+    /// The server refused to let this connection's NATS user publish to the
+    /// subject: the request never reached a service. Its permissions
+    /// (`nats.conf`, derived by `switchboard up` from the service's
+    /// contract) do not include the subject.
+    #[error("{subject}: {refusal}")]
+    PermissionDenied {
+        /// The subject called.
+        subject: String,
+        /// The server's refusal: user, operation, subject.
+        refusal: crate::refusals::Refusal,
+    },
     /// The reply was not the expected type (or the request not serializable).
     #[error("{subject}: cannot decode: {source}")]
     Decode {
@@ -93,6 +104,7 @@ impl CallError {
             CallError::NoResponders { .. } => "no_responders".into(),
             CallError::CircuitOpen { .. } => "circuit_open".into(),
             CallError::Rejected(e) => e.code.to_string().into(),
+            CallError::PermissionDenied { .. } => "permission_denied".into(),
             CallError::Decode { .. } => "decode".into(),
             CallError::Invalid { .. } => "invalid".into(),
             CallError::Transport { .. } => "transport".into(),
@@ -103,8 +115,8 @@ impl CallError {
     /// caller, an HTTP client): the one mapping, used by handlers and the
     /// gateway alike. A rejection keeps its code; no answer in time is 504;
     /// nobody serving, an open circuit or a broken connection is 503 (worth
-    /// a retry later); a request or reply we could not encode or decode is
-    /// our own bug, 500.
+    /// a retry later); a request or reply we could not encode or decode, or
+    /// a subject our own user may not call, is our own bug, 500.
     pub fn status(&self) -> u16 {
         match self {
             CallError::Rejected(e) => e.code,
@@ -112,7 +124,9 @@ impl CallError {
             CallError::NoResponders { .. }
             | CallError::CircuitOpen { .. }
             | CallError::Transport { .. } => 503,
-            CallError::Decode { .. } | CallError::Invalid { .. } => 500,
+            CallError::Decode { .. }
+            | CallError::Invalid { .. }
+            | CallError::PermissionDenied { .. } => 500,
         }
     }
 
@@ -136,7 +150,8 @@ impl CallError {
             CallError::Rejected(e) => e.is_server_error(),
             CallError::Decode { .. }
             | CallError::CircuitOpen { .. }
-            | CallError::Invalid { .. } => false,
+            | CallError::Invalid { .. }
+            | CallError::PermissionDenied { .. } => false,
             _ => true,
         }
     }

@@ -6,7 +6,9 @@
 //! `traceparent`, retries only where they are safe (no responders and
 //! transport failures always; timeouts only for idempotent calls) with
 //! exponential, jittered backoff bounded by a shared [`RetryBudget`], and a
-//! circuit breaker per subject.
+//! circuit breaker per subject. A subject the connection's user may not
+//! publish to fails at once as [`CallError::PermissionDenied`] (see
+//! [`refusals`](crate::refusals)), not as a timeout.
 //!
 //! ```no_run
 //! # async fn demo(nats: async_nats::Client) -> Result<(), switchboard::client::CallError> {
@@ -41,6 +43,7 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use crate::codec::{self, Encoding};
+use crate::refusals::Operation;
 use crate::telemetry::Hop;
 use crate::trace_context::TraceContext;
 
@@ -298,12 +301,19 @@ impl Client {
             .payload(payload)
             .headers(codec::request_headers_as(remaining, trace, encoding))
             .timeout(Some(remaining));
-        match self
-            .shared
-            .nats
-            .send_request(subject.to_owned(), request)
-            .await
-        {
+        // Made before the publish: a refusal cannot come earlier.
+        let mut refusals = crate::refusals::watch();
+        let reply = tokio::select! {
+            biased;
+            reply = self.shared.nats.send_request(subject.to_owned(), request) => reply,
+            refusal = refusals.refused(Operation::Publish, subject) => {
+                return Err(CallError::PermissionDenied {
+                    subject: subject.to_owned(),
+                    refusal,
+                });
+            }
+        };
+        match reply {
             Ok(message) => {
                 let headers = message.headers.as_ref();
                 if let Some(rejection) = codec::read_error(headers, &message.payload) {

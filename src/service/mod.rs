@@ -68,6 +68,10 @@ pub use endpoint::{
 pub use latency::quantile;
 pub use schema::schema_of;
 
+/// How long a starting service listens for the server's refusal of one of
+/// its subscriptions after the server confirmed them all.
+const REFUSAL_GRACE: Duration = Duration::from_millis(20);
+
 /// Queue group shared by all instances of an endpoint.
 pub const QUEUE_GROUP: &str = "q";
 
@@ -124,6 +128,19 @@ pub enum ServeError {
         /// Why.
         #[source]
         source: crate::events::EventError,
+    },
+    /// The server refused the service's NATS user a subscription it needs:
+    /// its permissions lack the service's own subjects.
+    #[error(
+        "service {service}: {refusal}; its NATS user's permissions do not match its contract \
+         (under `switchboard up` they are derived from the contract: is this binary the one \
+         `up` read? elsewhere, give the server the block `switchboard permissions` prints)"
+    )]
+    PermissionDenied {
+        /// The service.
+        service: String,
+        /// The server's refusal.
+        refusal: crate::refusals::Refusal,
     },
     /// The subscriptions could not be confirmed with the server.
     #[error("service {service} cannot flush its subscriptions: {source}")]
@@ -341,6 +358,8 @@ impl ServiceBuilder {
                 .unwrap_or_default(),
         });
 
+        // Made before subscribing: a refused subscription is reported after.
+        let mut refusals = crate::refusals::watch();
         let stop_endpoints = CancellationToken::new();
         let stop_discovery = CancellationToken::new();
         let requests = TaskTracker::new();
@@ -387,6 +406,27 @@ impl ServiceBuilder {
             service: self.name.clone(),
             source,
         })?;
+        // The server has read every SUB by now and said so if it refused
+        // one; the report reaches us through the connection's event task,
+        // so it gets a moment. A service that cannot hear its requests
+        // must not look healthy.
+        let refused = tokio::time::timeout(
+            REFUSAL_GRACE,
+            refusals.refused_where(|r| {
+                r.operation == crate::refusals::Operation::Subscribe
+                    && (r.subject.starts_with("$SRV.")
+                        || r.subject
+                            .strip_prefix(self.name.as_str())
+                            .is_some_and(|rest| rest.starts_with('.')))
+            }),
+        )
+        .await;
+        if let Ok(refusal) = refused {
+            return Err(ServeError::PermissionDenied {
+                service: self.name.clone(),
+                refusal,
+            });
+        }
         tracing::info!(service = %self.name, version = %self.version, id = %identity.id, "service started");
         Ok(RunningService {
             identity,
