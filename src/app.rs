@@ -17,6 +17,14 @@ use std::process::ExitCode;
 
 use crate::shutdown::Shutdown;
 
+/// The address a service that serves HTTP listens on; `switchboard up`
+/// sets it from `--http-addr`.
+pub const HTTP_ADDR_ENV: &str = "SWITCHBOARD_HTTP_ADDR";
+/// The services `switchboard up` runs that have HTTP routes in their
+/// contracts (comma-separated): an HTTP front end routes them before it
+/// joins discovery, so `up`'s "ready" means "routed".
+pub const ROUTED_SERVICES_ENV: &str = "SWITCHBOARD_ROUTED_SERVICES";
+
 /// Start-up or run failure of a service process.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

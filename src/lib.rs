@@ -4,26 +4,23 @@
 //! answer, publish-subscribe for events, JetStream so events survive crashes —
 //! and find each other through the NATS Services API (`$SRV.PING|INFO|STATS`),
 //! so there is no registry and no hard-coded address. This crate is the kit
-//! every service builds on, plus the `switchboard` CLI.
+//! every service builds on; the `switchboard` command (`up`, its supervisor
+//! and dashboard, the scaffold) is the `switchboard-cli` crate, so a service
+//! depends on none of it.
 //!
 //! | module | why it exists |
 //! |---|---|
 //! | [`server`] | find, start, probe and stop the embedded `nats-server` |
 //! | [`app`] | a service binary's `main` in one call; its one error type |
-//! | [`system`] | the whole system `switchboard up` runs: server, credentials, services, readiness, ordered stop |
-//! | [`supervisor`] | keep service processes alive with backoff; stop them politely |
 //! | [`service`] | typed endpoints on the NATS Services API; concurrency, errors, drain |
 //! | [`client`] | typed calls: deadlines, retries with a budget, circuit breakers |
 //! | [`codec`] | the request/reply wire format: bytes, header names, content types (events: `events::envelope`) |
-//! | [`http`] | HTTP pieces the gateway and the dashboard share (live events as SSE) |
+//! | [`http`] | HTTP pieces every HTTP front end shares (live events as SSE) |
 //! | [`limits`] | the server's limits (control line, payload) checked before writing |
 //! | [`micro`] | ADR-32 wire types of `$SRV` answers |
 //! | [`trace_context`] | W3C `traceparent` across calls |
-//! | [`dashboard`] | the live page `up` serves on loopback: services, rates, events, dead letters |
 //! | [`discovery`] | gather every instance's `$SRV` answer |
 //! | [`connect`] | connect from `NATS_URL`/`NATS_USER`/`NATS_PASSWORD` |
-//! | [`credentials`] | per-run passwords handed to server and services |
-//! | [`nats_context`] | the `nats` CLI context for operators |
 //! | [`state`] | typed KV state with optimistic concurrency; multi-key transactions with an outbox |
 //! | `batch` | ADR-50 atomic batches: all-or-nothing writes into one stream |
 //! | [`replication`] | how many copies of streams and buckets: configuration, migrated in place |
@@ -78,15 +75,12 @@ mod batch;
 pub mod client;
 pub mod codec;
 pub mod connect;
-pub mod credentials;
-pub mod dashboard;
 pub mod discovery;
 mod error;
 pub mod events;
 pub mod http;
 pub mod limits;
 pub mod micro;
-pub mod nats_context;
 pub mod process;
 pub mod refusals;
 pub mod replication;
@@ -94,8 +88,6 @@ pub mod server;
 pub mod service;
 pub mod shutdown;
 pub mod state;
-pub mod supervisor;
-pub mod system;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -117,7 +117,7 @@ mod tests {
     #[test]
     fn nats_conf_states_the_limits_the_kit_assumes() {
         let setting = |name: &str| {
-            crate::system::BUILTIN_CONFIG
+            include_str!("../nats.conf")
                 .lines()
                 .find_map(|l| l.trim().strip_prefix(name)?.trim().strip_prefix(':'))
                 .map(|v| v.trim().to_owned())

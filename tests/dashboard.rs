@@ -376,7 +376,7 @@ impl Drop for Paused {
 /// what it shows.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_refuses_foreign_hosts_unmarked_changes_and_bad_input() -> TestResult {
-    use switchboard::dashboard::{Dashboard, DashboardError};
+    use switchboard_cli::dashboard::{Dashboard, DashboardError};
 
     let outside: std::net::SocketAddr = "0.0.0.0:0".parse()?;
     assert!(matches!(

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
@@ -198,15 +197,13 @@ async fn a_stopped_service_answers_503_quickly_and_recovers_without_a_gateway_re
         .map(|(_, v)| v.clone())
         .ok_or("no password")?;
     let start_users = || {
-        std::process::Command::new(
-            Path::new(env!("CARGO_BIN_EXE_switchboard")).with_file_name("users"),
-        )
-        .env("NATS_URL", format!("nats://127.0.0.1:{nats_port}"))
-        .env("NATS_USER", "users")
-        .env("NATS_PASSWORD", &users_password)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
+        std::process::Command::new(common::workspace_bin("users"))
+            .env("NATS_URL", format!("nats://127.0.0.1:{nats_port}"))
+            .env("NATS_USER", "users")
+            .env("NATS_PASSWORD", &users_password)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
     };
     let mut users = start_users()?;
     let _guard = KillOnDrop(users.id());

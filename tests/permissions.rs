@@ -26,7 +26,7 @@ async fn connect(
 ) -> Result<async_nats::Client, Box<dyn std::error::Error>> {
     let password = test_passwords()
         .into_iter()
-        .find(|(k, _)| *k == switchboard::credentials::password_env(user))
+        .find(|(k, _)| *k == switchboard_cli::credentials::password_env(user))
         .map(|(_, v)| v)
         .ok_or("no password")?;
     Ok(

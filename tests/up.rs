@@ -7,10 +7,10 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use switchboard::nats_context::NatsContext;
 use switchboard::process::exists;
-use switchboard::system::SERVICES;
 use switchboard::testing::{TestServer, TestServerConfig, free_port};
+use switchboard_cli::nats_context::NatsContext;
+use switchboard_cli::system::SERVICES;
 
 use common::{Signal, Switchboard, exe_name, running, test_passwords};
 

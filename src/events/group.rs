@@ -138,8 +138,19 @@ where
     F: FnMut(tokio_util::sync::WaitForCancellationFutureOwned) -> Fut,
     Fut: Future<Output = Result<(), EventError>>,
 {
-    let policy = crate::supervisor::RestartPolicy::default();
-    let mut delays = policy.delays();
+    // Exponential with jitter, 250 ms to 30 s, without end.
+    let restart_delays = || {
+        backon::BackoffBuilder::build(
+            backon::ExponentialBuilder::new()
+                .with_min_delay(std::time::Duration::from_millis(250))
+                .with_max_delay(std::time::Duration::from_secs(30))
+                .with_jitter()
+                .without_max_times(),
+        )
+    };
+    // Uptime after which an error counts as new (the delays start over).
+    let stable_after = std::time::Duration::from_secs(30);
+    let mut delays = restart_delays();
     loop {
         let started = tokio::time::Instant::now();
         let error = match start(stop.clone().cancelled_owned()).await {
@@ -150,8 +161,8 @@ where
             return Err(error);
         }
         // A consumer that ran well for a while starts over with short delays.
-        if started.elapsed() >= policy.stable_after {
-            delays = policy.delays();
+        if started.elapsed() >= stable_after {
+            delays = restart_delays();
         }
         let delay = delays.next().unwrap_or(std::time::Duration::from_secs(30));
         tracing::error!(consumer = %name, %error, ?delay, "consumer stopped with an error; starting it again");

@@ -106,7 +106,8 @@ pub enum ServerError {
 }
 
 impl ServerError {
-    pub(crate) fn io(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+    /// An [`ServerError::Io`] maker for `map_err`, saying what was being done.
+    pub fn io(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let action = action.into();
         move |source| ServerError::Io { action, source }
     }

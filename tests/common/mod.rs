@@ -8,11 +8,25 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use switchboard::credentials::password_env;
 use switchboard::process::{exists, send};
-use switchboard::system::{ADMIN_USER, SERVICES};
+use switchboard_cli::credentials::password_env;
+use switchboard_cli::system::{ADMIN_USER, SERVICES};
 
 pub use nix::sys::signal::Signal;
+
+/// A binary of the workspace (`switchboard`, a service), where cargo
+/// builds them: beside the test binary's own folder (`target/<profile>`).
+/// `make test` builds every binary before the tests run.
+pub fn workspace_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let profile = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    profile.join(name)
+}
 
 type Output = Box<dyn std::io::Read + Send>;
 type Lines = Arc<Mutex<Vec<String>>>;
@@ -30,7 +44,7 @@ pub struct Switchboard {
 impl Switchboard {
     /// Starts `switchboard <args>` in the project root with extra environment.
     pub fn spawn(args: &[impl AsRef<std::ffi::OsStr>], env: &[(String, String)]) -> Switchboard {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        let mut child = Command::new(workspace_bin("switchboard"))
             .args(args)
             // A NATS_URL of the developer's shell must not leak into tests,
             // nor its OpenTelemetry set-up.
@@ -447,8 +461,9 @@ pub async fn user_and_stock(
 
 /// A client connected as the operator, with the context `up` wrote in `dir`.
 pub async fn admin(dir: &Path) -> Result<switchboard::client::Client, Box<dyn std::error::Error>> {
-    let context =
-        switchboard::nats_context::NatsContext::read(&dir.join("nats/context/switchboard.json"))?;
+    let context = switchboard_cli::nats_context::NatsContext::read(
+        &dir.join("nats/context/switchboard.json"),
+    )?;
     // A cluster's context lists every node, comma separated.
     let urls: Vec<async_nats::ServerAddr> = context
         .url
@@ -478,7 +493,7 @@ impl Instance {
             .find(|(k, _)| *k == password_env(service))
             .map(|(_, v)| v)
             .ok_or("no password")?;
-        let program = Path::new(env!("CARGO_BIN_EXE_switchboard")).with_file_name(service);
+        let program = workspace_bin(service);
         let log = std::fs::File::options()
             .create(true)
             .append(true)

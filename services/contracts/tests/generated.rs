@@ -38,5 +38,5 @@ fn readme_limits_match_the_contract() {
 #[test]
 fn the_access_declaration_covers_exactly_the_services_up_runs() {
     let declared: Vec<&str> = access::system().iter().map(|s| s.user).collect();
-    assert_eq!(declared, switchboard::system::SERVICES);
+    assert_eq!(declared, switchboard_cli::system::SERVICES);
 }

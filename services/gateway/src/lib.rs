@@ -43,8 +43,8 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
 
 /// Settings; `Default` reads nothing, [`GatewayConfig::from_env`] reads
 /// `SWITCHBOARD_HTTP_ADDR`, `SWITCHBOARD_HTTP_TIMEOUT_MS` and
-/// `SWITCHBOARD_GATEWAY_REQUIRES` (comma-separated services; `switchboard
-/// up` sets it to the services it runs).
+/// `SWITCHBOARD_ROUTED_SERVICES` (comma-separated services; `switchboard
+/// up` sets it to the services it runs that have HTTP routes).
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     /// Where to listen.
@@ -68,12 +68,9 @@ impl Default for GatewayConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             request_timeout: DEFAULT_TIMEOUT,
             refresh_every: Duration::from_secs(2),
-            // The reference system `switchboard up` runs, but the gateway.
-            required_services: switchboard::system::SERVICES
-                .iter()
-                .filter(|s| **s != "gateway")
-                .map(|s| s.to_string())
-                .collect(),
+            // Run alone, the gateway waits for nobody: it routes what
+            // discovery finds. `switchboard up` names what it runs.
+            required_services: Vec::new(),
             join_wait: Duration::from_secs(20),
         }
     }
@@ -87,7 +84,7 @@ impl GatewayConfig {
     /// A message naming a variable that does not parse.
     pub fn from_env() -> Result<Self, String> {
         let mut config = GatewayConfig::default();
-        if let Ok(addr) = std::env::var(switchboard::system::HTTP_ADDR_ENV) {
+        if let Ok(addr) = std::env::var(switchboard::app::HTTP_ADDR_ENV) {
             config.addr = addr
                 .parse()
                 .map_err(|e| format!("SWITCHBOARD_HTTP_ADDR={addr:?}: {e}"))?;
@@ -98,7 +95,7 @@ impl GatewayConfig {
                 .map_err(|e| format!("SWITCHBOARD_HTTP_TIMEOUT_MS={ms:?}: {e}"))?;
             config.request_timeout = Duration::from_millis(ms);
         }
-        if let Ok(services) = std::env::var(switchboard::system::GATEWAY_REQUIRES_ENV) {
+        if let Ok(services) = std::env::var(switchboard::app::ROUTED_SERVICES_ENV) {
             config.required_services = services
                 .split(',')
                 .map(str::trim)

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::dashboard::Dashboard;
+use crate::nats_context::CONTEXT_NAME;
+use crate::system::{ServerChoice, System, UpConfig};
 use anyhow::Context;
-use switchboard::dashboard::Dashboard;
 use switchboard::discovery::ServiceSummary;
-use switchboard::nats_context::CONTEXT_NAME;
 use switchboard::shutdown;
-use switchboard::system::{ServerChoice, System, UpConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
@@ -97,13 +97,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         config.services = services;
     }
     config.service_env.push((
-        switchboard::system::HTTP_ADDR_ENV.to_owned(),
+        switchboard::app::HTTP_ADDR_ENV.to_owned(),
         args.http_addr.to_string(),
     ));
     // The gateway routes these before it joins discovery (so `ready` means
     // routed); it waits for no service that `up` does not run.
     config.service_env.push((
-        switchboard::system::GATEWAY_REQUIRES_ENV.to_owned(),
+        switchboard::app::ROUTED_SERVICES_ENV.to_owned(),
         config
             .services
             .iter()

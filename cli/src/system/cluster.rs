@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::server::{NatsServer, ServerError, ServerOptions};
+use switchboard::server::{NatsServer, ServerError, ServerOptions};
 
 /// The name of the embedded cluster (nats-server's `cluster.name`).
 pub const CLUSTER_NAME: &str = "switchboard";

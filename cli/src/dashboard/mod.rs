@@ -28,7 +28,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::telemetry::collector;
+use switchboard::telemetry::collector;
 
 /// The header a change must carry.
 pub const CHANGE_HEADER: &str = "x-switchboard-dashboard";

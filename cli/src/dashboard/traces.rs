@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::api::State;
-use crate::telemetry::collector;
+use switchboard::telemetry::collector;
 
 /// `POST /v1/traces`: an OTLP/HTTP export (protobuf).
 pub(super) async fn export(Extract(state): Extract<State>, body: Bytes) -> Response {

@@ -14,28 +14,25 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::connect::{ConnectConfig, ConnectError, NATS_PASSWORD_ENV, NATS_URL_ENV, NATS_USER_ENV};
 use crate::credentials::{Credentials, RandomSourceError};
-use crate::discovery::{self, DiscoveryError, ServiceSummary};
 use crate::nats_context::{self, CONTEXT_NAME, NatsContext};
-use crate::server::{NatsServer, ServerError, ServerOptions};
+use switchboard::connect::{
+    ConnectConfig, ConnectError, NATS_PASSWORD_ENV, NATS_URL_ENV, NATS_USER_ENV,
+};
+use switchboard::discovery::{self, DiscoveryError, ServiceSummary};
+use switchboard::server::{NatsServer, ServerError, ServerOptions};
 
 mod cluster;
 use crate::supervisor::{LineSink, ProcessSpec, RestartPolicy, Supervised};
-use crate::telemetry::LOG_ANSI_ENV;
 pub use cluster::CLUSTER_NAME;
+use switchboard::telemetry::LOG_ANSI_ENV;
 
 /// The reference system's services, in start order.
 pub const SERVICES: [&str; 5] = ["users", "inventory", "orders", "notifications", "gateway"];
-/// The gateway's listen address, set by `up` (`--http-addr`).
-pub const HTTP_ADDR_ENV: &str = "SWITCHBOARD_HTTP_ADDR";
-/// The services the gateway routes before it joins discovery, set by `up`
-/// to those it runs (comma-separated).
-pub const GATEWAY_REQUIRES_ENV: &str = "SWITCHBOARD_GATEWAY_REQUIRES";
 /// The operators' NATS user.
 pub const ADMIN_USER: &str = "admin";
 /// The configuration compiled in, used when no `nats.conf` is at hand.
-pub const BUILTIN_CONFIG: &str = include_str!("../nats.conf");
+pub const BUILTIN_CONFIG: &str = include_str!("../../nats.conf");
 
 /// Where the server comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -42,6 +42,7 @@ enum Command {
     Tail(tail::TailArgs),
 }
 
+/// Parses the command line, runs the command, prints a failure as one line.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // `up` is a log stream; the other commands print what was asked.

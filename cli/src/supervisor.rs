@@ -9,7 +9,7 @@
 //!
 //! The child's stdin is a pipe held by the supervisor: if the supervisor dies
 //! without cleaning up (even by SIGKILL), the child reads end-of-file and
-//! stops (see [`crate::shutdown::SUPERVISED_ENV`]).
+//! stops (see [`switchboard::shutdown::SUPERVISED_ENV`]).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -22,8 +22,8 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::process;
-use crate::shutdown::SUPERVISED_ENV;
+use switchboard::process;
+use switchboard::shutdown::SUPERVISED_ENV;
 
 /// Receives each output line of a supervised process: `(name, line)`.
 pub type LineSink = Arc<dyn Fn(&str, &str) + Send + Sync>;

@@ -1,9 +1,9 @@
 //! How the CLI's own commands connect: flags, then the environment, then
 //! the `switchboard` nats context that `switchboard up` wrote.
 
+use crate::nats_context::{self, CONTEXT_NAME, NatsContext};
 use anyhow::Context as _;
 use switchboard::connect::ConnectConfig;
-use switchboard::nats_context::{self, CONTEXT_NAME, NatsContext};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectionArgs {

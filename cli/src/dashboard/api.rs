@@ -15,9 +15,9 @@ use futures::TryStreamExt;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::events::{DeadLetter, DeadLetters, EventError};
-use crate::micro::{InfoResponse, StatsResponse};
-use crate::telemetry::collector::SpanStore;
+use switchboard::events::{DeadLetter, DeadLetters, EventError};
+use switchboard::micro::{InfoResponse, StatsResponse};
+use switchboard::telemetry::collector::SpanStore;
 
 /// How long discovery waits for answers (instances answer in
 /// milliseconds on a healthy system).
@@ -92,8 +92,8 @@ impl From<EventError> for ApiError {
     }
 }
 
-impl From<crate::discovery::DiscoveryError> for ApiError {
-    fn from(error: crate::discovery::DiscoveryError) -> Self {
+impl From<switchboard::discovery::DiscoveryError> for ApiError {
+    fn from(error: switchboard::discovery::DiscoveryError) -> Self {
         ApiError::Unavailable(error.to_string())
     }
 }
@@ -146,10 +146,10 @@ pub(super) async fn overview(Extract(state): Extract<State>) -> Result<Json<Over
     let js = state.js();
     bounded(async {
         let (info, stats, streams) = tokio::join!(
-            crate::discovery::info(&state.nats, None, DISCOVERY_WINDOW),
-            crate::discovery::stats(
+            switchboard::discovery::info(&state.nats, None, DISCOVERY_WINDOW),
+            switchboard::discovery::stats(
                 &state.nats,
-                crate::discovery::Target::all(),
+                switchboard::discovery::Target::all(),
                 DISCOVERY_WINDOW
             ),
             streams(&js),
@@ -210,9 +210,9 @@ pub(super) async fn events(
     Extract(state): Extract<State>,
     Query(filter): Query<Filter>,
 ) -> Response {
-    match crate::http::watch_events(&state.nats, filter.subject).await {
+    match switchboard::http::watch_events(&state.nats, filter.subject).await {
         Ok(feed) => feed,
-        Err(e @ crate::http::LiveError::BadFilter) => (
+        Err(e @ switchboard::http::LiveError::BadFilter) => (
             StatusCode::BAD_REQUEST,
             Json(json!({ "error": e.to_string() })),
         )

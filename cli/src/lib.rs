@@ -1,0 +1,21 @@
+//! The `switchboard` command and what it is made of: the tools around the
+//! kit, kept out of it so a service depends on none of this.
+//!
+//! | module | why it exists |
+//! |---|---|
+//! | `commands` | the command line: parsing, and one file per command |
+//! | [`system`] | the whole system `switchboard up` runs: server, credentials, services, readiness, ordered stop |
+//! | [`supervisor`] | keep service processes alive with backoff; stop them politely |
+//! | [`dashboard`] | the live page `up` serves on loopback: services, rates, events, dead letters |
+//! | [`credentials`] | per-run passwords handed to server and services |
+//! | [`nats_context`] | the `nats` CLI context for operators |
+#![warn(missing_docs)]
+
+mod commands;
+pub mod credentials;
+pub mod dashboard;
+pub mod nats_context;
+pub mod supervisor;
+pub mod system;
+
+pub use commands::main;
