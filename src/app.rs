@@ -8,13 +8,17 @@
 //! service, so it is here, once: a service's `main.rs` is
 //!
 //! ```ignore
-//! switchboard::service_main!("users", users::run);
+//! switchboard::service_main!(greeter::contract, greeter::run);
 //! ```
+//!
+//! The same binary answers `--contract` with its contract as JSON (how
+//! `switchboard up` learns what it serves and needs, wherever it was built).
 
 use std::fmt::Display;
 use std::future::Future;
 use std::process::ExitCode;
 
+use crate::contract::{CONTRACT_FLAG, Contract};
 use crate::shutdown::Shutdown;
 
 /// The address a service that serves HTTP listens on; `switchboard up`
@@ -24,6 +28,15 @@ pub const HTTP_ADDR_ENV: &str = "SWITCHBOARD_HTTP_ADDR";
 /// contracts (comma-separated): an HTTP front end routes them before it
 /// joins discovery, so `up`'s "ready" means "routed".
 pub const ROUTED_SERVICES_ENV: &str = "SWITCHBOARD_ROUTED_SERVICES";
+
+/// Whether the async-nats this kit was built against removes a draining
+/// subscription only when the server confirmed its UNSUB
+/// (`vendor/async-nats/PATCH.md`). Without it a service that shuts down
+/// can drop requests in flight to it; [`main`] says so at start. A crate
+/// outside this repository gets it with
+/// `[patch.crates-io] async-nats = { path = "<switchboard>/vendor/async-nats" }`
+/// (`switchboard new --standalone` writes it).
+pub const DRAIN_CONFIRMED: bool = !cfg!(switchboard_unconfirmed_drain);
 
 /// Start-up or run failure of a service process.
 #[derive(Debug, thiserror::Error)]
@@ -55,17 +68,43 @@ impl From<tokio::task::JoinError> for AppError {
     }
 }
 
-/// The body of a service binary's `main`: a multi-threaded runtime,
-/// telemetry, a connection named `name` from `NATS_URL`/`NATS_USER`/
-/// `NATS_PASSWORD`, `run` until SIGINT/SIGTERM (or the supervisor's end),
-/// then the connection drained. A failure is one line on stderr and exit
-/// code 1. Use it through [`service_main!`](crate::service_main).
-pub fn main<F, Fut, E>(name: &'static str, run: F) -> ExitCode
+/// The body of a service binary's `main`: `--contract` prints the
+/// service's contract and exits; otherwise a multi-threaded runtime,
+/// telemetry, a connection named after the service from `NATS_URL`/
+/// `NATS_USER`/`NATS_PASSWORD`, `run` until SIGINT/SIGTERM (or the
+/// supervisor's end), then the connection drained. A failure is one line on
+/// stderr and exit code 1. Use it through [`service_main!`](crate::service_main).
+pub fn main<F, Fut, E>(contract: fn() -> Contract, run: F) -> ExitCode
 where
     F: FnOnce(async_nats::Client, Shutdown) -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: Display,
 {
+    let contract = contract();
+    let name = contract.name.clone();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        None => {}
+        Some(CONTRACT_FLAG) if args.len() == 1 => {
+            println!("{}", contract.to_json());
+            return ExitCode::SUCCESS;
+        }
+        Some("-h" | "--help") => {
+            println!(
+                "{name} {}: {}\n\nRuns the service against NATS_URL as NATS_USER/NATS_PASSWORD \
+                 until SIGINT/SIGTERM.\n  {CONTRACT_FLAG}  print the service's contract (JSON) and exit",
+                contract.version, contract.description
+            );
+            return ExitCode::SUCCESS;
+        }
+        Some(_) => {
+            eprintln!(
+                "{name}: unexpected arguments {args:?}; it takes none (configuration is its \
+                 environment), or {CONTRACT_FLAG}"
+            );
+            return ExitCode::from(2);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -77,8 +116,16 @@ where
         }
     };
     runtime.block_on(async {
-        let telemetry = crate::telemetry::init(name);
-        let nats = match crate::connect::ConnectConfig::from_env(name)
+        let telemetry = crate::telemetry::init(&name);
+        if !DRAIN_CONFIRMED {
+            let warning = "built against an async-nats without Switchboard's confirmed-drain fix: \
+                           a shutdown can drop requests in flight to this instance. Add \
+                           `[patch.crates-io] async-nats = { path = \"<switchboard>/vendor/async-nats\" }` \
+                           to the workspace's Cargo.toml (vendor/async-nats/PATCH.md)";
+            tracing::warn!("{warning}");
+            eprintln!("{name}: WARNING: {warning}");
+        }
+        let nats = match crate::connect::ConnectConfig::from_env(name.clone())
             .connect()
             .await
         {
@@ -108,20 +155,20 @@ where
 }
 
 /// A service binary's whole `main.rs`: the kit's allocator and
-/// [`app::main`](crate::app::main) around the service's
+/// [`app::main`](crate::app::main) around the service's `contract()` and
 /// `run(nats, shutdown)`.
 ///
 /// ```ignore
-/// switchboard::service_main!("orders", orders::run);
+/// switchboard::service_main!(greeter::contract, greeter::run);
 /// ```
 #[macro_export]
 macro_rules! service_main {
-    ($name:expr, $run:path) => {
+    ($contract:path, $run:path) => {
         #[global_allocator]
         static ALLOCATOR: $crate::Allocator = $crate::Allocator;
 
         fn main() -> ::std::process::ExitCode {
-            $crate::app::main($name, $run)
+            $crate::app::main($contract, $run)
         }
     };
 }

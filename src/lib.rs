@@ -12,6 +12,7 @@
 //! |---|---|
 //! | [`server`] | find, start, probe and stop the embedded `nats-server` |
 //! | [`app`] | a service binary's `main` in one call; its one error type |
+//! | [`contract`] | a service's declaration of itself: endpoints, events, streams, buckets, consumers, calls; its permissions |
 //! | [`service`] | typed endpoints on the NATS Services API; concurrency, errors, drain |
 //! | [`client`] | typed calls: deadlines, retries with a budget, circuit breakers |
 //! | [`codec`] | the request/reply wire format: bytes, header names, content types (events: `events::envelope`) |
@@ -75,6 +76,7 @@ mod batch;
 pub mod client;
 pub mod codec;
 pub mod connect;
+pub mod contract;
 pub mod discovery;
 mod error;
 pub mod events;

@@ -24,7 +24,7 @@ use common::{Http, admin, start_system};
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// The service users whose connections must survive: every service `up` runs.
-use switchboard_cli::system::SERVICES;
+use common::SERVICES;
 
 /// How one case must be answered.
 #[derive(Debug, Clone, Copy, PartialEq)]

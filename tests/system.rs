@@ -319,8 +319,7 @@ async fn the_running_system_matches_the_declared_contract() -> TestResult {
     let dir = tempfile::tempdir()?;
     let _system = start(dir.path(), free_port()?, free_port()?);
     let client = admin(dir.path()).await?;
-    let declared = contracts::access::system();
-    let docs = contracts::document::endpoints();
+    let declared = common::reference_contracts().await?;
 
     // Endpoints, via discovery.
     let infos =
@@ -328,25 +327,30 @@ async fn the_running_system_matches_the_declared_contract() -> TestResult {
     for service in &declared {
         let info = infos
             .iter()
-            .find(|i| i.name == service.user)
-            .ok_or(format!("{} does not answer discovery", service.user))?;
+            .find(|i| i.name == service.name)
+            .ok_or(format!("{} does not answer discovery", service.name))?;
         let mut running: Vec<&str> = info.endpoints.iter().map(|e| e.subject.as_str()).collect();
-        let mut wanted: Vec<&str> = service.serves.clone();
+        let mut wanted: Vec<&str> = service
+            .endpoints
+            .iter()
+            .map(|e| e.subject.as_str())
+            .collect();
         running.sort_unstable();
         wanted.sort_unstable();
-        assert_eq!(running, wanted, "{}'s endpoints", service.user);
+        assert_eq!(running, wanted, "{}'s endpoints", service.name);
         for endpoint in &info.endpoints {
-            let doc = docs
+            let declared = service
+                .endpoints
                 .iter()
                 .find(|d| d.subject == endpoint.subject)
-                .ok_or(format!("{} is not in subjects.md", endpoint.subject))?;
+                .ok_or(format!("{} is not in its contract", endpoint.subject))?;
             let idempotent = endpoint
                 .metadata
                 .as_ref()
                 .and_then(|m| m.get("idempotent"))
                 .is_some_and(|v| v == "true");
             assert_eq!(
-                idempotent, doc.idempotent,
+                idempotent, declared.idempotent,
                 "idempotency of {}",
                 endpoint.subject
             );
@@ -361,8 +365,8 @@ async fn the_running_system_matches_the_declared_contract() -> TestResult {
         .flat_map(|s| {
             s.streams
                 .iter()
-                .cloned()
-                .chain(s.buckets.iter().map(|b| format!("KV_{b}")))
+                .map(|stream| stream.name.clone())
+                .chain(s.all_buckets().into_iter().map(|b| format!("KV_{b}")))
         })
         .collect();
     wanted.push("DLQ".into());

@@ -7,10 +7,10 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
+use common::SERVICES;
 use switchboard::process::exists;
 use switchboard::testing::{TestServer, TestServerConfig, free_port};
 use switchboard_cli::nats_context::NatsContext;
-use switchboard_cli::system::SERVICES;
 
 use common::{Signal, Switchboard, exe_name, running, test_passwords};
 
@@ -64,7 +64,7 @@ async fn up_reaches_ready_writes_a_working_context_and_ctrl_c_leaves_nothing() -
 
     // The ready table lists every service.
     let output = up.output();
-    for service in SERVICES {
+    for service in SERVICES.iter() {
         assert!(
             output
                 .lines()

@@ -9,12 +9,22 @@
 //! | [`dashboard`] | the live page `up` serves on loopback: services, rates, events, dead letters |
 //! | [`credentials`] | per-run passwords handed to server and services |
 //! | [`nats_context`] | the `nats` CLI context for operators |
+//! | [`manifest`] | `switchboard.toml`: the services `up` runs |
+//! | [`contracts`] | a service's contract, read from its binary (`--contract`) |
+//! | [`permissions`] | the server's users, derived from the contracts |
+//! | [`documents`] | `subjects.md` and the README's limits, derived from the contracts |
+//! | [`generated`] | the marker-delimited blocks those are written into |
 #![warn(missing_docs)]
 
 mod commands;
+pub mod contracts;
 pub mod credentials;
 pub mod dashboard;
+pub mod documents;
+pub mod generated;
+pub mod manifest;
 pub mod nats_context;
+pub mod permissions;
 pub mod supervisor;
 pub mod system;
 

@@ -1,8 +1,9 @@
 //! The whole system on one machine: what `switchboard up` runs.
 //!
-//! Order matters and is kept in both directions. Start: passwords, the
-//! embedded nats-server (unless `NATS_URL` names one), the `nats` CLI
-//! context, then each service as its own supervised process. Stop: services
+//! Order matters and is kept in both directions. Start: each service's
+//! contract (from its binary), passwords, the server's users derived from
+//! the contracts, the embedded nats-server (unless `NATS_URL` names one),
+//! the `nats` CLI context, then each service as its own supervised process. Stop: services
 //! in reverse order (each drains), then the server. A crashed service or
 //! server is restarted with backoff; the caller's shutdown future ends it.
 //!
@@ -14,11 +15,15 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::contracts::ContractError;
 use crate::credentials::{Credentials, RandomSourceError};
+use crate::manifest::Manifest;
 use crate::nats_context::{self, CONTEXT_NAME, NatsContext};
+use switchboard::app::ROUTED_SERVICES_ENV;
 use switchboard::connect::{
     ConnectConfig, ConnectError, NATS_PASSWORD_ENV, NATS_URL_ENV, NATS_USER_ENV,
 };
+use switchboard::contract::Contract;
 use switchboard::discovery::{self, DiscoveryError, ServiceSummary};
 use switchboard::server::{NatsServer, ServerError, ServerOptions};
 
@@ -27,8 +32,6 @@ use crate::supervisor::{LineSink, ProcessSpec, RestartPolicy, Supervised};
 pub use cluster::CLUSTER_NAME;
 use switchboard::telemetry::LOG_ANSI_ENV;
 
-/// The reference system's services, in start order.
-pub const SERVICES: [&str; 5] = ["users", "inventory", "orders", "notifications", "gateway"];
 /// The operators' NATS user.
 pub const ADMIN_USER: &str = "admin";
 /// The configuration compiled in, used when no `nats.conf` is at hand.
@@ -66,8 +69,11 @@ pub struct UpConfig {
     pub data_dir: PathBuf,
     /// Folder holding the service binaries; default: next to this executable.
     pub bin_dir: PathBuf,
-    /// Services to run, in start order.
+    /// Services to run, in start order: names of binaries in `bin_dir`, or
+    /// paths of binaries built elsewhere (see `switchboard.toml`).
     pub services: Vec<String>,
+    /// The folder relative service paths are read from.
+    pub services_base: PathBuf,
     /// Where to write the `nats` CLI context; `None` writes none.
     pub context_dir: Option<PathBuf>,
     /// Restart and stop behaviour of services.
@@ -92,7 +98,8 @@ impl Default for UpConfig {
             },
             data_dir: PathBuf::from("data"),
             bin_dir,
-            services: SERVICES.iter().map(|s| s.to_string()).collect(),
+            services: Manifest::discover().map(|m| m.services).unwrap_or_default(),
+            services_base: PathBuf::from("."),
             context_dir: nats_context::context_dir(),
             restart: RestartPolicy::default(),
             service_env: Vec::new(),
@@ -116,23 +123,32 @@ pub enum UpError {
     /// Discovery requests could not be sent.
     #[error(transparent)]
     Discovery(#[from] DiscoveryError),
-    /// A service binary is missing.
+    /// A service's contract could not be read from its binary (missing,
+    /// failing, not a service of the kit).
+    #[error(transparent)]
+    Contract(#[from] ContractError),
+    /// A configuration of the user's own (no generated block) has no user
+    /// for a service, so the service could not connect.
     #[error(
-        "service binary {} not found; build the services first (`cargo build --workspace`, \
-         or `make run`), or point --bin-dir at them",
-        path.display()
+        "{} has no user {service}, and no generated block to put it in: add the lines \
+         `{}` and `{}` inside its `authorization {{ users: [ … ] }}` and `up` fills them \
+         from the contracts (or add the user yourself: `switchboard permissions` prints it)",
+        config.display(), crate::permissions::BEGIN.trim(), crate::permissions::END.trim()
     )]
-    MissingServiceBinary {
-        /// Service name.
-        name: String,
-        /// Where it was expected.
-        path: PathBuf,
+    NoUser {
+        /// The service.
+        service: String,
+        /// The configuration file.
+        config: PathBuf,
     },
     /// Some services never answered `$SRV.PING`.
-    #[error("not ready after {timeout:?}: no answer from {}", missing.join(", "))]
+    #[error("not ready after {timeout:?}: no answer from {}{}", missing.join(", "), waiting_words(waiting))]
     NotReady {
-        /// Services without an instance.
+        /// Services without an instance, but those only waiting for them.
         missing: Vec<String>,
+        /// Services without an instance that wait for the missing ones
+        /// (a front end routes every service before it joins discovery).
+        waiting: Vec<String>,
         /// How long we waited.
         timeout: Duration,
     },
@@ -145,6 +161,14 @@ pub enum UpError {
         #[source]
         source: std::io::Error,
     },
+}
+
+fn waiting_words(waiting: &[String]) -> String {
+    if waiting.is_empty() {
+        String::new()
+    } else {
+        format!(" ({} waiting for them)", waiting.join(", "))
+    }
 }
 
 fn io_err(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> UpError {
@@ -162,7 +186,7 @@ pub struct System {
     admin: async_nats::Client,
     url: String,
     context_file: Option<PathBuf>,
-    expected: Vec<String>,
+    contracts: Vec<Contract>,
 }
 
 impl System {
@@ -174,29 +198,25 @@ impl System {
     /// A server that cannot start, a missing service binary, or a failing
     /// admin connection. Anything already started is stopped again.
     pub async fn start(config: UpConfig, sink: LineSink) -> Result<System, UpError> {
-        // Check binaries before starting anything: failing later would mean
+        // Every contract before starting anything: failing later would mean
         // a half-started system.
-        let mut specs = Vec::new();
-        for name in &config.services {
-            let path = config.bin_dir.join(name);
-            if !path.is_file() {
-                return Err(UpError::MissingServiceBinary {
-                    name: name.clone(),
-                    path,
-                });
-            }
-            specs.push((name.clone(), path));
-        }
+        let binaries: Vec<(String, PathBuf)> = config
+            .services
+            .iter()
+            .map(|entry| {
+                let name = crate::manifest::service_name(entry).to_owned();
+                let path = if entry.contains('/') {
+                    config.services_base.join(entry)
+                } else {
+                    config.bin_dir.join(entry)
+                };
+                (name, path)
+            })
+            .collect();
+        let contracts = crate::contracts::read_all(&binaries).await?;
+        let specs = binaries;
 
-        // Every user nats.conf names gets a password, also when only some
-        // services run here (the others may run elsewhere, or later).
-        let mut names: Vec<&str> = std::iter::once(ADMIN_USER).chain(SERVICES).collect();
-        for name in &config.services {
-            if !names.contains(&name.as_str()) {
-                names.push(name);
-            }
-        }
-        let users = names.iter().copied();
+        let users = std::iter::once(ADMIN_USER).chain(contracts.iter().map(|c| c.name.as_str()));
         let (servers, url, credentials) = match &config.server {
             ServerChoice::Embedded {
                 config_file,
@@ -206,7 +226,8 @@ impl System {
                 cluster_port,
             } => {
                 let credentials = Credentials::from_env_or_generate(users)?;
-                let config_file = resolve_config(config_file.as_deref(), &config.data_dir)?;
+                let config_file =
+                    effective_config(config_file.as_deref(), &config.data_dir, &contracts)?;
                 let servers = if *nodes > 1 {
                     let base = std::fs::read_to_string(&config_file)
                         .map_err(io_err(format!("cannot read {}", config_file.display())))?;
@@ -262,12 +283,21 @@ impl System {
         } else {
             "0"
         };
+        // A front end routes these before it joins discovery (so `ready`
+        // means routed); it waits for no service that `up` does not run.
+        let routed: Vec<&str> = contracts
+            .iter()
+            .filter(|c| c.endpoints.iter().any(|e| e.http.is_some()))
+            .map(|c| c.name.as_str())
+            .collect();
+        let routed = routed.join(",");
         let services = specs
             .into_iter()
             .map(|(name, program)| {
                 let mut env = vec![
                     (NATS_URL_ENV.to_owned(), url.clone()),
                     (LOG_ANSI_ENV.to_owned(), ansi.to_owned()),
+                    (ROUTED_SERVICES_ENV.to_owned(), routed.clone()),
                 ];
                 env.extend(config.service_env.iter().cloned());
                 // Every OTEL_* variable reaches the service (it inherits
@@ -293,7 +323,7 @@ impl System {
             admin,
             url,
             context_file,
-            expected: config.services,
+            contracts,
         })
     }
 
@@ -305,6 +335,11 @@ impl System {
     /// Client URL of the server in use.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The contracts of the services it runs, in start order.
+    pub fn contracts(&self) -> &[Contract] {
+        &self.contracts
     }
 
     /// The `nats` CLI context file written, if any.
@@ -338,8 +373,9 @@ impl System {
     pub async fn wait_ready(&self, timeout: Duration) -> Result<Vec<ServiceSummary>, UpError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let missing = |answers: &[discovery::InstanceInfo]| -> Vec<String> {
-            self.expected
+            self.contracts
                 .iter()
+                .map(|c| &c.name)
                 .filter(|name| !answers.iter().any(|a| &a.name == *name))
                 .cloned()
                 .collect()
@@ -357,11 +393,28 @@ impl System {
             if missing.is_empty() {
                 return Ok(summaries
                     .into_iter()
-                    .filter(|s| self.expected.contains(&s.name))
+                    .filter(|s| self.contracts.iter().any(|c| c.name == s.name))
                     .collect());
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(UpError::NotReady { missing, timeout });
+                // A front end that routes the others waits for them: the
+                // ones it waits for are the ones to blame.
+                let (waiting, missing): (Vec<String>, Vec<String>) =
+                    missing.into_iter().partition(|name| {
+                        self.contracts
+                            .iter()
+                            .any(|c| &c.name == name && c.calls_routed)
+                    });
+                let (missing, waiting) = if missing.is_empty() {
+                    (waiting, Vec::new())
+                } else {
+                    (missing, waiting)
+                };
+                return Err(UpError::NotReady {
+                    missing,
+                    waiting,
+                    timeout,
+                });
             }
         }
     }
@@ -427,21 +480,46 @@ impl System {
     }
 }
 
-/// `./nats.conf` when none is named and one exists, else the built-in copy
-/// written into the data folder (so `up` also works outside the repository).
-fn resolve_config(named: Option<&Path>, data_dir: &Path) -> Result<PathBuf, UpError> {
-    if let Some(path) = named {
-        return Ok(path.to_path_buf());
-    }
-    let local = PathBuf::from("nats.conf");
-    if local.is_file() {
-        return Ok(local);
-    }
+/// The server's configuration for this run: the named file, else
+/// `./nats.conf`, else the built-in copy — with its generated block of users
+/// derived from `contracts`, written into the data folder. A configuration
+/// without the block is used as it is, if it names every service's user.
+fn effective_config(
+    named: Option<&Path>,
+    data_dir: &Path,
+    contracts: &[Contract],
+) -> Result<PathBuf, UpError> {
+    let source = match named {
+        Some(path) => Some(path.to_path_buf()),
+        None => Some(PathBuf::from("nats.conf")).filter(|p| p.is_file()),
+    };
+    let text = match &source {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(io_err(format!("cannot read {}", path.display())))?,
+        None => BUILTIN_CONFIG.to_owned(),
+    };
+    let Some(derived) = crate::permissions::with_block(&text, contracts) else {
+        let path = source.unwrap_or_else(|| PathBuf::from("nats.conf"));
+        if let Some(service) = contracts
+            .iter()
+            .find(|c| !crate::permissions::names_user(&text, &c.name))
+        {
+            return Err(UpError::NoUser {
+                service: service.name.clone(),
+                config: path,
+            });
+        }
+        return Ok(path);
+    };
     std::fs::create_dir_all(data_dir)
         .map_err(io_err(format!("cannot create {}", data_dir.display())))?;
     let copy = data_dir.join("nats.conf");
-    std::fs::write(&copy, BUILTIN_CONFIG)
-        .map_err(io_err(format!("cannot write {}", copy.display())))?;
+    std::fs::write(&copy, derived).map_err(io_err(format!("cannot write {}", copy.display())))?;
+    tracing::info!(
+        config = %copy.display(),
+        services = contracts.len(),
+        "the server's users are derived from the services' contracts"
+    );
     Ok(copy)
 }
 

@@ -21,6 +21,12 @@ use crate::trace_context::TraceContext;
 /// Name of the dead-letter stream.
 pub const DLQ_STREAM: &str = "DLQ";
 
+/// The subject a consumer's dead letters are written to:
+/// `dlq.<stream>.<consumer>` (in the [`DLQ_STREAM`]).
+pub fn dead_letter_subject(stream: &str, consumer: &str) -> String {
+    format!("dlq.{stream}.{consumer}")
+}
+
 /// One dead letter.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeadLetter {
@@ -93,7 +99,7 @@ impl DeadLetters {
         trace: Option<TraceContext>,
     ) -> Result<(), EventError> {
         let mut headers = envelope::dead_letter_headers(original_headers, info);
-        let subject = format!("dlq.{}.{}", info.stream, info.consumer);
+        let subject = dead_letter_subject(&info.stream, &info.consumer);
         let event_id = envelope::header(Some(&headers), envelope::CE_ID).unwrap_or_default();
         let hop = producer_span("dead_letter", &subject, &event_id, &mut headers, trace);
         let written = async {

@@ -54,7 +54,7 @@ pub mod signal;
 mod stream;
 
 pub use consumer::{ConsumerSpec, HandlerError};
-pub use dead_letter::{DLQ_STREAM, DeadLetter, DeadLetters};
+pub use dead_letter::{DLQ_STREAM, DeadLetter, DeadLetters, dead_letter_subject};
 pub use error::EventError;
 pub use event::{Delivery, Event, ReceivedEvent};
 pub use group::Consumers;

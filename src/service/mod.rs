@@ -97,6 +97,27 @@ pub enum ServeError {
         /// Why.
         reason: String,
     },
+    /// An endpoint is bound that the service's contract does not declare.
+    #[error(
+        "service {service} binds endpoint {endpoint:?}, which its contract does not declare; \
+         add it to the contract (`.endpoint(&…)`) so its permissions and documents include it"
+    )]
+    UndeclaredEndpoint {
+        /// The service.
+        service: String,
+        /// The endpoint.
+        endpoint: String,
+    },
+    /// The contract declares an endpoint the service never bound.
+    #[error(
+        "service {service} declares endpoint {endpoint:?} in its contract but binds no handler to it"
+    )]
+    UnboundEndpoint {
+        /// The service.
+        service: String,
+        /// The endpoint.
+        endpoint: String,
+    },
     /// Two endpoints share a name.
     #[error("service {service} declares endpoint {endpoint:?} twice")]
     DuplicateEndpoint {
@@ -167,6 +188,7 @@ impl Service {
             metadata: Metadata::new(),
             endpoints: Vec::new(),
             events: Vec::new(),
+            declared_endpoints: None,
             streams: Vec::new(),
             drain_timeout: Duration::from_secs(10),
             client: None,
@@ -184,6 +206,8 @@ pub struct ServiceBuilder {
     metadata: Metadata,
     endpoints: Vec<Endpoint>,
     events: Vec<EventDeclaration>,
+    /// With a contract: the names of the endpoints it declares.
+    declared_endpoints: Option<Vec<String>>,
     streams: Vec<crate::events::StreamSpec>,
     drain_timeout: Duration,
     client: Option<Client>,
@@ -245,6 +269,18 @@ impl ServiceBuilder {
         self
     }
 
+    /// An event as a contract declares it.
+    pub(crate) fn declared_event(mut self, event: EventDeclaration) -> Self {
+        self.events.push(event);
+        self
+    }
+
+    /// The endpoints a contract declares: exactly these must be bound.
+    pub(crate) fn declared_endpoints(mut self, names: Vec<String>) -> Self {
+        self.declared_endpoints = Some(names);
+        self
+    }
+
     /// Declares a stream the service owns: ensured (created, or checked
     /// against the declaration) when it starts, before it takes requests,
     /// so its handlers can publish from the first request.
@@ -299,6 +335,20 @@ impl ServiceBuilder {
                 return Err(ServeError::DuplicateEndpoint {
                     service: self.name.clone(),
                     endpoint: endpoint.name.clone(),
+                });
+            }
+        }
+        if let Some(declared) = &self.declared_endpoints {
+            if let Some(undeclared) = seen.iter().find(|n| !declared.iter().any(|d| d == *n)) {
+                return Err(ServeError::UndeclaredEndpoint {
+                    service: self.name.clone(),
+                    endpoint: (*undeclared).to_owned(),
+                });
+            }
+            if let Some(unbound) = declared.iter().find(|d| !seen.contains(d.as_str())) {
+                return Err(ServeError::UnboundEndpoint {
+                    service: self.name.clone(),
+                    endpoint: unbound.clone(),
                 });
             }
         }

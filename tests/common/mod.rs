@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use switchboard::process::{exists, send};
 use switchboard_cli::credentials::password_env;
-use switchboard_cli::system::{ADMIN_USER, SERVICES};
+use switchboard_cli::system::ADMIN_USER;
 
 pub use nix::sys::signal::Signal;
 
@@ -26,6 +26,29 @@ pub fn workspace_bin(name: &str) -> std::path::PathBuf {
         .map(Path::to_path_buf)
         .unwrap_or_default();
     profile.join(name)
+}
+
+/// The reference system's services, in start order, as the repository's
+/// `switchboard.toml` lists them (what `switchboard up` runs by default).
+pub static SERVICES: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("switchboard.toml");
+    switchboard_cli::manifest::Manifest::read(&path)
+        .map(|m| m.services)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| &*Box::leak(s.into_boxed_str()))
+        .collect()
+});
+
+/// The reference system's contracts, read from its binaries as `up` reads
+/// them (`<binary> --contract`).
+pub async fn reference_contracts()
+-> Result<Vec<switchboard::contract::Contract>, Box<dyn std::error::Error>> {
+    let binaries: Vec<(String, std::path::PathBuf)> = SERVICES
+        .iter()
+        .map(|name| (name.to_string(), workspace_bin(name)))
+        .collect();
+    Ok(switchboard_cli::contracts::read_all(&binaries).await?)
 }
 
 type Output = Box<dyn std::io::Read + Send>;
@@ -262,7 +285,7 @@ pub fn running(pid: u32) -> bool {
 /// Fixed test passwords for every user, as `SB_<USER>_PASSWORD` pairs.
 pub fn test_passwords() -> Vec<(String, String)> {
     std::iter::once(ADMIN_USER)
-        .chain(SERVICES)
+        .chain(SERVICES.iter().copied())
         .map(|u| (password_env(u), format!("pw{u}{}", std::process::id())))
         .collect()
 }

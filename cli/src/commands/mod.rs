@@ -5,6 +5,7 @@ mod call;
 mod connection;
 mod discover;
 mod dlq;
+mod generate;
 mod tail;
 mod up;
 
@@ -40,6 +41,12 @@ enum Command {
     Dlq(dlq::DlqCommand),
     /// Print events live with their CloudEvents attributes.
     Tail(tail::TailArgs),
+    /// Rewrite the generated parts of nats.conf, subjects.md and README.md
+    /// from the services' contracts.
+    Generate(generate::GenerateArgs),
+    /// Print the nats-server users the services need, derived from their
+    /// contracts (for a server `up` does not start).
+    Permissions(generate::PermissionsArgs),
 }
 
 /// Parses the command line, runs the command, prints a failure as one line.
@@ -69,6 +76,8 @@ pub fn main() -> std::process::ExitCode {
             Command::Call(args) => call::run(&cli.connection, args).await,
             Command::Dlq(command) => dlq::run(&cli.connection, command).await,
             Command::Tail(args) => tail::run(&cli.connection, args).await,
+            Command::Generate(args) => generate::generate(args).await,
+            Command::Permissions(args) => generate::permissions(args).await,
         }
     });
     match result {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::dashboard::Dashboard;
+use crate::manifest::Manifest;
 use crate::nats_context::CONTEXT_NAME;
 use crate::system::{ServerChoice, System, UpConfig};
 use anyhow::Context;
@@ -32,9 +33,14 @@ pub struct UpArgs {
     /// Folder with the service binaries [default: next to this executable]
     #[arg(long, env = "SWITCHBOARD_BIN_DIR")]
     bin_dir: Option<PathBuf>,
-    /// Services to run [default: all]
+    /// Services to run, by name or binary path [default: those of
+    /// ./switchboard.toml, else the reference system]
     #[arg(long, value_delimiter = ',')]
     services: Option<Vec<String>>,
+    /// Also run this service binary, built anywhere (its own repository):
+    /// its permissions are derived from its contract (`<binary> --contract`).
+    #[arg(long = "with", value_name = "BINARY")]
+    with: Vec<PathBuf>,
     /// Seconds to wait for every service to answer $SRV.PING.
     #[arg(long, default_value_t = 30)]
     ready_timeout: u64,
@@ -93,24 +99,22 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.bin_dir {
         config.bin_dir = dir;
     }
-    if let Some(services) = args.services {
-        config.services = services;
+    match args.services {
+        Some(services) => config.services = services,
+        None => {
+            let manifest = Manifest::discover()?;
+            config.services = manifest.services;
+            config.services_base = manifest.base;
+        }
+    }
+    for binary in args.with {
+        // Absolute: `services_base` is the manifest's folder, not the shell's.
+        let binary = std::path::absolute(&binary).unwrap_or(binary);
+        config.services.push(binary.display().to_string());
     }
     config.service_env.push((
         switchboard::app::HTTP_ADDR_ENV.to_owned(),
         args.http_addr.to_string(),
-    ));
-    // The gateway routes these before it joins discovery (so `ready` means
-    // routed); it waits for no service that `up` does not run.
-    config.service_env.push((
-        switchboard::app::ROUTED_SERVICES_ENV.to_owned(),
-        config
-            .services
-            .iter()
-            .filter(|s| s.as_str() != "gateway")
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(","),
     ));
     if args.no_context {
         config.context_dir = None;
@@ -161,7 +165,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             config.service_env.push((name.to_owned(), value));
         }
     }
-    let width = config.services.iter().map(String::len).max().unwrap_or(0);
+    let width = config
+        .services
+        .iter()
+        .map(|s| crate::manifest::service_name(s).len())
+        .max()
+        .unwrap_or(0);
     let sink = Arc::new(move |name: &str, line: &str| {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{name:>width$} | {line}");

@@ -3,52 +3,34 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use switchboard::events::StreamSpec;
-use switchboard::service::{Service, ServiceBuilder};
 
 use crate::Item;
-use crate::endpoint::{EndpointContract, HttpRoute};
 use crate::limits::{ID_MAX, ID_PATTERN, ITEMS_MAX, QUANTITY_MAX};
+use switchboard::contract::EndpointContract;
 
 /// `inventory.restock`.
-pub const RESTOCK: EndpointContract = EndpointContract {
-    subject: "inventory.restock",
-    description: "Add stock of a sku",
-    idempotent: false,
-    http: Some(HttpRoute {
-        method: "POST",
-        path: "/inventory/{sku}/restock",
-        status: 200,
-    }),
-    errors: "400 breaks the limits",
-};
+pub const RESTOCK: EndpointContract<Restock, Stock> =
+    EndpointContract::new("inventory.restock", "Add stock of a sku")
+        .http("POST", "/inventory/{sku}/restock", 200)
+        .errors("400 breaks the limits");
 /// `inventory.stock`.
-pub const STOCK: EndpointContract = EndpointContract {
-    subject: "inventory.stock",
-    description: "Stock of a sku",
-    idempotent: true,
-    http: Some(HttpRoute {
-        method: "GET",
-        path: "/inventory/{sku}",
-        status: 200,
-    }),
-    errors: "400; 404 unknown sku",
-};
+pub const STOCK: EndpointContract<GetStock, Stock> =
+    EndpointContract::new("inventory.stock", "Stock of a sku")
+        .idempotent()
+        .http("GET", "/inventory/{sku}", 200)
+        .errors("400; 404 unknown sku");
 /// `inventory.reserve` (internal: orders calls it).
-pub const RESERVE: EndpointContract = EndpointContract {
-    subject: "inventory.reserve",
-    description: "Hold all items of an order, or none, until the order is confirmed",
-    idempotent: true,
-    http: None,
-    errors: "400; 409 an item is short (nothing reserved)",
-};
+pub const RESERVE: EndpointContract<Reserve, Reservation> = EndpointContract::new(
+    "inventory.reserve",
+    "Hold all items of an order, or none, until the order is confirmed",
+)
+.idempotent()
+.errors("400; 409 an item is short (nothing reserved)");
 /// `inventory.release` (internal: compensation).
-pub const RELEASE: EndpointContract = EndpointContract {
-    subject: "inventory.release",
-    description: "Give an order's reservation back",
-    idempotent: true,
-    http: None,
-    errors: "400; 404 no reservation",
-};
+pub const RELEASE: EndpointContract<Release, Reservation> =
+    EndpointContract::new("inventory.release", "Give an order's reservation back")
+        .idempotent()
+        .errors("400; 404 no reservation");
 /// The KV bucket of stock levels by sku, and of reservations by order id
 /// under `reservation.<order id>` (one bucket, so that stock and
 /// reservation change in one transaction).
@@ -63,16 +45,6 @@ pub const HOLD: std::time::Duration = std::time::Duration::from_secs(10);
 pub const RESERVED: &str = "events.inventory.reserved";
 /// Published when an order's reservation was released.
 pub const RELEASED: &str = "events.inventory.released";
-
-/// The inventory service as declared: name, description, stream and
-/// events (its endpoints are bound by the service).
-pub fn service(version: &str) -> ServiceBuilder {
-    Service::builder("inventory", version)
-        .description("Stock levels: restock, reserve and release items")
-        .stream(stream())
-        .publishes::<Reservation>(RESERVED, "An order's items were reserved")
-        .publishes::<Reservation>(RELEASED, "An order's reservation was released")
-}
 
 /// The stream of inventory events.
 pub fn stream() -> StreamSpec {

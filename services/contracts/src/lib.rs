@@ -1,14 +1,15 @@
-//! The reference system's contract as code: what each endpoint takes and
-//! returns, what each event carries, and which stream keeps it.
+//! The reference system's wire types: what each endpoint takes and
+//! returns, what each event carries, and which stream keeps it — shared by
+//! the services that serve and the services that call or consume them,
+//! like a package of `.proto` files (inventory and orders call each other,
+//! so the types cannot live in either crate).
 //!
 //! Callers and consumers use these types, so a field renamed in one service
 //! is a compile error in the others rather than a runtime surprise. The
 //! JSON field names are the public contract (`subjects.md`, the gateway).
+//! What each service serves, calls, publishes, consumes and owns — its
+//! `Contract` — is declared in the service's own crate.
 
-pub mod access;
-pub mod document;
-pub mod endpoint;
-pub mod generated;
 pub mod inventory;
 pub mod notifications;
 pub mod orders;
@@ -41,7 +42,6 @@ pub mod limits {
     pub const ITEMS_MAX: u32 = 100;
 }
 
-pub use endpoint::{EndpointContract, HttpRoute};
 use limits::{ID_MAX, ID_PATTERN, QUANTITY_MAX};
 
 /// One line of an order or a reservation.
@@ -64,21 +64,4 @@ pub fn canonical_items(items: &[Item]) -> Vec<Item> {
     let mut items = items.to_vec();
     items.sort_by(|a, b| (&a.sku, a.quantity).cmp(&(&b.sku, b.quantity)));
     items
-}
-
-/// Every endpoint of the reference system, in service order.
-pub fn endpoints() -> [EndpointContract; 11] {
-    [
-        users::CREATE,
-        users::GET,
-        inventory::RESTOCK,
-        inventory::STOCK,
-        inventory::RESERVE,
-        inventory::RELEASE,
-        orders::CREATE,
-        orders::GET,
-        orders::CANCEL,
-        orders::RESOLVE,
-        notifications::LIST,
-    ]
 }

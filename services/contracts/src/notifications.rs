@@ -2,32 +2,18 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use switchboard::service::{Service, ServiceBuilder};
 
-use crate::endpoint::{EndpointContract, HttpRoute};
 use crate::limits::{ID_MAX, ID_PATTERN};
+use switchboard::contract::EndpointContract;
 
 /// `notifications.list`.
-pub const LIST: EndpointContract = EndpointContract {
-    subject: "notifications.list",
-    description: "A user's notifications, oldest first",
-    idempotent: true,
-    http: Some(HttpRoute {
-        method: "GET",
-        path: "/users/{user_id}/notifications",
-        status: 200,
-    }),
-    errors: "400 breaks the limits",
-};
+pub const LIST: EndpointContract<ListNotifications, Notifications> =
+    EndpointContract::new("notifications.list", "A user's notifications, oldest first")
+        .idempotent()
+        .http("GET", "/users/{user_id}/notifications", 200)
+        .errors("400 breaks the limits");
 /// The KV bucket of notifications by user id.
 pub const BUCKET: &str = "notifications";
-
-/// The notifications service as declared (its endpoint is bound by the
-/// service; it owns no stream and publishes nothing).
-pub fn service(version: &str) -> ServiceBuilder {
-    Service::builder("notifications", version)
-        .description("Notifications recorded from user and order events")
-}
 
 /// `notifications.list` request.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

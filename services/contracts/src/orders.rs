@@ -3,73 +3,42 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use switchboard::events::StreamSpec;
-use switchboard::service::{Service, ServiceBuilder};
 
 use crate::Item;
-use crate::endpoint::{EndpointContract, HttpRoute};
 use crate::limits::{ID_MAX, ID_PATTERN, ITEMS_MAX};
+use switchboard::contract::EndpointContract;
 
 /// `orders.create`.
-pub const CREATE: EndpointContract = EndpointContract {
-    subject: "orders.create",
-    description: "Place an order",
-    idempotent: false,
-    http: Some(HttpRoute {
-        method: "POST",
-        path: "/orders",
-        status: 201,
-    }),
-    errors: "400; 404 unknown user; 409 short of stock; 503 a dependency is down",
-};
+pub const CREATE: EndpointContract<CreateOrder, Order> =
+    EndpointContract::new("orders.create", "Place an order")
+        .http("POST", "/orders", 201)
+        .errors("400; 404 unknown user; 409 short of stock; 503 a dependency is down");
 /// `orders.get`.
-pub const GET: EndpointContract = EndpointContract {
-    subject: "orders.get",
-    description: "Look up an order",
-    idempotent: true,
-    http: Some(HttpRoute {
-        method: "GET",
-        path: "/orders/{id}",
-        status: 200,
-    }),
-    errors: "400; 404 unknown id",
-};
+pub const GET: EndpointContract<OrderRef, Order> =
+    EndpointContract::new("orders.get", "Look up an order")
+        .idempotent()
+        .http("GET", "/orders/{id}", 200)
+        .errors("400; 404 unknown id");
 /// `orders.cancel`.
-pub const CANCEL: EndpointContract = EndpointContract {
-    subject: "orders.cancel",
-    description: "Cancel an order",
-    idempotent: true,
-    http: Some(HttpRoute {
-        method: "POST",
-        path: "/orders/{id}/cancel",
-        status: 200,
-    }),
-    errors: "400; 404 unknown id",
-};
+pub const CANCEL: EndpointContract<OrderRef, Order> =
+    EndpointContract::new("orders.cancel", "Cancel an order")
+        .idempotent()
+        .http("POST", "/orders/{id}/cancel", 200)
+        .errors("400; 404 unknown id");
 /// `orders.resolve` (internal: inventory asks it when a stock hold
 /// expires before the order confirmed it).
-pub const RESOLVE: EndpointContract = EndpointContract {
-    subject: "orders.resolve",
-    description: "Decide an order whose stock hold expired: its status if it was placed, else rejected for good",
-    idempotent: true,
-    http: None,
-    errors: "400",
-};
+pub const RESOLVE: EndpointContract<OrderRef, Resolution> = EndpointContract::new(
+    "orders.resolve",
+    "Decide an order whose stock hold expired: its status if it was placed, else rejected for good",
+)
+.idempotent()
+.errors("400");
 /// The KV bucket of orders by id.
 pub const BUCKET: &str = "orders";
 /// Published when an order was confirmed.
 pub const CREATED: &str = "events.orders.created";
 /// Published when an order was cancelled.
 pub const CANCELLED: &str = "events.orders.cancelled";
-
-/// The orders service as declared: name, description, stream and events
-/// (its endpoints are bound by the service).
-pub fn service(version: &str) -> ServiceBuilder {
-    Service::builder("orders", version)
-        .description("Orders: create, look up and cancel orders")
-        .stream(stream())
-        .publishes::<Order>(CREATED, "An order was confirmed")
-        .publishes::<Order>(CANCELLED, "An order was cancelled")
-}
 
 /// `orders.resolve` reply: where the order stands for good.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -3,48 +3,25 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use switchboard::events::StreamSpec;
-use switchboard::service::{Service, ServiceBuilder};
 
-use crate::endpoint::{EndpointContract, HttpRoute};
 use crate::limits::{EMAIL_MAX, EMAIL_PATTERN, ID_MAX, ID_PATTERN, NAME_MAX, NAME_PATTERN};
+use switchboard::contract::EndpointContract;
 
 /// `users.create`.
-pub const CREATE: EndpointContract = EndpointContract {
-    subject: "users.create",
-    description: "Create a user (unique e-mail)",
-    idempotent: false,
-    http: Some(HttpRoute {
-        method: "POST",
-        path: "/users",
-        status: 201,
-    }),
-    errors: "400 breaks the limits; 409 e-mail already used",
-};
+pub const CREATE: EndpointContract<CreateUser, User> =
+    EndpointContract::new("users.create", "Create a user (unique e-mail)")
+        .http("POST", "/users", 201)
+        .errors("400 breaks the limits; 409 e-mail already used");
 /// `users.get`.
-pub const GET: EndpointContract = EndpointContract {
-    subject: "users.get",
-    description: "Look up a user by id",
-    idempotent: true,
-    http: Some(HttpRoute {
-        method: "GET",
-        path: "/users/{id}",
-        status: 200,
-    }),
-    errors: "400; 404 unknown id",
-};
+pub const GET: EndpointContract<GetUser, User> =
+    EndpointContract::new("users.get", "Look up a user by id")
+        .idempotent()
+        .http("GET", "/users/{id}", 200)
+        .errors("400; 404 unknown id");
 /// The KV bucket of users by id.
 pub const BUCKET: &str = "users";
 /// Published when a user was created.
 pub const CREATED: &str = "events.users.created";
-
-/// The users service as declared: name, description, stream and events
-/// (its endpoints are bound by the service: [`CREATE`], [`GET`]).
-pub fn service(version: &str) -> ServiceBuilder {
-    Service::builder("users", version)
-        .description("User accounts: create and look up users")
-        .stream(stream())
-        .publishes::<UserCreated>(CREATED, "A user was created")
-}
 
 /// The stream of user events.
 pub fn stream() -> StreamSpec {

@@ -33,7 +33,6 @@ use serde_json::json;
 use switchboard::app::AppError;
 use switchboard::client::Client;
 use switchboard::discovery::{self, Target};
-use switchboard::service::Service;
 
 pub use proxy::DEFAULT_TIMEOUT;
 pub use routes::{Route, RouteTable};
@@ -105,6 +104,17 @@ impl GatewayConfig {
         }
         Ok(config)
     }
+}
+
+/// What the gateway is and needs: it serves no endpoint of its own (its
+/// routes are HTTP), calls every endpoint that has an HTTP route, asks
+/// discovery and watches events (`/events`).
+pub fn contract() -> switchboard::contract::Contract {
+    switchboard::contract::Contract::new("gateway", env!("CARGO_PKG_VERSION"))
+        .description("HTTP gateway: REST in front of the NATS services")
+        .calls_routed_endpoints()
+        .discovers()
+        .watches_events()
 }
 
 /// The gateway's shared state; cheap to clone (axum clones it for every
@@ -410,8 +420,8 @@ pub async fn run(
         }
     });
     wait_for_routes(&gateway, join_wait).await;
-    let service = Service::builder("gateway", env!("CARGO_PKG_VERSION"))
-        .description("HTTP gateway: REST in front of the NATS services")
+    let service = contract()
+        .service()
         .metadata("http_addr", addr.to_string())
         .start(nats)
         .await

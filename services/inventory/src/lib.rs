@@ -32,7 +32,8 @@ use serde::{Deserialize, Serialize};
 use switchboard::ServiceError;
 use switchboard::app::AppError;
 use switchboard::client::Client;
-use switchboard::events::{Consumers, Event, HandlerError, Publisher, ReceivedEvent};
+use switchboard::contract::Contract;
+use switchboard::events::{ConsumerSpec, Consumers, Event, HandlerError, Publisher, ReceivedEvent};
 use switchboard::service::Context;
 use switchboard::shutdown::Shutdown;
 use switchboard::state::{
@@ -76,6 +77,40 @@ impl Inventory {
     }
 }
 
+/// How long processed order events are remembered (idempotency).
+const REMEMBER: Duration = Duration::from_secs(24 * 3600);
+
+/// The consumer that makes a hold permanent when its order is confirmed.
+fn created_consumer() -> ConsumerSpec {
+    ConsumerSpec::new(orders::stream().name, "inventory-orders-created")
+        .filter([orders::CREATED])
+        .idempotent(REMEMBER)
+}
+
+/// The consumer that releases a cancelled order's stock.
+fn cancelled_consumer() -> ConsumerSpec {
+    ConsumerSpec::new(orders::stream().name, "inventory-orders-cancelled")
+        .filter([orders::CANCELLED])
+        .idempotent(REMEMBER)
+}
+
+/// What the inventory service is and needs: its one declaration.
+pub fn contract() -> Contract {
+    Contract::new("inventory", env!("CARGO_PKG_VERSION"))
+        .description("Stock levels: restock, reserve and release items")
+        .endpoint(&inventory::RESTOCK)
+        .endpoint(&inventory::STOCK)
+        .endpoint(&inventory::RESERVE)
+        .endpoint(&inventory::RELEASE)
+        .stream(inventory::stream())
+        .publishes::<Reservation>(inventory::RESERVED, "An order's items were reserved")
+        .publishes::<Reservation>(inventory::RELEASED, "An order's reservation was released")
+        .bucket(inventory::BUCKET)
+        .consumer(&created_consumer())
+        .consumer(&cancelled_consumer())
+        .calls(orders::RESOLVE.subject)
+}
+
 /// Serves and consumes until `shutdown`, then drains; holds last
 /// [`inventory::HOLD`] (or `INVENTORY_HOLD_MS`).
 ///
@@ -103,13 +138,9 @@ pub async fn run_with_hold(
     let state = Arc::new(Inventory::open(&nats, hold).await?);
     let mut consumers = Consumers::new(state.events.jetstream().clone());
     consumers.relay(&state.stock);
-    let idempotent = |durable| {
-        contracts::access::declared_consumer(durable)
-            .map(|spec| spec.idempotent(Duration::from_secs(24 * 3600)))
-    };
     let on_created = state.clone();
     consumers.spawn(
-        idempotent("inventory-orders-created")?,
+        created_consumer(),
         move |event: ReceivedEvent<OrderChanged>| {
             let state = on_created.clone();
             async move { handled(confirm(&state, &event.data.id).await) }
@@ -117,7 +148,7 @@ pub async fn run_with_hold(
     );
     let on_cancel = state.clone();
     consumers.spawn(
-        idempotent("inventory-orders-cancelled")?,
+        cancelled_consumer(),
         move |event: ReceivedEvent<OrderChanged>| {
             let state = on_cancel.clone();
             async move { handled(release_order(&state, &event.data.id, event.trace).await) }
@@ -128,7 +159,8 @@ pub async fn run_with_hold(
         let state = on_expired.clone();
         async move { expire(&state, hold).await }
     });
-    inventory::service(env!("CARGO_PKG_VERSION"))
+    contract()
+        .service()
         .endpoint(inventory::RESTOCK.bind(state.clone(), restock))
         .endpoint(inventory::STOCK.bind(state.clone(), stock))
         .endpoint(inventory::RESERVE.bind(state.clone(), reserve))

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use contracts::notifications::{self, ListNotifications, Notification, Notifications};
-use contracts::orders::{OrderChanged, OrderStatus};
-use contracts::users::UserCreated;
+use contracts::orders::{self, OrderChanged, OrderStatus};
+use contracts::users::{self, UserCreated};
 use switchboard::ServiceError;
 use switchboard::app::AppError;
-use switchboard::events::{Consumers, HandlerError, ReceivedEvent};
+use switchboard::contract::Contract;
+use switchboard::events::{ConsumerSpec, Consumers, HandlerError, ReceivedEvent};
 use switchboard::service::Context;
 use switchboard::shutdown::Shutdown;
 use switchboard::state::StateStore;
@@ -20,6 +21,32 @@ type Store = StateStore<Vec<Notification>>;
 
 /// How long processed event ids are remembered.
 const REMEMBER: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The consumer of new users (a welcome per user).
+fn users_consumer() -> ConsumerSpec {
+    ConsumerSpec::new(users::stream().name, "notifications-users")
+        .filter([users::CREATED])
+        .idempotent(REMEMBER)
+}
+
+/// The consumer of order events; an order's "confirmed" must not be
+/// listed after its "cancelled".
+fn orders_consumer() -> ConsumerSpec {
+    ConsumerSpec::new(orders::stream().name, "notifications-orders")
+        .filter([orders::CREATED, orders::CANCELLED])
+        .ordered_by_subject()
+        .idempotent(REMEMBER)
+}
+
+/// What the notifications service is and needs: its one declaration.
+pub fn contract() -> Contract {
+    Contract::new("notifications", env!("CARGO_PKG_VERSION"))
+        .description("Notifications recorded from user and order events")
+        .endpoint(&notifications::LIST)
+        .bucket(notifications::BUCKET)
+        .consumer(&users_consumer())
+        .consumer(&orders_consumer())
+}
 
 /// Consumes and serves until `shutdown`, then drains.
 ///
@@ -39,7 +66,7 @@ pub async fn run(nats: async_nats::Client, shutdown: Shutdown) -> Result<(), App
     let mut consumers = Consumers::new(js);
     let on_users = store.clone();
     consumers.spawn(
-        contracts::access::declared_consumer("notifications-users")?.idempotent(REMEMBER),
+        users_consumer(),
         move |event: ReceivedEvent<UserCreated>| {
             let store = on_users.clone();
             async move {
@@ -50,10 +77,7 @@ pub async fn run(nats: async_nats::Client, shutdown: Shutdown) -> Result<(), App
     );
     let on_orders = store.clone();
     consumers.spawn(
-        contracts::access::declared_consumer("notifications-orders")?
-            // An order's "confirmed" must not be listed after its "cancelled".
-            .ordered_by_subject()
-            .idempotent(REMEMBER),
+        orders_consumer(),
         move |event: ReceivedEvent<OrderChanged>| {
             let store = on_orders.clone();
             async move {
@@ -78,7 +102,8 @@ pub async fn run(nats: async_nats::Client, shutdown: Shutdown) -> Result<(), App
             }
         },
     );
-    notifications::service(env!("CARGO_PKG_VERSION"))
+    contract()
+        .service()
         .endpoint(notifications::LIST.bind(store, list))
         .serve(nats, shutdown)
         .await?;

@@ -1,4 +1,4 @@
 //! The `notifications` binary: `NATS_URL`, `NATS_USER`, `NATS_PASSWORD`; stops on
 //! SIGINT/SIGTERM (or when `switchboard up` goes away), draining first.
 
-switchboard::service_main!("notifications", notifications::run);
+switchboard::service_main!(notifications::contract, notifications::run);

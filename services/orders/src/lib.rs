@@ -22,6 +22,7 @@ use contracts::users::{self, GetUser, User};
 use switchboard::ServiceError;
 use switchboard::app::AppError;
 use switchboard::client::CallError;
+use switchboard::contract::Contract;
 use switchboard::events::{Consumers, Event, Publisher};
 use switchboard::service::Context;
 use switchboard::shutdown::Shutdown;
@@ -30,6 +31,22 @@ use switchboard::state::{StateError, StateStore, Transaction, Transition};
 struct Orders {
     by_id: StateStore<Order>,
     events: Publisher,
+}
+
+/// What the orders service is and needs: its one declaration.
+pub fn contract() -> Contract {
+    Contract::new("orders", env!("CARGO_PKG_VERSION"))
+        .description("Orders: create, look up and cancel orders")
+        .endpoint(&orders::CREATE)
+        .endpoint(&orders::GET)
+        .endpoint(&orders::CANCEL)
+        .endpoint(&orders::RESOLVE)
+        .stream(orders::stream())
+        .publishes::<Order>(orders::CREATED, "An order was confirmed")
+        .publishes::<Order>(orders::CANCELLED, "An order was cancelled")
+        .bucket(orders::BUCKET)
+        .calls(users::GET.subject)
+        .calls(inventory::RESERVE.subject)
 }
 
 /// Serves until `shutdown`, then drains.
@@ -45,7 +62,8 @@ pub async fn run(nats: async_nats::Client, shutdown: Shutdown) -> Result<(), App
     });
     let mut relay = Consumers::new(js);
     relay.relay(&state.by_id);
-    orders::service(env!("CARGO_PKG_VERSION"))
+    contract()
+        .service()
         .endpoint(orders::CREATE.bind(state.clone(), create))
         .endpoint(orders::GET.bind(state.clone(), get))
         .endpoint(orders::CANCEL.bind(state.clone(), cancel))

@@ -10,6 +10,7 @@ use async_nats::jetstream;
 use contracts::users::{self, CreateUser, GetUser, User, UserCreated};
 use switchboard::ServiceError;
 use switchboard::app::AppError;
+use switchboard::contract::Contract;
 use switchboard::events::{Event, Publisher};
 use switchboard::service::Context;
 use switchboard::shutdown::Shutdown;
@@ -22,6 +23,17 @@ struct Users {
     events: Publisher,
     by_id: StateStore<User>,
     emails: StateStore<String>,
+}
+
+/// What the users service is and needs: its one declaration.
+pub fn contract() -> Contract {
+    Contract::new("users", env!("CARGO_PKG_VERSION"))
+        .description("User accounts: create and look up users")
+        .endpoint(&users::CREATE)
+        .endpoint(&users::GET)
+        .stream(users::stream())
+        .publishes::<UserCreated>(users::CREATED, "A user was created")
+        .bucket(users::BUCKET)
 }
 
 /// Serves until `shutdown`, then drains.
@@ -39,7 +51,8 @@ pub async fn run(nats: async_nats::Client, shutdown: Shutdown) -> Result<(), App
     });
     let mut relay = switchboard::events::Consumers::new(js);
     relay.relay(&state.by_id);
-    users::service(env!("CARGO_PKG_VERSION"))
+    contract()
+        .service()
         .endpoint(users::CREATE.bind(state.clone(), create))
         .endpoint(users::GET.bind(state, get))
         .serve(nats, shutdown)

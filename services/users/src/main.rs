@@ -1,4 +1,4 @@
 //! The `users` binary: `NATS_URL`, `NATS_USER`, `NATS_PASSWORD`; stops on
 //! SIGINT/SIGTERM (or when `switchboard up` goes away), draining first.
 
-switchboard::service_main!("users", users::run);
+switchboard::service_main!(users::contract, users::run);
