@@ -13,6 +13,7 @@
 //! | [`contracts`] | a service's contract, read from its binary (`--contract`) |
 //! | [`permissions`] | the server's users, derived from the contracts |
 //! | [`documents`] | `subjects.md` and the README's limits, derived from the contracts |
+//! | [`scaffold`] | `switchboard new`: a service that builds, tests and runs under `up` at once |
 //! | [`generated`] | the marker-delimited blocks those are written into |
 #![warn(missing_docs)]
 
@@ -25,6 +26,7 @@ pub mod generated;
 pub mod manifest;
 pub mod nats_context;
 pub mod permissions;
+pub mod scaffold;
 pub mod supervisor;
 pub mod system;
 

@@ -72,6 +72,10 @@ pub struct UpConfig {
     /// Services to run, in start order: names of binaries in `bin_dir`, or
     /// paths of binaries built elsewhere (see `switchboard.toml`).
     pub services: Vec<String>,
+    /// Services of the system that `up` does not start but whose users the
+    /// embedded server should know (they run elsewhere, or later): the rest
+    /// of `switchboard.toml`. A binary that is not built is left out.
+    pub also_declared: Vec<String>,
     /// The folder relative service paths are read from.
     pub services_base: PathBuf,
     /// Where to write the `nats` CLI context; `None` writes none.
@@ -99,6 +103,7 @@ impl Default for UpConfig {
             data_dir: PathBuf::from("data"),
             bin_dir,
             services: Manifest::discover().map(|m| m.services).unwrap_or_default(),
+            also_declared: Vec::new(),
             services_base: PathBuf::from("."),
             context_dir: nats_context::context_dir(),
             restart: RestartPolicy::default(),
@@ -186,6 +191,7 @@ pub struct System {
     admin: async_nats::Client,
     url: String,
     context_file: Option<PathBuf>,
+    /// The contracts of the services it starts, in start order.
     contracts: Vec<Contract>,
 }
 
@@ -200,23 +206,34 @@ impl System {
     pub async fn start(config: UpConfig, sink: LineSink) -> Result<System, UpError> {
         // Every contract before starting anything: failing later would mean
         // a half-started system.
-        let binaries: Vec<(String, PathBuf)> = config
-            .services
-            .iter()
-            .map(|entry| {
-                let name = crate::manifest::service_name(entry).to_owned();
-                let path = if entry.contains('/') {
-                    config.services_base.join(entry)
-                } else {
-                    config.bin_dir.join(entry)
-                };
-                (name, path)
-            })
-            .collect();
-        let contracts = crate::contracts::read_all(&binaries).await?;
-        let specs = binaries;
+        let binary = |entry: &String| {
+            let name = crate::manifest::service_name(entry).to_owned();
+            let path = if entry.contains('/') {
+                config.services_base.join(entry)
+            } else {
+                config.bin_dir.join(entry)
+            };
+            (name, path)
+        };
+        let specs: Vec<(String, PathBuf)> = config.services.iter().map(binary).collect();
+        let contracts = crate::contracts::read_all(&specs).await?;
+        // The users of the whole system: those started, and the others
+        // declared that are built (a service not built cannot connect).
+        let mut system = contracts.clone();
+        for (name, path) in config.also_declared.iter().map(binary) {
+            if system.iter().any(|c| c.name == name) {
+                continue;
+            }
+            match crate::contracts::read(&name, &path).await {
+                Ok(contract) => system.push(contract),
+                Err(ContractError::Missing { .. }) => {
+                    tracing::info!(service = %name, "not built; the server gets no user for it")
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
 
-        let users = std::iter::once(ADMIN_USER).chain(contracts.iter().map(|c| c.name.as_str()));
+        let users = std::iter::once(ADMIN_USER).chain(system.iter().map(|c| c.name.as_str()));
         let (servers, url, credentials) = match &config.server {
             ServerChoice::Embedded {
                 config_file,
@@ -227,7 +244,7 @@ impl System {
             } => {
                 let credentials = Credentials::from_env_or_generate(users)?;
                 let config_file =
-                    effective_config(config_file.as_deref(), &config.data_dir, &contracts)?;
+                    effective_config(config_file.as_deref(), &config.data_dir, &system)?;
                 let servers = if *nodes > 1 {
                     let base = std::fs::read_to_string(&config_file)
                         .map_err(io_err(format!("cannot read {}", config_file.display())))?;

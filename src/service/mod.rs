@@ -163,6 +163,15 @@ pub enum ServeError {
         /// The server's refusal.
         refusal: crate::refusals::Refusal,
     },
+    /// A consumer, outbox relay or deadline watch the service owned
+    /// stopped with an error.
+    #[error("service {service}: {message}")]
+    Background {
+        /// The service.
+        service: String,
+        /// What failed.
+        message: String,
+    },
     /// The subscriptions could not be confirmed with the server.
     #[error("service {service} cannot flush its subscriptions: {source}")]
     Flush {
@@ -190,6 +199,7 @@ impl Service {
             events: Vec::new(),
             declared_endpoints: None,
             streams: Vec::new(),
+            background: Background::default(),
             drain_timeout: Duration::from_secs(10),
             client: None,
         }
@@ -209,8 +219,29 @@ pub struct ServiceBuilder {
     /// With a contract: the names of the endpoints it declares.
     declared_endpoints: Option<Vec<String>>,
     streams: Vec<crate::events::StreamSpec>,
+    background: Background,
     drain_timeout: Duration,
     client: Option<Client>,
+}
+
+/// The consumers, outbox relays and deadline watches a service runs beside
+/// its endpoints: started with it, once its streams exist, and stopped
+/// after its last request was answered (a request may still commit to an
+/// outbox its relay must publish).
+#[derive(Default)]
+struct Background {
+    starts: Vec<StartTask>,
+}
+
+/// Starts one background task on the service's consumer group.
+type StartTask = Box<dyn FnOnce(&mut crate::events::Consumers) + Send>;
+
+impl std::fmt::Debug for Background {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Background")
+            .field("tasks", &self.starts.len())
+            .finish()
+    }
 }
 
 /// Service metadata key listing the events a service publishes: a JSON
@@ -286,6 +317,48 @@ impl ServiceBuilder {
     /// so its handlers can publish from the first request.
     pub fn stream(mut self, spec: crate::events::StreamSpec) -> Self {
         self.streams.push(spec);
+        self
+    }
+
+    /// Runs a durable consumer of `spec` with `handler` while the service
+    /// runs (see [`Consumers::spawn`](crate::events::Consumers::spawn)).
+    pub fn consumer<T, F, Fut>(mut self, spec: crate::events::ConsumerSpec, handler: F) -> Self
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+        F: Fn(crate::events::ReceivedEvent<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), crate::events::HandlerError>> + Send + 'static,
+    {
+        self.background
+            .starts
+            .push(Box::new(move |consumers| consumers.spawn(spec, handler)));
+        self
+    }
+
+    /// Publishes what transactions on `store`'s bucket commit to its outbox
+    /// while the service runs (see [`Consumers::relay`](crate::events::Consumers::relay)).
+    pub fn relay<S>(mut self, store: &crate::state::StateStore<S>) -> Self
+    where
+        S: Send + Sync + 'static,
+    {
+        let store = store.clone();
+        self.background
+            .starts
+            .push(Box::new(move |consumers| consumers.relay(&store)));
+        self
+    }
+
+    /// Settles the records of `store` (a view) whose deadline passed, with
+    /// `on_expired`, while the service runs (see
+    /// [`Consumers::deadlines`](crate::events::Consumers::deadlines)).
+    pub fn deadlines<T, F, Fut>(mut self, store: crate::state::StateStore<T>, on_expired: F) -> Self
+    where
+        T: crate::state::Deadline + serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
+        F: Fn(T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), crate::ServiceError>> + Send + 'static,
+    {
+        self.background.starts.push(Box::new(move |consumers| {
+            consumers.deadlines(store, on_expired)
+        }));
         self
     }
 
@@ -408,6 +481,17 @@ impl ServiceBuilder {
                 .unwrap_or_default(),
         });
 
+        // Consumers, relays and watches: the streams they read exist now.
+        let background = if self.background.starts.is_empty() {
+            None
+        } else {
+            let mut consumers =
+                crate::events::Consumers::new(async_nats::jetstream::new(nats.clone()));
+            for start in self.background.starts {
+                start(&mut consumers);
+            }
+            Some(consumers)
+        };
         // Made before subscribing: a refused subscription is reported after.
         let mut refusals = crate::refusals::watch();
         let stop_endpoints = CancellationToken::new();
@@ -489,6 +573,7 @@ impl ServiceBuilder {
             stop_endpoints,
             stop_discovery,
             drain_timeout: self.drain_timeout,
+            background,
         })
     }
 
@@ -504,7 +589,7 @@ impl ServiceBuilder {
     ) -> Result<DrainReport, ServeError> {
         let running = self.start(nats).await?;
         shutdown.await;
-        Ok(running.drain().await)
+        running.shutdown().await
     }
 }
 
@@ -532,6 +617,7 @@ pub struct RunningService {
     stop_endpoints: CancellationToken,
     stop_discovery: CancellationToken,
     drain_timeout: Duration,
+    background: Option<crate::events::Consumers>,
 }
 
 impl RunningService {
@@ -550,8 +636,31 @@ impl RunningService {
         &self.client
     }
 
+    /// [`RunningService::drain`], then stops the service's consumers,
+    /// relays and watches (each finishes what it holds).
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError::Background`] when one of them had failed.
+    pub async fn shutdown(mut self) -> Result<DrainReport, ServeError> {
+        let background = self.background.take();
+        let name = self.identity.name.clone();
+        let report = self.drain().await;
+        if let Some(background) = background {
+            background
+                .stop()
+                .await
+                .map_err(|error| ServeError::Background {
+                    service: name,
+                    message: error.to_string(),
+                })?;
+        }
+        Ok(report)
+    }
+
     /// Stops taking requests, answers those accepted (up to the drain
-    /// timeout), then leaves discovery.
+    /// timeout), then leaves discovery. Consumers the service owns go on
+    /// until [`RunningService::shutdown`] (or the instance is dropped).
     pub async fn drain(mut self) -> DrainReport {
         self.stop_endpoints.cancel();
         for endpoint_loop in self.loops.drain(..) {

@@ -67,6 +67,16 @@ pub struct Switchboard {
 impl Switchboard {
     /// Starts `switchboard <args>` in the project root with extra environment.
     pub fn spawn(args: &[impl AsRef<std::ffi::OsStr>], env: &[(String, String)]) -> Switchboard {
+        Switchboard::spawn_in(Path::new(env!("CARGO_MANIFEST_DIR")), args, env)
+    }
+
+    /// [`Switchboard::spawn`] in the folder `dir` (its `switchboard.toml`
+    /// and `nats.conf`).
+    pub fn spawn_in(
+        dir: &Path,
+        args: &[impl AsRef<std::ffi::OsStr>],
+        env: &[(String, String)],
+    ) -> Switchboard {
         let mut child = Command::new(workspace_bin("switchboard"))
             .args(args)
             // A NATS_URL of the developer's shell must not leak into tests,
@@ -78,7 +88,7 @@ impl Switchboard {
             // Parallel systems: each dashboard on a port of its own.
             .env("SWITCHBOARD_DASHBOARD_ADDR", "127.0.0.1:0")
             .envs(env.iter().map(|(k, v)| (k, v)))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -6,6 +6,7 @@ mod connection;
 mod discover;
 mod dlq;
 mod generate;
+mod new;
 mod tail;
 mod up;
 
@@ -41,6 +42,9 @@ enum Command {
     Dlq(dlq::DlqCommand),
     /// Print events live with their CloudEvents attributes.
     Tail(tail::TailArgs),
+    /// Scaffold a service: crate, contract, thin main, a test; registered
+    /// for `up` (or --standalone, a crate of its own).
+    New(new::NewArgs),
     /// Rewrite the generated parts of nats.conf, subjects.md and README.md
     /// from the services' contracts.
     Generate(generate::GenerateArgs),
@@ -76,6 +80,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Call(args) => call::run(&cli.connection, args).await,
             Command::Dlq(command) => dlq::run(&cli.connection, command).await,
             Command::Tail(args) => tail::run(&cli.connection, args).await,
+            Command::New(args) => new::run(args),
             Command::Generate(args) => generate::generate(args).await,
             Command::Permissions(args) => generate::permissions(args).await,
         }

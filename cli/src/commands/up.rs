@@ -99,13 +99,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.bin_dir {
         config.bin_dir = dir;
     }
+    let manifest = Manifest::discover()?;
+    config.services_base = manifest.base;
     match args.services {
-        Some(services) => config.services = services,
-        None => {
-            let manifest = Manifest::discover()?;
-            config.services = manifest.services;
-            config.services_base = manifest.base;
+        Some(services) => {
+            // The rest of the system still gets its users: it may run
+            // elsewhere, or be started by hand later.
+            config.also_declared = manifest.services;
+            config.services = services;
         }
+        None => config.services = manifest.services,
     }
     for binary in args.with {
         // Absolute: `services_base` is the manifest's folder, not the shell's.

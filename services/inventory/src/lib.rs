@@ -33,7 +33,7 @@ use switchboard::ServiceError;
 use switchboard::app::AppError;
 use switchboard::client::Client;
 use switchboard::contract::Contract;
-use switchboard::events::{ConsumerSpec, Consumers, Event, HandlerError, Publisher, ReceivedEvent};
+use switchboard::events::{ConsumerSpec, Event, HandlerError, Publisher, ReceivedEvent};
 use switchboard::service::Context;
 use switchboard::shutdown::Shutdown;
 use switchboard::state::{
@@ -136,38 +136,37 @@ pub async fn run_with_hold(
     hold: Duration,
 ) -> Result<(), AppError> {
     let state = Arc::new(Inventory::open(&nats, hold).await?);
-    let mut consumers = Consumers::new(state.events.jetstream().clone());
-    consumers.relay(&state.stock);
     let on_created = state.clone();
-    consumers.spawn(
-        created_consumer(),
-        move |event: ReceivedEvent<OrderChanged>| {
-            let state = on_created.clone();
-            async move { handled(confirm(&state, &event.data.id).await) }
-        },
-    );
     let on_cancel = state.clone();
-    consumers.spawn(
-        cancelled_consumer(),
-        move |event: ReceivedEvent<OrderChanged>| {
-            let state = on_cancel.clone();
-            async move { handled(release_order(&state, &event.data.id, event.trace).await) }
-        },
-    );
     let on_expired = state.clone();
-    consumers.deadlines(state.reservations.clone(), move |hold: Reservation| {
-        let state = on_expired.clone();
-        async move { expire(&state, hold).await }
-    });
     contract()
         .service()
+        .relay(&state.stock)
+        .consumer(
+            created_consumer(),
+            move |event: ReceivedEvent<OrderChanged>| {
+                let state = on_created.clone();
+                async move { handled(confirm(&state, &event.data.id).await) }
+            },
+        )
+        .consumer(
+            cancelled_consumer(),
+            move |event: ReceivedEvent<OrderChanged>| {
+                let state = on_cancel.clone();
+                async move { handled(release_order(&state, &event.data.id, event.trace).await) }
+            },
+        )
+        .deadlines(state.reservations.clone(), move |hold: Reservation| {
+            let state = on_expired.clone();
+            async move { expire(&state, hold).await }
+        })
         .endpoint(inventory::RESTOCK.bind(state.clone(), restock))
         .endpoint(inventory::STOCK.bind(state.clone(), stock))
         .endpoint(inventory::RESERVE.bind(state.clone(), reserve))
         .endpoint(inventory::RELEASE.bind(state, release))
         .serve(nats, shutdown)
         .await?;
-    consumers.stop().await
+    Ok(())
 }
 
 /// A handler's result as the consumer's verdict: 404 means nothing was

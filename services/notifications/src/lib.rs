@@ -12,7 +12,7 @@ use contracts::users::{self, UserCreated};
 use switchboard::ServiceError;
 use switchboard::app::AppError;
 use switchboard::contract::Contract;
-use switchboard::events::{ConsumerSpec, Consumers, HandlerError, ReceivedEvent};
+use switchboard::events::{ConsumerSpec, HandlerError, ReceivedEvent};
 use switchboard::service::Context;
 use switchboard::shutdown::Shutdown;
 use switchboard::state::StateStore;
@@ -63,51 +63,50 @@ pub async fn run(nats: async_nats::Client, shutdown: Shutdown) -> Result<(), App
         )
         .await?,
     );
-    let mut consumers = Consumers::new(js);
     let on_users = store.clone();
-    consumers.spawn(
-        users_consumer(),
-        move |event: ReceivedEvent<UserCreated>| {
-            let store = on_users.clone();
-            async move {
-                let text = format!("Welcome, {}!", event.data.name);
-                record(&store, &event, &event.data.user_id, text).await
-            }
-        },
-    );
     let on_orders = store.clone();
-    consumers.spawn(
-        orders_consumer(),
-        move |event: ReceivedEvent<OrderChanged>| {
-            let store = on_orders.clone();
-            async move {
-                let order = &event.data;
-                let text = match order.status {
-                    OrderStatus::Cancelled => format!("Order {} was cancelled", order.id),
-                    OrderStatus::Confirmed => format!(
-                        "Order {} is confirmed ({} items)",
-                        order.id,
-                        order.items.len()
-                    ),
-                    // Orders never publishes an event for an id it closed
-                    // without placing an order.
-                    OrderStatus::Rejected => {
-                        return Err(HandlerError::permanent(format!(
-                            "order {} was never placed; no event expected",
-                            order.id
-                        )));
-                    }
-                };
-                record(&store, &event, &order.user_id, text).await
-            }
-        },
-    );
     contract()
         .service()
+        .consumer(
+            users_consumer(),
+            move |event: ReceivedEvent<UserCreated>| {
+                let store = on_users.clone();
+                async move {
+                    let text = format!("Welcome, {}!", event.data.name);
+                    record(&store, &event, &event.data.user_id, text).await
+                }
+            },
+        )
+        .consumer(
+            orders_consumer(),
+            move |event: ReceivedEvent<OrderChanged>| {
+                let store = on_orders.clone();
+                async move {
+                    let order = &event.data;
+                    let text = match order.status {
+                        OrderStatus::Cancelled => format!("Order {} was cancelled", order.id),
+                        OrderStatus::Confirmed => format!(
+                            "Order {} is confirmed ({} items)",
+                            order.id,
+                            order.items.len()
+                        ),
+                        // Orders never publishes an event for an id it closed
+                        // without placing an order.
+                        OrderStatus::Rejected => {
+                            return Err(HandlerError::permanent(format!(
+                                "order {} was never placed; no event expected",
+                                order.id
+                            )));
+                        }
+                    };
+                    record(&store, &event, &order.user_id, text).await
+                }
+            },
+        )
         .endpoint(notifications::LIST.bind(store, list))
         .serve(nats, shutdown)
         .await?;
-    consumers.stop().await
+    Ok(())
 }
 
 async fn record<T>(

@@ -23,7 +23,7 @@ use switchboard::ServiceError;
 use switchboard::app::AppError;
 use switchboard::client::CallError;
 use switchboard::contract::Contract;
-use switchboard::events::{Consumers, Event, Publisher};
+use switchboard::events::{Event, Publisher};
 use switchboard::service::Context;
 use switchboard::shutdown::Shutdown;
 use switchboard::state::{StateError, StateStore, Transaction, Transition};
@@ -60,17 +60,16 @@ pub async fn run(nats: async_nats::Client, shutdown: Shutdown) -> Result<(), App
         events: Publisher::new(js.clone(), "orders"),
         by_id: StateStore::open(&js, orders::BUCKET, switchboard::replication::replicas()?).await?,
     });
-    let mut relay = Consumers::new(js);
-    relay.relay(&state.by_id);
     contract()
         .service()
+        .relay(&state.by_id)
         .endpoint(orders::CREATE.bind(state.clone(), create))
         .endpoint(orders::GET.bind(state.clone(), get))
         .endpoint(orders::CANCEL.bind(state.clone(), cancel))
         .endpoint(orders::RESOLVE.bind(state, resolve))
         .serve(nats, shutdown)
         .await?;
-    relay.stop().await
+    Ok(())
 }
 
 async fn create(

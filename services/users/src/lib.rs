@@ -49,15 +49,14 @@ pub async fn run(nats: async_nats::Client, shutdown: Shutdown) -> Result<(), App
         emails: by_id.view(EMAILS),
         by_id,
     });
-    let mut relay = switchboard::events::Consumers::new(js);
-    relay.relay(&state.by_id);
     contract()
         .service()
+        .relay(&state.by_id)
         .endpoint(users::CREATE.bind(state.clone(), create))
         .endpoint(users::GET.bind(state, get))
         .serve(nats, shutdown)
         .await?;
-    relay.stop().await
+    Ok(())
 }
 
 async fn create(users: Arc<Users>, ctx: Context, req: CreateUser) -> Result<User, ServiceError> {
