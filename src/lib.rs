@@ -28,6 +28,7 @@
 //! | [`shutdown`] | the shutdown future processes are given |
 //! | [`process`] | SIGTERM-then-SIGKILL stop of child processes |
 //! | [`refusals`] | the server's permission refusals, as errors within a round trip instead of timeouts |
+//! | [`user_info`] | what the server lets this connection's user publish (`$SYS.REQ.USER.INFO`) |
 //! | [`telemetry`] | logs, and OpenTelemetry spans of every hop when the OTLP variables ask |
 //! | `testing` | real throw-away servers and clusters for tests (feature `testing`) |
 //!
@@ -94,6 +95,7 @@ pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod trace_context;
+pub mod user_info;
 
 pub use error::ServiceError;
 

@@ -53,6 +53,10 @@ impl Contract {
         if self.discovers {
             allow.push("$SRV.>".into());
         }
+        if self.calls_routed {
+            // A front end asks what it may call, to offer only that.
+            allow.push(crate::user_info::USER_INFO_SUBJECT.into());
+        }
         let buckets = self.all_buckets();
         if !self.streams.is_empty() || !buckets.is_empty() || !self.consumers.is_empty() {
             // Account limits, read when a bucket is created.

@@ -130,6 +130,8 @@ struct Shared {
     client: Client,
     routes: RwLock<Arc<RouteTable>>,
     known_services: RwLock<Vec<String>>,
+    /// Subjects already logged as not callable (each is logged once).
+    refused_logged: std::sync::Mutex<std::collections::BTreeSet<String>>,
     config: GatewayConfig,
 }
 
@@ -142,6 +144,7 @@ impl Gateway {
                 nats,
                 routes: RwLock::default(),
                 known_services: RwLock::default(),
+                refused_logged: std::sync::Mutex::default(),
                 config,
             }),
         }
@@ -173,6 +176,36 @@ impl Gateway {
             .collect()
     }
 
+    /// `table` without the routes the server would refuse to let the
+    /// gateway's user call (each logged once): a route it lists, it can
+    /// serve. When the server cannot say (before 2.10, or the user may not
+    /// ask), every route stays and a refused call is a 500 naming the
+    /// permission.
+    async fn callable(&self, table: RouteTable) -> RouteTable {
+        let rules = match switchboard::user_info::ask(&self.shared.nats, Duration::from_millis(500))
+            .await
+        {
+            Ok(info) => info.publish,
+            Err(error) => {
+                tracing::debug!(%error, "the server does not say what the gateway may call");
+                return table;
+            }
+        };
+        let (table, refused) = table.callable_only(|subject| rules.permits(subject));
+        if let Ok(mut logged) = self.shared.refused_logged.lock() {
+            for subject in refused {
+                if logged.insert(subject.clone()) {
+                    tracing::warn!(
+                        %subject,
+                        "not routing this endpoint: the gateway's NATS user may not call it \
+                         (its permissions come from the contracts `switchboard up` read)"
+                    );
+                }
+            }
+        }
+        table
+    }
+
     /// Rebuilds the routing table from discovery; returns the route count.
     ///
     /// # Errors
@@ -182,6 +215,7 @@ impl Gateway {
         let instances =
             discovery::info(&self.shared.nats, None, Duration::from_millis(300)).await?;
         let table = RouteTable::from_discovery(&instances).keeping_absent_services(&self.routes());
+        let table = self.callable(table).await;
         let count = table.routes().len();
         if let Ok(mut routes) = self.shared.routes.write() {
             if **routes != table {

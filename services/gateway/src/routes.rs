@@ -79,6 +79,17 @@ impl RouteTable {
     /// This table plus the routes of `previous` whose service is absent
     /// now: a service that is down keeps its routes (they answer 503 until
     /// it is back), while a service that is up is authoritative for its own.
+    /// The routes whose subject `may_call` allows, and the subjects of
+    /// those it does not.
+    pub fn callable_only(self, may_call: impl Fn(&str) -> bool) -> (Self, Vec<String>) {
+        let (kept, refused): (Vec<Route>, Vec<Route>) =
+            self.routes.into_iter().partition(|r| may_call(&r.subject));
+        (
+            RouteTable::sorted(kept),
+            refused.into_iter().map(|r| r.subject).collect(),
+        )
+    }
+
     pub fn keeping_absent_services(mut self, previous: &RouteTable) -> Self {
         let present: std::collections::BTreeSet<String> =
             self.routes.iter().map(|r| r.service.clone()).collect();

@@ -342,3 +342,52 @@ async fn openapi_metrics_health_and_services() -> TestResult {
     assert_eq!(services["services"][0]["name"], "things");
     Ok(())
 }
+
+#[tokio::test]
+async fn the_gateway_routes_only_what_its_user_may_call() -> TestResult {
+    use switchboard::connect::ConnectConfig;
+    // `things.get` is routed by its metadata, but the gateway's user may
+    // only call `things.create`.
+    let server = TestServer::with_config(switchboard::testing::TestServerConfig::default().config(
+        r#"authorization { users: [
+            { user: owner, password: owner-pw },
+            { user: front, password: front-pw, permissions: {
+                publish: { allow: ["$SRV.>", "$SYS.REQ.USER.INFO", "things.create"] },
+                subscribe: { allow: ["_INBOX.>"] } } }
+        ] }"#,
+    ))
+    .await?;
+    let connect = |user: &str, password: &str| {
+        ConnectConfig {
+            url: server.url(),
+            ..ConnectConfig::from_env("gateway-test")
+        }
+        .user_and_password(user, password)
+    };
+    let _things = things(connect("owner", "owner-pw").connect().await?).await?;
+    let gateway = Gateway::new(
+        connect("front", "front-pw").connect().await?,
+        GatewayConfig::default(),
+    );
+    let mut routed = Vec::new();
+    for _ in 0..10 {
+        gateway.refresh().await?;
+        routed = gateway
+            .routes()
+            .routes()
+            .iter()
+            .map(|r| r.subject.clone())
+            .collect();
+        if !routed.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(routed, vec!["things.create".to_owned()]);
+    let (status, _, openapi) = send(&gateway, get("/openapi.json")?).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert!(openapi["paths"].get("/things").is_some(), "{openapi}");
+    assert!(openapi["paths"].get("/things/{id}").is_none(), "{openapi}");
+    let (status, _, _) = send(&gateway, get("/things/t-1")?).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    Ok(())
+}
