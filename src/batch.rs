@@ -1,7 +1,7 @@
 //! All-or-nothing writes into one JetStream stream (ADR-50 atomic batch
 //! publish, nats-server 2.12+, a stream with `allow_atomic`).
 //!
-//! Two users need it: [`Publisher::publish_atomic`](crate::events::Publisher::publish_atomic)
+//! Two callers need it: [`Publisher::publish_atomic`](crate::events::Publisher::publish_atomic)
 //! (many events, one disk sync) and [`state::Transaction`](crate::state::Transaction)
 //! (several KV keys, each with its expected revision, plus the outbox
 //! entries of the events the change implies). The server stores every

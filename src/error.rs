@@ -1,6 +1,6 @@
 //! The error a handler returns and a caller receives: a reply, never silence.
 //!
-//! Codes follow HTTP so that the gateway, the `nats` CLI and people all read
+//! Codes follow HTTP so that HTTP front ends, the `nats` CLI and people all read
 //! them the same way: 400 bad input, 404 unknown, 409 conflict, 422 rule
 //! broken, 429 overloaded, 500 bug, 503 unavailable, 504 deadline exceeded.
 //! On the wire it is the `Nats-Service-Error`/`-Code` headers plus the body

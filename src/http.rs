@@ -1,4 +1,4 @@
-//! HTTP pieces shared by the gateway and the dashboard.
+//! HTTP pieces every HTTP front end shares (live events as SSE).
 
 use std::convert::Infallible;
 

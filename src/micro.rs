@@ -171,12 +171,12 @@ mod tests {
     fn verbs_make_and_read_subjects() {
         assert_eq!(Verb::Info.subject(None, None), "$SRV.INFO");
         assert_eq!(
-            Verb::Stats.subject(Some("orders"), None),
-            "$SRV.STATS.orders"
+            Verb::Stats.subject(Some("invoices"), None),
+            "$SRV.STATS.invoices"
         );
         assert_eq!(
-            Verb::Ping.subject(Some("orders"), Some("abc")),
-            "$SRV.PING.orders.abc"
+            Verb::Ping.subject(Some("invoices"), Some("abc")),
+            "$SRV.PING.invoices.abc"
         );
         assert_eq!(Verb::Ping.subject(None, Some("abc")), "$SRV.PING");
         for verb in Verb::ALL {
@@ -186,6 +186,6 @@ mod tests {
             );
         }
         assert_eq!(Verb::of_subject("$SRV.NOPE"), None);
-        assert_eq!(Verb::of_subject("users.get"), None);
+        assert_eq!(Verb::of_subject("accounts.get"), None);
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! A publish the connection's user may not make is not answered: nats-server
 //! drops it and tells the connection once, out of band
-//! (`-ERR 'Permissions Violation for Publish to "users.create"'`), which
+//! (`-ERR 'Permissions Violation for Publish to "accounts.create"'`), which
 //! async-nats hands to the connection's event callback. Without this module a
 //! request to such a subject waits its whole deadline and ends as a timeout,
 //! and the cause is only in the server's log.

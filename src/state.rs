@@ -649,8 +649,8 @@ mod tests {
     #[test]
     fn store_failures_keep_their_cause() {
         let cause = std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer");
-        let error = super::store_err("read users/u-1")(cause);
-        assert_eq!(error.to_string(), "read users/u-1: no answer");
+        let error = super::store_err("read accounts/a-1")(cause);
+        assert_eq!(error.to_string(), "read accounts/a-1: no answer");
         let source = std::error::Error::source(&error).map(|s| s.to_string());
         assert_eq!(source.as_deref(), Some("no answer"));
         assert_eq!(switchboard_error(error).code, 503);

@@ -3,7 +3,7 @@
 //!
 //! A front end that offers what it cannot call promises something the
 //! server will refuse: asking the server which subjects its user may
-//! publish lets it offer only what works (the gateway routes only the
+//! publish lets it offer only what works (an HTTP front end routes only the
 //! endpoints it may call). The rules are the server's own, so they hold
 //! whatever configuration produced them.
 

@@ -113,7 +113,7 @@ impl CallError {
 
     /// The status this failure means for whoever called us (a handler's
     /// caller, an HTTP client): the one mapping, used by handlers and the
-    /// gateway alike. A rejection keeps its code; no answer in time is 504;
+    /// HTTP front ends alike. A rejection keeps its code; no answer in time is 504;
     /// nobody serving, an open circuit or a broken connection is 503 (worth
     /// a retry later); a request or reply we could not encode or decode, or
     /// a subject our own user may not call, is our own bug, 500.

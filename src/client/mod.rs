@@ -21,9 +21,9 @@
 //! struct User { id: String, name: String }
 //!
 //! let client = Client::new(nats);
-//! let user: User = client.call("users.get", &GetUser { id: "u1".into() }).await?;
+//! let user: User = client.call("accounts.get", &GetUser { id: "u1".into() }).await?;
 //! let again: User = client
-//!     .call_with("users.get", &GetUser { id: "u1".into() },
+//!     .call_with("accounts.get", &GetUser { id: "u1".into() },
 //!                CallOptions::default().timeout(Duration::from_millis(200)).idempotent(true))
 //!     .await?;
 //! # Ok(()) }
@@ -147,7 +147,7 @@ impl Client {
 
     /// [`Client::call_with`] for a body that is already JSON, returning the
     /// reply's body as it came: for code that passes JSON through without
-    /// looking inside (the HTTP gateway), which saves a parse and a
+    /// looking inside (an HTTP front end), which saves a parse and a
     /// re-encode each way. Deadline, trace, retries and breaker as for
     /// typed calls.
     ///

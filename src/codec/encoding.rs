@@ -1,6 +1,6 @@
 //! Payload encodings, negotiated per message by content type.
 //!
-//! JSON is the default and what the `nats` CLI, the gateway and every
+//! JSON is the default and what the `nats` CLI, HTTP front ends and every
 //! other NATS client see. A caller that wants fewer bytes and less CPU per
 //! message may send MessagePack (`Content-Type: application/msgpack`); the
 //! service answers in the request's encoding unless `Accept` asks for

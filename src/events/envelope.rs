@@ -3,7 +3,7 @@
 //!
 //! The one place that knows these header names (request/reply headers are
 //! [`crate::codec`]'s). Publishers, consumers, dead letters, `switchboard
-//! tail` and the gateway's live view all read and write events through it.
+//! tail` and an HTTP front end's live view all read and write events through it.
 
 use async_nats::HeaderMap;
 use serde::Serialize;
@@ -17,7 +17,7 @@ pub const CE_SPECVERSION: &str = "ce-specversion";
 pub const CE_ID: &str = "ce-id";
 /// Who published the event (the service).
 pub const CE_SOURCE: &str = "ce-source";
-/// What happened, e.g. `orders.created`.
+/// What happened, e.g. `invoices.created`.
 pub const CE_TYPE: &str = "ce-type";
 /// When it happened (RFC 3339).
 pub const CE_TIME: &str = "ce-time";
@@ -264,8 +264,8 @@ mod tests {
     fn attributes(subject: Option<&str>) -> EventAttributes {
         EventAttributes {
             id: "o-1-created".into(),
-            source: "orders".into(),
-            event_type: "orders.created".into(),
+            source: "invoices".into(),
+            event_type: "invoices.created".into(),
             time: "2026-12-02T09:00:00Z".into(),
             subject: subject.map(str::to_owned),
         }

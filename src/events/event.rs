@@ -167,7 +167,7 @@ impl<T: DeserializeOwned> ReceivedEvent<T> {
     }
 }
 
-/// `ce-type` for a subject: `events.orders.created` → `orders.created`.
+/// `ce-type` for a subject: `events.invoices.created` → `invoices.created`.
 pub(crate) fn type_for(subject: &str) -> String {
     subject
         .strip_prefix("events.")
@@ -182,7 +182,7 @@ mod tests {
     #[test]
     fn a_line_break_in_an_attribute_is_an_error_not_a_panic() {
         let event = Event::new(serde_json::json!({})).subject("o-1\r\nce-type: forged");
-        match event.encode("orders", "events.orders.created") {
+        match event.encode("invoices", "events.invoices.created") {
             Err(EventError::InvalidAttribute { name, .. }) => {
                 assert_eq!(name, envelope::CE_SUBJECT)
             }
@@ -190,11 +190,11 @@ mod tests {
         }
         let event = Event::new(serde_json::json!({})).id("a\nb");
         assert!(matches!(
-            event.encode("orders", "events.orders.created"),
+            event.encode("invoices", "events.invoices.created"),
             Err(EventError::InvalidAttribute { name: "ce-id", .. })
         ));
         let long = Event::new(serde_json::json!({})).id("o".repeat(5000));
-        match long.encode("orders", "events.orders.created") {
+        match long.encode("invoices", "events.invoices.created") {
             Err(EventError::InvalidAttribute { name, value, .. }) => {
                 assert_eq!(name, envelope::CE_ID);
                 assert!(
@@ -204,12 +204,12 @@ mod tests {
             }
             other => panic!("expected InvalidAttribute, got {other:?}"),
         }
-        let long_subject = format!("events.orders.{}", "x".repeat(5000));
+        let long_subject = format!("events.invoices.{}", "x".repeat(5000));
         assert!(matches!(
-            Event::new(serde_json::json!({})).encode("orders", &long_subject),
+            Event::new(serde_json::json!({})).encode("invoices", &long_subject),
             Err(EventError::InvalidSubject { .. })
         ));
         let fine = Event::new(serde_json::json!({})).subject("o-1");
-        assert!(fine.encode("orders", "events.orders.created").is_ok());
+        assert!(fine.encode("invoices", "events.invoices.created").is_ok());
     }
 }

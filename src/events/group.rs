@@ -19,7 +19,7 @@
 //!
 //! let mut consumers = Consumers::new(js);
 //! consumers.spawn(
-//!     ConsumerSpec::new("ORDERS", "mailer-orders"),
+//!     ConsumerSpec::new("INVOICES", "mailer-invoices"),
 //!     |event: ReceivedEvent<serde_json::Value>| async move { Ok(()) },
 //! );
 //! // … serve the service until shutdown …

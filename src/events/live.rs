@@ -1,4 +1,4 @@
-//! Events as they are published, for people watching (the gateway's
+//! Events as they are published, for people watching (an HTTP front end's
 //! `/events`, the dashboard's feed): a plain subscription, no durable
 //! consumer, nothing acknowledged — watching never changes what services
 //! receive.

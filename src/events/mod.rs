@@ -22,14 +22,14 @@
 //!
 //! # async fn demo(nats: async_nats::Client) -> Result<(), events::EventError> {
 //! let js = async_nats::jetstream::new(nats);
-//! StreamSpec::new("ORDERS", ["events.orders.>"]).ensure(&js).await?;
+//! StreamSpec::new("INVOICES", ["events.invoices.>"]).ensure(&js).await?;
 //!
-//! let publisher = Publisher::new(js.clone(), "orders");
+//! let publisher = Publisher::new(js.clone(), "invoices");
 //! let event = Event::new(OrderCreated { order_id: "o-1".into() }).id("o-1-created");
-//! let stored = publisher.publish("events.orders.created", &event).await?;
+//! let stored = publisher.publish("events.invoices.created", &event).await?;
 //! assert!(!stored.duplicate);
 //!
-//! let spec = ConsumerSpec::new("ORDERS", "notifications-orders").idempotent(Duration::from_secs(600));
+//! let spec = ConsumerSpec::new("INVOICES", "mailer-invoices").idempotent(Duration::from_secs(600));
 //! events::consumer::run(js, spec, |event: ReceivedEvent<OrderCreated>| async move {
 //!     if event.data.order_id.is_empty() {
 //!         return Err(HandlerError::permanent("order without id"));

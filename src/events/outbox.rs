@@ -270,9 +270,9 @@ mod tests {
     fn pending_events_survive_the_header() {
         let mut headers = HeaderMap::new();
         headers.insert(envelope::CE_ID, "o-1-created");
-        headers.insert(envelope::CE_TYPE, "orders.created");
+        headers.insert(envelope::CE_TYPE, "invoices.created");
         let event = PendingEvent::new(
-            "events.orders.created",
+            "events.invoices.created",
             &headers,
             br#"{"id":"o-1","note":"line\nbreak"}"#,
         );

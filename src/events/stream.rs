@@ -12,7 +12,7 @@ use super::EventError;
 pub struct StreamSpec {
     /// Stream name, e.g. `ORDERS`.
     pub name: String,
-    /// Subjects it captures, e.g. `events.orders.>`.
+    /// Subjects it captures, e.g. `events.invoices.>`.
     pub subjects: Vec<String>,
     /// Replicas (3 in a cluster for fault tolerance).
     pub replicas: usize,

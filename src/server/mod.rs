@@ -1,7 +1,7 @@
 //! The embedded `nats-server`: find it, start it, know when it is ready, stop it.
 //!
 //! `switchboard up` and the test harness both run the real server through
-//! [`NatsServer`], so what the tests exercise is what users run. The server
+//! [`NatsServer`], so what the tests exercise is what people run. The server
 //! is started in its own process group, so a Ctrl-C in the terminal reaches
 //! only the supervisor, which then stops services first and the server last.
 //! Dropping a [`NatsServer`] kills the process (also while a panic unwinds).

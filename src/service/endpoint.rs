@@ -17,9 +17,9 @@ use crate::micro::Metadata;
 pub(crate) type ErasedHandler =
     Arc<dyn Fn(Context, Bytes) -> BoxFuture<'static, Result<Bytes, ServiceError>> + Send + Sync>;
 
-/// Endpoint metadata key: HTTP method the gateway exposes.
+/// Endpoint metadata key: HTTP method an HTTP front end exposes.
 pub const HTTP_METHOD: &str = "http_method";
-/// Endpoint metadata key: HTTP path template the gateway exposes.
+/// Endpoint metadata key: HTTP path template an HTTP front end exposes.
 pub const HTTP_PATH: &str = "http_path";
 /// Endpoint metadata key: HTTP status of a success.
 pub const HTTP_STATUS: &str = "http_status";
@@ -121,7 +121,7 @@ impl Endpoint {
     }
 
     /// [`Endpoint::new`] for a handler that also gets shared state, the way
-    /// axum handlers get `State`: `async fn create(users: Arc<Users>, ctx:
+    /// axum handlers get `State`: `async fn create(accounts: Arc<Accounts>, ctx:
     /// Context, req: CreateUser) -> Result<User, ServiceError>`.
     pub fn with_state<S, Req, Resp, F, Fut>(
         name: impl Into<String>,
@@ -162,22 +162,22 @@ impl Endpoint {
         self
     }
 
-    /// Exposes the endpoint through the HTTP gateway: `method` and a path
+    /// Exposes the endpoint through an HTTP front end: `method` and a path
     /// template whose `{name}` parts fill request fields of the same name,
-    /// e.g. `.http("GET", "/users/{id}")`. The gateway learns it from
-    /// discovery; no gateway change is needed.
+    /// e.g. `.http("GET", "/accounts/{id}")`. An HTTP front end learns it from
+    /// discovery; no change of the front end is needed.
     pub fn http(self, method: &str, path: &str) -> Self {
         self.metadata(HTTP_METHOD, method.to_uppercase())
             .metadata(HTTP_PATH, path)
     }
 
-    /// The HTTP status of a success through the gateway (default 200;
+    /// The HTTP status of a success through an HTTP front end (default 200;
     /// 201 for endpoints that create).
     pub fn http_status(self, status: u16) -> Self {
         self.metadata(HTTP_STATUS, status.to_string())
     }
 
-    /// Extra metadata (e.g. the HTTP route the gateway should expose).
+    /// Extra metadata (e.g. the HTTP route an HTTP front end should expose).
     pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.metadata.insert(key.into(), value.into());
         self

@@ -3,7 +3,7 @@
 //! A service is a name, a SemVer version, a description and endpoints. Each
 //! endpoint listens on `<service>.<endpoint>` in queue group `q`, so running
 //! more instances shares the load; each instance answers `$SRV.PING|INFO|STATS`
-//! so `switchboard ls`, the gateway and `nats micro ls` find it. Handlers are
+//! so `switchboard ls`, an HTTP front end and `nats micro ls` find it. Handlers are
 //! `async fn(Context, Request) -> Result<Response, ServiceError>`: they never
 //! see bytes or header names. A request is checked against its type's JSON
 //! Schema (the one discovery publishes, limits included) before the handler
@@ -251,7 +251,7 @@ pub const EVENTS_METADATA: &str = "events";
 /// An event a service declares it publishes, as discovery carries it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EventDeclaration {
-    /// The NATS subject, e.g. `events.orders.created`.
+    /// The NATS subject, e.g. `events.invoices.created`.
     pub subject: String,
     /// One line.
     pub description: String,
@@ -285,7 +285,7 @@ impl ServiceBuilder {
     }
     /// Declares an event this service publishes, with the JSON Schema of its
     /// data (from the Rust type). Discovery carries the list (service
-    /// metadata `events`), so the gateway documents events (AsyncAPI)
+    /// metadata `events`), so an HTTP front end can document events (AsyncAPI)
     /// without a registry.
     pub fn publishes<T: schemars::JsonSchema>(
         mut self,

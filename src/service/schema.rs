@@ -3,7 +3,7 @@
 //!
 //! The limits of a request type are declared once, on the type, as schemars
 //! attributes (`#[schemars(length(max = 64), regex(pattern = …))]`). The
-//! schema carries them to every reader (`$SRV.INFO`, the gateway's OpenAPI
+//! schema carries them to every reader (`$SRV.INFO`, the HTTP front end's OpenAPI
 //! document, `subjects.md`), and this module validates each request against
 //! that same schema — so what the documents allow and what the service
 //! accepts cannot drift apart. A request that breaks it is a 400 whose

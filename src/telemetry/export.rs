@@ -6,7 +6,7 @@
 //! | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` | the full traces URL; also turns export on |
 //! | `OTEL_TRACES_EXPORTER` | `none` turns export off; `otlp` turns it on (default endpoint `http://localhost:4318`) |
 //! | `OTEL_SDK_DISABLED` | `true` turns export off |
-//! | `OTEL_SERVICE_NAME` | the `service.name` (default: the process's own, e.g. `orders`) |
+//! | `OTEL_SERVICE_NAME` | the `service.name` (default: the process's own, e.g. `invoices`) |
 //! | `OTEL_RESOURCE_ATTRIBUTES` | more resource attributes |
 //! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | sampling (default `parentbased_always_on`) |
 //! | `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_MAX_QUEUE_SIZE`, … | the batch exporter |

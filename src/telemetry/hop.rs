@@ -6,7 +6,7 @@
 //! `rpc.method`; the span's name is the subject), messaging for events (`messaging.system = nats`,
 //! `messaging.operation.type` `send`/`process`, `messaging.destination.name`,
 //! `messaging.message.id`, `messaging.consumer.group.name`) and HTTP for the
-//! gateway. A consumer's span is the child of the publish that stored the
+//! front end. A consumer's span is the child of the publish that stored the
 //! event, so a request and everything it set off is one trace.
 //!
 //! When spans are not exported ([`exporting`](super::exporting) is false)
@@ -241,7 +241,7 @@ fn next(parent: Option<TraceContext>) -> TraceContext {
     parent.map_or_else(TraceContext::new_root, |p| p.child())
 }
 
-/// `orders.create` → (`orders`, `create`); a subject of one token is all
+/// `invoices.create` → (`invoices`, `create`); a subject of one token is all
 /// service.
 fn split(subject: &str) -> (&str, &str) {
     subject.split_once('.').unwrap_or((subject, ""))
