@@ -31,3 +31,10 @@ pub mod supervisor;
 pub mod system;
 
 pub use commands::main;
+
+/// The README's code, compiled as doctests: the service of "Build your own
+/// service" is a whole one, so a change of the kit that breaks it fails
+/// here (the other Rust snippets are marked `ignore`: they are excerpts).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
