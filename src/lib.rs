@@ -24,6 +24,7 @@
 //! | [`connect`] | connect from `NATS_URL`/`NATS_USER`/`NATS_PASSWORD` |
 //! | [`state`] | typed KV state with optimistic concurrency; multi-key transactions with an outbox |
 //! | `batch` | ADR-50 atomic batches: all-or-nothing writes into one stream |
+//! | [`outbox`] | events committed with state, published by a relay: between `state` and `events` |
 //! | [`replication`] | how many copies of streams and buckets: configuration, migrated in place |
 //! | [`shutdown`] | the shutdown future processes are given |
 //! | [`process`] | SIGTERM-then-SIGKILL stop of child processes |
@@ -84,6 +85,7 @@ pub mod events;
 pub mod http;
 pub mod limits;
 pub mod micro;
+pub mod outbox;
 pub mod process;
 pub mod refusals;
 pub mod replication;

@@ -9,7 +9,7 @@
 //! is one [`Transaction`]: every key with its expected revision, the events
 //! riding on the write, committed all or nothing (one compare-and-set
 //! publish, or an ADR-50 atomic batch for several keys); the outbox relay
-//! ([`crate::events::Consumers::relay`]) then publishes the events. Records of different types share a bucket through
+//! ([`ServiceBuilder::relay`](crate::service::ServiceBuilder::relay)) then publishes the events. Records of different types share a bucket through
 //! [`StateStore::view`] (stock levels and reservations, say), so that they
 //! can change together.
 //!
@@ -36,7 +36,7 @@ mod floor;
 mod key_lock;
 mod transaction;
 
-use crate::events::outbox::{PendingEvent, decode_pending};
+use crate::outbox::{PendingEvent, decode_pending};
 use committer::Committer;
 pub use deadlines::{Deadline, deadline_after, parse_time, watch_deadlines};
 use floor::RelayFloor;
@@ -308,7 +308,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
         let full = self.key(key)?;
         let read = || format!("read {}/{key}", self.bucket);
         // The raw message, not `kv::Store::entry`: its headers hold the
-        // events a write carries (see `events::outbox`). And from the
+        // events a write carries (see `outbox`). And from the
         // stream's leader, not a direct get that any replica may answer: a
         // read that decides a compare-and-set must see the last write, and
         // a lagging replica would turn every retry into the same conflict.

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use serde::{Deserialize, Serialize};
 use switchboard::events::{
-    self, ConsumerSpec, Consumers, DeadLetters, Event, EventError, HandlerError, Publisher,
-    ReceivedEvent, StreamSpec, StreamStatus,
+    self, ConsumerSpec, DeadLetters, Event, EventError, HandlerError, Publisher, ReceivedEvent,
+    StreamSpec, StreamStatus,
 };
+use switchboard::service::Consumers;
 use switchboard::testing::TestServer;
 use tokio_util::sync::CancellationToken;
 

@@ -1,13 +1,14 @@
 //! The transactional outbox against a real nats-server: state and events
 //! commit together, and each event is published exactly once whatever
-//! stops between the steps (see `switchboard::events::outbox` for the
+//! stops between the steps (see `switchboard::outbox` for the
 //! crash table these tests walk through).
 
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use serde::{Deserialize, Serialize};
-use switchboard::events::{Event, Publisher, StreamSpec, envelope, outbox};
+use switchboard::events::{Event, Publisher, StreamSpec, envelope};
+use switchboard::outbox;
 use switchboard::state::{StateError, StateStore};
 use switchboard::testing::TestServer;
 use tokio_util::sync::CancellationToken;

@@ -97,7 +97,7 @@ impl Contract {
             // The outbox relay (a durable pull consumer; its ack floor is
             // read by writers) and deadline watches (ordered consumers,
             // which answer flow control and replace themselves after a gap).
-            let relay = crate::events::outbox::RELAY_DURABLE;
+            let relay = crate::outbox::RELAY_DURABLE;
             let stream = format!("KV_{bucket}");
             allow.push(format!("$JS.API.CONSUMER.CREATE.{stream}"));
             allow.push(format!("$JS.API.CONSUMER.CREATE.{stream}.>"));

@@ -13,8 +13,9 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::EventError;
+use super::ack::{Published, producer_span};
 use super::envelope::{self, DeadLetterInfo};
-use super::publisher::{Published, Publisher, producer_span};
+use super::publisher::Publisher;
 use super::stream::StreamSpec;
 use crate::trace_context::TraceContext;
 

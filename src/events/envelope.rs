@@ -133,7 +133,7 @@ pub fn set_trace(headers: &mut HeaderMap, trace: &TraceContext) {
 
 /// The events a state write implies, on the KV message of that write
 /// until the bucket's outbox relay has published them (a JSON array of
-/// `{subject, headers, data}`; see `events::outbox`).
+/// `{subject, headers, data}`; see `outbox`).
 pub const OUTBOX: &str = "Switchboard-Outbox";
 
 /// Reads a header as text (for code that must pass headers through, such

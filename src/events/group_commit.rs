@@ -42,7 +42,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::EventError;
-use super::publisher::{Published, confirm, publish_error};
+use super::ack::{Published, confirm, publish_error};
 use crate::batch::{self, BatchError, BatchMessage, MAX_ATOMIC_BATCH};
 
 /// JetStream's error code for a stream that does not allow atomic batches.

@@ -39,16 +39,15 @@
 //! # Ok(()) }
 //! ```
 
+pub(crate) mod ack;
 pub mod consumer;
 mod dead_letter;
 pub mod envelope;
 mod error;
 mod event;
-mod group;
-mod group_commit;
+pub(crate) mod group_commit;
 mod idempotency;
 pub mod live;
-pub mod outbox;
 mod publisher;
 pub mod signal;
 mod stream;
@@ -57,7 +56,6 @@ pub use consumer::{ConsumerSpec, HandlerError};
 pub use dead_letter::{DLQ_STREAM, DeadLetter, DeadLetters, dead_letter_subject};
 pub use error::EventError;
 pub use event::{Delivery, Event, ReceivedEvent};
-pub use group::Consumers;
 pub use group_commit::GroupCommitConfig;
 pub use idempotency::{CLAIM_LEASE, Claim, Idempotency};
 pub use publisher::{

@@ -8,32 +8,20 @@
 
 use std::collections::VecDeque;
 
-use async_nats::jetstream::{self, context::PublishErrorKind};
+use async_nats::jetstream;
 use serde::Serialize;
 
 use std::sync::Arc;
 
 use super::EventError;
+pub use super::ack::Published;
+use super::ack::{confirm, producer_span, publish_error, settled};
 use super::envelope;
 use super::event::Event;
 use super::group_commit::{GroupCommit, GroupCommitConfig};
 use crate::batch::{self, BatchError, BatchMessage};
 pub use crate::batch::{AtomicBatch, MAX_ATOMIC_BATCH};
 use crate::telemetry::Hop;
-use crate::trace_context::TraceContext;
-
-/// A stored event's acknowledgement.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Published {
-    /// The event id.
-    pub id: String,
-    /// The stream that stored it.
-    pub stream: String,
-    /// Its sequence in the stream.
-    pub sequence: u64,
-    /// Dropped as a duplicate of an earlier publish with the same id.
-    pub duplicate: bool,
-}
 
 /// Publishes events on behalf of one source (the service).
 ///
@@ -84,16 +72,9 @@ impl Publisher {
         Ok((headers, payload, hop))
     }
 
-    /// An event as it waits in the outbox: subject, CloudEvents headers
-    /// (without `Nats-Msg-Id`: the relay adds it when it publishes) and
-    /// data.
-    pub(crate) fn pending<T: Serialize>(
-        &self,
-        subject: &str,
-        event: &Event<T>,
-    ) -> Result<super::outbox::PendingEvent, EventError> {
-        let (headers, payload) = event.encode(&self.source, subject)?;
-        super::outbox::PendingEvent::new(subject, &headers, &payload)
+    /// The source events are published for (`ce-source`).
+    pub(crate) fn source(&self) -> &str {
+        &self.source
     }
 
     async fn send(
@@ -261,61 +242,6 @@ impl BatchPublisher {
             self.settle_oldest().await;
         }
         self.done
-    }
-}
-
-/// Starts the producer span of a message about to be sent (when spans are
-/// exported) and points the message's `traceparent` at it; `parent` is
-/// the span the send belongs to (a handler's, a consumer's).
-pub(crate) fn producer_span(
-    operation: &'static str,
-    subject: &str,
-    message_id: &str,
-    headers: &mut async_nats::HeaderMap,
-    parent: Option<TraceContext>,
-) -> Option<Hop> {
-    let hop = Hop::producer(operation, subject, message_id, parent)?;
-    envelope::set_trace(headers, &hop.trace);
-    Some(hop)
-}
-
-/// Records how a send ended on its producer span.
-pub(crate) fn settled(hop: Option<&Hop>, result: &Result<Published, EventError>) {
-    let Some(hop) = hop else { return };
-    match result {
-        Ok(published) => {
-            hop.attribute(
-                "messaging.nats.stream.sequence",
-                i64::try_from(published.sequence).unwrap_or(i64::MAX),
-            );
-        }
-        Err(error) => hop.fail(error.kind_name(), &error.to_string()),
-    }
-}
-
-pub(crate) async fn confirm(
-    subject: &str,
-    id: &str,
-    ack: jetstream::context::PublishAckFuture,
-) -> Result<Published, EventError> {
-    let ack = ack.await.map_err(|e| publish_error(subject, e))?;
-    Ok(Published {
-        id: id.to_owned(),
-        stream: ack.stream,
-        sequence: ack.sequence,
-        duplicate: ack.duplicate,
-    })
-}
-
-pub(crate) fn publish_error(subject: &str, e: jetstream::context::PublishError) -> EventError {
-    match e.kind() {
-        PublishErrorKind::StreamNotFound => EventError::NoStream {
-            subject: subject.to_owned(),
-        },
-        PublishErrorKind::TimedOut => EventError::AckTimeout {
-            subject: subject.to_owned(),
-        },
-        _ => EventError::js(format!("publish to {subject}"))(e),
     }
 }
 

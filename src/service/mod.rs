@@ -41,6 +41,7 @@
 //! # Ok(()) }
 //! ```
 
+mod background;
 mod context;
 mod dispatch;
 mod endpoint;
@@ -60,6 +61,7 @@ use tokio_util::task::TaskTracker;
 use crate::client::Client;
 use crate::micro::Metadata;
 
+pub use background::Consumers;
 pub use context::Context;
 pub use endpoint::{
     DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_QUEUED, DESCRIPTION, Endpoint, HTTP_METHOD, HTTP_PATH,
@@ -234,7 +236,7 @@ struct Background {
 }
 
 /// Starts one background task on the service's consumer group.
-type StartTask = Box<dyn FnOnce(&mut crate::events::Consumers) + Send>;
+type StartTask = Box<dyn FnOnce(&mut Consumers) + Send>;
 
 impl std::fmt::Debug for Background {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -321,7 +323,7 @@ impl ServiceBuilder {
     }
 
     /// Runs a durable consumer of `spec` with `handler` while the service
-    /// runs (see [`Consumers::spawn`](crate::events::Consumers::spawn)).
+    /// runs (see [`Consumers::spawn`](Consumers::spawn)).
     pub fn consumer<T, F, Fut>(mut self, spec: crate::events::ConsumerSpec, handler: F) -> Self
     where
         T: serde::de::DeserializeOwned + Send + 'static,
@@ -335,7 +337,7 @@ impl ServiceBuilder {
     }
 
     /// Publishes what transactions on `store`'s bucket commit to its outbox
-    /// while the service runs (see [`Consumers::relay`](crate::events::Consumers::relay)).
+    /// while the service runs (see [`Consumers::relay`](Consumers::relay)).
     pub fn relay<S>(mut self, store: &crate::state::StateStore<S>) -> Self
     where
         S: Send + Sync + 'static,
@@ -349,7 +351,7 @@ impl ServiceBuilder {
 
     /// Settles the records of `store` (a view) whose deadline passed, with
     /// `on_expired`, while the service runs (see
-    /// [`Consumers::deadlines`](crate::events::Consumers::deadlines)).
+    /// [`Consumers::deadlines`](Consumers::deadlines)).
     pub fn deadlines<T, F, Fut>(mut self, store: crate::state::StateStore<T>, on_expired: F) -> Self
     where
         T: crate::state::Deadline + serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
@@ -485,8 +487,7 @@ impl ServiceBuilder {
         let background = if self.background.starts.is_empty() {
             None
         } else {
-            let mut consumers =
-                crate::events::Consumers::new(async_nats::jetstream::new(nats.clone()));
+            let mut consumers = Consumers::new(async_nats::jetstream::new(nats.clone()));
             for start in self.background.starts {
                 start(&mut consumers);
             }
@@ -617,7 +618,7 @@ pub struct RunningService {
     stop_endpoints: CancellationToken,
     stop_discovery: CancellationToken,
     drain_timeout: Duration,
-    background: Option<crate::events::Consumers>,
+    background: Option<Consumers>,
 }
 
 impl RunningService {

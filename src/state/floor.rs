@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::stream::Stream;
 
-use crate::events::outbox::RELAY_DURABLE;
+use crate::outbox::RELAY_DURABLE;
 
 /// How old a floor reading may be before it is read again.
 const FRESH: Duration = Duration::from_millis(100);

@@ -10,7 +10,7 @@
 //! key written), with the events any replaced value still carried. One key is one plain compare-and-set publish; more
 //! keys are one ADR-50 atomic batch on the bucket's stream (a multi-key
 //! compare-and-set checked by the server). The outbox relay publishes the
-//! events afterwards (see [`crate::events::outbox`]). Transactions of a
+//! events afterwards (see [`crate::outbox`]). Transactions of a
 //! bucket that wait together share one batch (group commit, see
 //! `committer.rs`), so a busy bucket is not capped by one disk sync per
 //! transaction.
@@ -34,8 +34,8 @@ use super::committer::Committer;
 use super::{StateError, StateStore, Versioned, encode, store_err};
 use crate::batch::{BatchError, BatchMessage, MAX_ATOMIC_BATCH};
 use crate::events::envelope;
-use crate::events::outbox::{PendingEvent, encode_pending};
 use crate::events::{Event, Publisher};
+use crate::outbox::{PendingEvent, encode_pending};
 
 /// What one try of [`commit_retrying`] decided.
 #[derive(Debug)]
@@ -189,7 +189,8 @@ impl Transaction {
         subject: &str,
         event: &Event<E>,
     ) -> Result<&mut Self, StateError> {
-        self.events.push(publisher.pending(subject, event)?);
+        self.events
+            .push(PendingEvent::of(publisher, subject, event)?);
         Ok(self)
     }
 

@@ -1,6 +1,14 @@
 //! Consumers that run beside a service and stop with it: event consumers,
 //! outbox relays and deadline watchers.
 //!
+//! Here, with the service, because it joins the parts a service runs —
+//! `events`' consumers, `outbox`'s relays, `state`'s deadline watches —
+//! none of which should import the others for it. [`ServiceBuilder`]
+//! (`consumer`, `relay`, `deadlines`) runs one for every service that
+//! needs it; use it directly only without a service.
+//!
+//! [`ServiceBuilder`]: super::ServiceBuilder
+//!
 //! A service that also consumes events starts its consumers, serves its
 //! endpoints until shutdown, drains them, and only then stops the
 //! consumers (so a request in flight can still rely on what they do) and
@@ -15,7 +23,8 @@
 //!
 //! ```no_run
 //! # async fn demo(js: async_nats::jetstream::Context) -> Result<(), switchboard::app::AppError> {
-//! use switchboard::events::{ConsumerSpec, Consumers, ReceivedEvent};
+//! use switchboard::events::{ConsumerSpec, ReceivedEvent};
+//! use switchboard::service::Consumers;
 //!
 //! let mut consumers = Consumers::new(js);
 //! consumers.spawn(
@@ -35,8 +44,8 @@ use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{ConsumerSpec, EventError, HandlerError, ReceivedEvent, consumer};
 use crate::app::AppError;
+use crate::events::{ConsumerSpec, EventError, HandlerError, ReceivedEvent, consumer};
 use crate::state::{Deadline, StateStore, watch_deadlines};
 
 /// Durable consumers sharing one stop signal.
@@ -84,7 +93,7 @@ impl Consumers {
         self.running.push(tokio::spawn(restarting(
             format!("outbox relay of {bucket}"),
             self.stop.clone(),
-            move |stop| super::outbox::relay(js.clone(), bucket.clone(), stop),
+            move |stop| crate::outbox::relay(js.clone(), bucket.clone(), stop),
         )));
     }
 
