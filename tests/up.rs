@@ -251,3 +251,73 @@ async fn a_crashed_server_is_restarted_and_services_reconnect() -> TestResult {
     let started = up.descendants();
     stop_cleanly(&mut up, Signal::SIGINT, &started)
 }
+
+#[test]
+fn up_refuses_a_binary_that_is_no_service_before_starting_anything() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let args = {
+        let mut args = common::up_args(free_port()?, free_port()?, &dir.path().join("data"));
+        args.extend(["--with".to_owned(), "/bin/true".to_owned()]);
+        args
+    };
+    let mut up = Switchboard::spawn(
+        &args,
+        &[(
+            "XDG_CONFIG_HOME".to_owned(),
+            dir.path().display().to_string(),
+        )],
+    );
+    let status = up
+        .wait_exit(Duration::from_secs(30))
+        .ok_or("up did not stop")?;
+    let output = up.output();
+    assert!(!status.success(), "{output}");
+    assert!(
+        output.contains("/bin/true --contract printed no contract")
+            && output.contains("service_main!"),
+        "{output}"
+    );
+    // Nothing was started: no server, no service.
+    assert!(!output.contains("started nats-server"), "{output}");
+    Ok(())
+}
+
+#[test]
+fn a_service_that_never_answers_is_named_and_nobody_else_is_blamed() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    // A binary with a valid contract that dies at once, every time.
+    let flaky = dir.path().join("flaky");
+    std::fs::write(
+        &flaky,
+        "#!/bin/sh\n[ \"$1\" = --contract ] && echo '{\"name\":\"flaky\",\"version\":\"1.0.0\"}' && exit 0\nexit 3\n",
+    )?;
+    std::fs::set_permissions(&flaky, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let mut args = common::up_args(free_port()?, free_port()?, &dir.path().join("data"));
+    args.extend([
+        "--with".to_owned(),
+        flaky.display().to_string(),
+        "--ready-timeout".to_owned(),
+        "8".to_owned(),
+    ]);
+    let mut up = Switchboard::spawn(
+        &args,
+        &[(
+            "XDG_CONFIG_HOME".to_owned(),
+            dir.path().display().to_string(),
+        )],
+    );
+    let status = up
+        .wait_exit(Duration::from_secs(60))
+        .ok_or("up did not give up")?;
+    let output = up.output();
+    assert!(!status.success(), "{output}");
+    let verdict = output
+        .lines()
+        .find(|l| l.contains("not ready after"))
+        .ok_or(format!("no verdict:\n{output}"))?;
+    assert!(verdict.contains("no answer from flaky"), "{verdict}");
+    for innocent in SERVICES.iter() {
+        assert!(!verdict.contains(innocent), "{innocent} blamed: {verdict}");
+    }
+    Ok(())
+}
