@@ -142,3 +142,11 @@ async fn a_drained_connection_closes_after_the_server_confirmed() -> TestResult 
     responder.abort();
     Ok(())
 }
+
+#[test]
+fn the_kit_knows_it_has_the_drain_fix() {
+    // The patched async-nats announces itself through its `links`
+    // metadata; a crate built against an unpatched one gets `false` here,
+    // and its services warn at start (switchboard::app::main).
+    assert!(switchboard::app::DRAIN_CONFIRMED);
+}

@@ -202,6 +202,12 @@ async fn new_services_in_the_workspace_and_outside_it_run_under_up_with_least_pr
     let mut up = Switchboard::spawn_in(&system, &args, &env);
     up.try_wait_for("switchboard: ready", Duration::from_secs(120))?;
     let output = up.output();
+    // Both have the drain guarantee: the standalone one through the
+    // `[patch.crates-io]` the scaffold wrote.
+    assert!(
+        !output.contains("without Switchboard's confirmed-drain fix"),
+        "{output}"
+    );
     for service in ["greeter", "parcels"] {
         assert!(
             output
