@@ -36,7 +36,7 @@ pub const ROUTED_SERVICES_ENV: &str = "SWITCHBOARD_ROUTED_SERVICES";
 /// outside this repository gets it with
 /// `[patch.crates-io] async-nats = { path = "<switchboard>/vendor/async-nats" }`
 /// (`switchboard new --standalone` writes it).
-pub const DRAIN_CONFIRMED: bool = !cfg!(switchboard_unconfirmed_drain);
+pub const DRAIN_CONFIRMED: bool = !cfg!(switchboard_unpatched_async_nats);
 
 /// Start-up or run failure of a service process.
 #[derive(Debug, thiserror::Error)]

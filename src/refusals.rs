@@ -8,13 +8,17 @@
 //! and the cause is only in the server's log.
 //!
 //! Every connection made through [`crate::connect`] reports the refusals it
-//! is told of here; [`Client`](crate::client::Client) watches for a refusal
-//! of the subject it just published to while it waits for the reply, and
-//! returns [`CallError::PermissionDenied`](crate::client::CallError) within
-//! a round trip. The record is process-wide (the message does not say which
-//! request it refused): a refusal of the same subject on another connection
-//! of the same process is taken as this call's too, which can only turn a
-//! call that would have timed out into an earlier error.
+//! is told of here. The patched async-nats (`vendor/async-nats/PATCH.md`)
+//! answers a request whose publish was refused at once, and
+//! [`Client`](crate::client::Client) turns that into
+//! [`CallError::PermissionDenied`](crate::client::CallError), naming the
+//! user from this record; built against the crates.io async-nats, the
+//! client instead watches this record for a refusal of the subject it just
+//! published to while it waits for the reply. Either way the call fails
+//! within a round trip. The record is process-wide (the message does not
+//! say which request it refused): a refusal of the same subject on another
+//! connection of the same process is taken as this call's too, which can
+//! only turn a call that would have timed out into an earlier error.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, LazyLock};
@@ -109,6 +113,35 @@ fn parse(user: &str, message: &str) -> Option<Refusal> {
         operation,
         subject: subject.to_owned(),
     })
+}
+
+/// How long a refused call waits for the connection's report of the
+/// refusal (it names the user); the report is on its way when the call
+/// learns of it.
+const REPORT_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The recorded refusal of `operation` on `subject`, waiting a moment for
+/// the report if it is not recorded yet; without one, a refusal that says
+/// only what was refused.
+pub(crate) async fn refusal_of(operation: Operation, subject: &str) -> Refusal {
+    let mut watching = watch();
+    let recorded = RECENT
+        .borrow()
+        .refusals
+        .iter()
+        .rev()
+        .find(|r| r.operation == operation && r.subject == subject)
+        .cloned();
+    if let Some(refusal) = recorded {
+        return refusal;
+    }
+    tokio::time::timeout(REPORT_GRACE, watching.refused(operation, subject))
+        .await
+        .unwrap_or_else(|_| Refusal {
+            user: "this connection's user".to_owned(),
+            operation,
+            subject: subject.to_owned(),
+        })
 }
 
 /// Waits for refusals reported from the moment it was made on.

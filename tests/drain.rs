@@ -148,5 +148,12 @@ fn the_kit_knows_it_has_the_drain_fix() {
     // The patched async-nats announces itself through its `links`
     // metadata; a crate built against an unpatched one gets `false` here,
     // and its services warn at start (switchboard::app::main).
-    assert!(switchboard::app::DRAIN_CONFIRMED);
+    // Checked when the test is compiled: a build without the patch does
+    // not compile this test.
+    const {
+        assert!(
+            switchboard::app::DRAIN_CONFIRMED,
+            "built against an async-nats without the confirmed-drain fix"
+        )
+    };
 }

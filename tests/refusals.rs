@@ -142,3 +142,42 @@ async fn a_service_whose_user_may_not_hear_its_requests_does_not_start() -> Test
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn the_patched_client_answers_a_refused_request_itself() -> TestResult {
+    // A connection the kit did not make records no refusal: only the
+    // patched async-nats (vendor/async-nats/PATCH.md) can end this call
+    // before its deadline, by answering the refused request itself.
+    let server = server().await?;
+    let serving = as_user(&server, "server", "server-pw").connect().await?;
+    responder(serving, "forbidden.plain").await?;
+    let plain =
+        async_nats::ConnectOptions::with_user_and_password("caller".into(), "caller-pw".into())
+            .connect(server.url())
+            .await?;
+    let request = async_nats::Request::new()
+        .payload("{}".into())
+        .timeout(Some(Duration::from_secs(60)));
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        plain.send_request("forbidden.plain".to_owned(), request),
+    )
+    .await
+    .map_err(|_| "the refused request waited for its deadline")??;
+    assert_eq!(answer.status.map(|s| s.as_u16()), Some(403));
+    let description = answer.description.unwrap_or_default();
+    assert!(description.contains("forbidden.plain"), "{description}");
+    // Through the kit's client on the same connection: a typed error.
+    let refused = Client::new(plain)
+        .call_with::<_, serde_json::Value>(
+            "forbidden.plain",
+            &serde_json::json!({}),
+            CallOptions::default().timeout(Duration::from_secs(60)),
+        )
+        .await;
+    assert!(
+        matches!(&refused, Err(CallError::PermissionDenied { subject, .. }) if subject == "forbidden.plain"),
+        "{refused:?}"
+    );
+    Ok(())
+}

@@ -44,6 +44,10 @@ use tokio::time::Instant;
 
 use crate::codec::{self, Encoding};
 use crate::refusals::Operation;
+
+/// The status the patched async-nats answers a refused request with
+/// (`vendor/async-nats/PATCH.md`).
+const PERMISSION_VIOLATION: u16 = 403;
 use crate::telemetry::Hop;
 use crate::trace_context::TraceContext;
 
@@ -301,19 +305,37 @@ impl Client {
             .payload(payload)
             .headers(codec::request_headers_as(remaining, trace, encoding))
             .timeout(Some(remaining));
-        // Made before the publish: a refusal cannot come earlier.
-        let mut refusals = crate::refusals::watch();
-        let reply = tokio::select! {
-            biased;
-            reply = self.shared.nats.send_request(subject.to_owned(), request) => reply,
-            refusal = refusals.refused(Operation::Publish, subject) => {
-                return Err(CallError::PermissionDenied {
-                    subject: subject.to_owned(),
-                    refusal,
-                });
+        // The patched async-nats answers a request whose publish the server
+        // refused with a PERMISSION_VIOLATION status at once; with the
+        // crates.io one, the call watches the connection's error events.
+        #[cfg(not(switchboard_unpatched_async_nats))]
+        let reply = self
+            .shared
+            .nats
+            .send_request(subject.to_owned(), request)
+            .await;
+        #[cfg(switchboard_unpatched_async_nats)]
+        let reply = {
+            // Made before the publish: a refusal cannot come earlier.
+            let mut refusals = crate::refusals::watch();
+            tokio::select! {
+                biased;
+                reply = self.shared.nats.send_request(subject.to_owned(), request) => reply,
+                refusal = refusals.refused(Operation::Publish, subject) => {
+                    return Err(CallError::PermissionDenied {
+                        subject: subject.to_owned(),
+                        refusal,
+                    });
+                }
             }
         };
         match reply {
+            Ok(message) if message.status.map(|s| s.as_u16()) == Some(PERMISSION_VIOLATION) => {
+                Err(CallError::PermissionDenied {
+                    subject: subject.to_owned(),
+                    refusal: crate::refusals::refusal_of(Operation::Publish, subject).await,
+                })
+            }
             Ok(message) => {
                 let headers = message.headers.as_ref();
                 if let Some(rejection) = codec::read_error(headers, &message.payload) {

@@ -454,7 +454,18 @@ struct Subscription {
 struct Multiplexer {
     subject: Subject,
     prefix: Subject,
-    senders: HashMap<String, oneshot::Sender<Message>>,
+    /// Each request waiting for its reply, by token, with the subject it
+    /// was published to (so a refused publish can answer its requests).
+    senders: HashMap<String, (Subject, oneshot::Sender<Message>)>,
+}
+
+/// The subject of a `Permissions Violation for Publish to "<subject>"`
+/// error, nats-server's word for a publish it refused.
+fn refused_publish_subject(description: &str) -> Option<&str> {
+    description
+        .strip_prefix("Permissions Violation for Publish to \"")?
+        .split('"')
+        .next()
 }
 
 /// A connection handler which facilitates communication from channels to a single shared connection.
@@ -490,6 +501,35 @@ enum PingPurpose {
 }
 
 impl ConnectionHandler {
+    /// Answers every request waiting for a reply to `subject` with a
+    /// [`StatusCode::PERMISSION_VIOLATION`] message carrying the server's
+    /// `description`: the server refused to let this connection publish
+    /// there, so no reply will come.
+    fn refuse_requests(&mut self, subject: &str, description: &str) {
+        let Some(multiplexer) = self.multiplexer.as_mut() else {
+            return;
+        };
+        let refused: Vec<String> = multiplexer
+            .senders
+            .iter()
+            .filter(|(_, (requested, _))| requested.as_str() == subject)
+            .map(|(token, _)| token.clone())
+            .collect();
+        for token in refused {
+            if let Some((requested, sender)) = multiplexer.senders.remove(&token) {
+                let _ = sender.send(Message {
+                    subject: requested,
+                    reply: None,
+                    payload: Bytes::new(),
+                    headers: None,
+                    status: Some(StatusCode::PERMISSION_VIOLATION),
+                    description: Some(description.to_owned()),
+                    length: 0,
+                });
+            }
+        }
+    }
+
     pub(crate) fn new(
         connection: Connection,
         connector: Connector,
@@ -762,6 +802,13 @@ impl ConnectionHandler {
             }
             ServerOp::Error(error) => {
                 debug!("received ERROR: {:?}", error);
+                // A request whose publish the server refused gets no reply:
+                // answer it now, with the refusal, instead of at its timeout.
+                if let ServerError::Other(description) = &error {
+                    if let Some(refused) = refused_publish_subject(description) {
+                        self.refuse_requests(refused, description);
+                    }
+                }
                 self.connector
                     .events_tx
                     .try_send(Event::ServerError(error))
@@ -830,7 +877,7 @@ impl ConnectionHandler {
                             subject.strip_prefix(multiplexer.prefix.as_ref()).to_owned();
 
                         if let Some(token) = maybe_token {
-                            if let Some(sender) = multiplexer.senders.remove(token) {
+                            if let Some((_, sender)) = multiplexer.senders.remove(token) {
                                 debug!("forwarding message to request with token {}", token);
                                 let message = Message {
                                     subject,
@@ -967,7 +1014,9 @@ impl ConnectionHandler {
                     .out_messages
                     .add(1, Ordering::Relaxed);
 
-                multiplexer.senders.insert(token.to_owned(), sender);
+                multiplexer
+                    .senders
+                    .insert(token.to_owned(), (subject.clone(), sender));
 
                 let respond: Subject = format!("{}{}", multiplexer.prefix, token).into();
 

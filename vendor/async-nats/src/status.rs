@@ -260,6 +260,10 @@ impl StatusCode {
     pub const NOT_FOUND: StatusCode = StatusCode(new_nonzero_u16(404));
     pub const TIMEOUT: StatusCode = StatusCode(new_nonzero_u16(408));
     pub const NO_RESPONDERS: StatusCode = StatusCode(new_nonzero_u16(503));
+    /// Not sent by the server: the client answers a request with it when the
+    /// server refused to let the connection publish the request (its
+    /// `description` is the server's error).
+    pub const PERMISSION_VIOLATION: StatusCode = StatusCode(new_nonzero_u16(403));
     pub const REQUEST_TERMINATED: StatusCode = StatusCode(new_nonzero_u16(409));
     /// A pull request on a pinned client consumer does not hold the current pin.
     pub const PIN_ID_MISMATCH: StatusCode = StatusCode(new_nonzero_u16(423));
