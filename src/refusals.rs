@@ -9,8 +9,8 @@
 //!
 //! Every connection made through [`crate::connect`] reports the refusals it
 //! is told of here. The patched async-nats (`vendor/async-nats/PATCH.md`)
-//! answers a request whose publish was refused at once, and
-//! [`Client`](crate::client::Client) turns that into
+//! fails a request whose publish was refused at once, with the server's
+//! words, and [`Client`](crate::client::Client) turns that into
 //! [`CallError::PermissionDenied`](crate::client::CallError), naming the
 //! user from this record; built against the crates.io async-nats, the
 //! client instead watches this record for a refusal of the subject it just
@@ -89,6 +89,16 @@ pub(crate) fn report(user: &str, message: &str) -> Option<Refusal> {
         *recent = Arc::new(Recent { refusals });
     });
     Some(refusal)
+}
+
+/// Whether `error` (a failed request's text) is the server's refusal to
+/// let the connection publish to `subject`, as the patched async-nats
+/// reports it.
+pub(crate) fn is_publish_refusal(error: &str, subject: &str) -> bool {
+    error
+        .find("Permissions Violation for ")
+        .and_then(|at| parse("", &error[at..]))
+        .is_some_and(|r| r.operation == Operation::Publish && r.subject == subject)
 }
 
 /// Reads nats-server's wording: `Permissions Violation for Publish to

@@ -44,10 +44,6 @@ use tokio::time::Instant;
 
 use crate::codec::{self, Encoding};
 use crate::refusals::Operation;
-
-/// The status the patched async-nats answers a refused request with
-/// (`vendor/async-nats/PATCH.md`).
-const PERMISSION_VIOLATION: u16 = 403;
 use crate::telemetry::Hop;
 use crate::trace_context::TraceContext;
 
@@ -305,9 +301,9 @@ impl Client {
             .payload(payload)
             .headers(codec::request_headers_as(remaining, trace, encoding))
             .timeout(Some(remaining));
-        // The patched async-nats answers a request whose publish the server
-        // refused with a PERMISSION_VIOLATION status at once; with the
-        // crates.io one, the call watches the connection's error events.
+        // The patched async-nats fails a request whose publish the server
+        // refused at once, with the server's words; with the crates.io
+        // one, the call watches the connection's error events.
         #[cfg(not(switchboard_unpatched_async_nats))]
         let reply = self
             .shared
@@ -330,7 +326,10 @@ impl Client {
             }
         };
         match reply {
-            Ok(message) if message.status.map(|s| s.as_u16()) == Some(PERMISSION_VIOLATION) => {
+            Err(e)
+                if e.kind() == RequestErrorKind::Other
+                    && crate::refusals::is_publish_refusal(&e.to_string(), subject) =>
+            {
                 Err(CallError::PermissionDenied {
                     subject: subject.to_owned(),
                     refusal: crate::refusals::refusal_of(Operation::Publish, subject).await,

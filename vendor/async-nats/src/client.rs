@@ -753,6 +753,14 @@ impl Client {
                             "no responders",
                         ));
                     }
+                    // The connection handler's answer for a request whose
+                    // publish the server refused: its error, not a reply.
+                    if message.status == Some(StatusCode::PERMISSION_VIOLATION) {
+                        return Err(RequestError::with_source(
+                            RequestErrorKind::Other,
+                            message.description.unwrap_or_default(),
+                        ));
+                    }
                     Ok(message)
                 }
                 Err(err) => Err(RequestError::with_source(RequestErrorKind::Other, err)),
