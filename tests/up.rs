@@ -32,6 +32,21 @@ fn up_embedded(
     Ok((up, port))
 }
 
+/// `up` on free ports with `extra` arguments, its data and nats context in
+/// `dir`, run until it exits by itself (within `timeout`); its status and output.
+fn up_until_it_gives_up(
+    dir: &Path,
+    extra: &[String],
+    timeout: Duration,
+) -> Result<(std::process::ExitStatus, String), Box<dyn std::error::Error>> {
+    let mut args = common::up_args(free_port()?, free_port()?, &dir.join("data"));
+    args.extend_from_slice(extra);
+    let env = [("XDG_CONFIG_HOME".to_owned(), dir.display().to_string())];
+    let mut up = Switchboard::spawn(&args, &env);
+    let status = up.wait_exit(timeout).ok_or("up did not stop by itself")?;
+    Ok((status, up.output()))
+}
+
 /// Stops `up` with `signal` and checks it exits 0 leaving none of `started`.
 fn stop_cleanly(up: &mut Switchboard, signal: Signal, started: &BTreeSet<u32>) -> TestResult {
     up.signal(signal);
@@ -255,22 +270,11 @@ async fn a_crashed_server_is_restarted_and_services_reconnect() -> TestResult {
 #[test]
 fn up_refuses_a_binary_that_is_no_service_before_starting_anything() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let args = {
-        let mut args = common::up_args(free_port()?, free_port()?, &dir.path().join("data"));
-        args.extend(["--with".to_owned(), "/bin/true".to_owned()]);
-        args
-    };
-    let mut up = Switchboard::spawn(
-        &args,
-        &[(
-            "XDG_CONFIG_HOME".to_owned(),
-            dir.path().display().to_string(),
-        )],
-    );
-    let status = up
-        .wait_exit(Duration::from_secs(30))
-        .ok_or("up did not stop")?;
-    let output = up.output();
+    let (status, output) = up_until_it_gives_up(
+        dir.path(),
+        &["--with".to_owned(), "/bin/true".to_owned()],
+        Duration::from_secs(30),
+    )?;
     assert!(!status.success(), "{output}");
     assert!(
         output.contains("/bin/true --contract printed no contract")
@@ -292,24 +296,13 @@ fn a_service_that_never_answers_is_named_and_nobody_else_is_blamed() -> TestResu
         "#!/bin/sh\n[ \"$1\" = --contract ] && echo '{\"name\":\"flaky\",\"version\":\"1.0.0\"}' && exit 0\nexit 3\n",
     )?;
     std::fs::set_permissions(&flaky, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let mut args = common::up_args(free_port()?, free_port()?, &dir.path().join("data"));
-    args.extend([
+    let extra = [
         "--with".to_owned(),
         flaky.display().to_string(),
         "--ready-timeout".to_owned(),
         "8".to_owned(),
-    ]);
-    let mut up = Switchboard::spawn(
-        &args,
-        &[(
-            "XDG_CONFIG_HOME".to_owned(),
-            dir.path().display().to_string(),
-        )],
-    );
-    let status = up
-        .wait_exit(Duration::from_secs(60))
-        .ok_or("up did not give up")?;
-    let output = up.output();
+    ];
+    let (status, output) = up_until_it_gives_up(dir.path(), &extra, Duration::from_secs(60))?;
     assert!(!status.success(), "{output}");
     let verdict = output
         .lines()

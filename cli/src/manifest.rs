@@ -114,17 +114,20 @@ impl Manifest {
     pub fn binaries(&self, bin_dir: &Path) -> Vec<(String, PathBuf)> {
         self.services
             .iter()
-            .map(|entry| (service_name(entry).to_owned(), self.binary(entry, bin_dir)))
+            .map(|entry| resolve(entry, &self.base, bin_dir))
             .collect()
     }
+}
 
-    fn binary(&self, entry: &str, bin_dir: &Path) -> PathBuf {
-        if entry.contains('/') {
-            self.base.join(entry)
-        } else {
-            bin_dir.join(entry)
-        }
-    }
+/// An entry's service name and binary: a path (with a `/`) relative to
+/// `base`, a name in `bin_dir`.
+pub fn resolve(entry: &str, base: &Path, bin_dir: &Path) -> (String, PathBuf) {
+    let binary = if entry.contains('/') {
+        base.join(entry)
+    } else {
+        bin_dir.join(entry)
+    };
+    (service_name(entry).to_owned(), binary)
 }
 
 /// The service an entry names: a binary path's file name, or the entry.

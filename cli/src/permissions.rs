@@ -19,12 +19,6 @@ pub const BEGIN: &str = "      # BEGIN generated from the services' contracts (s
 /// See [`BEGIN`].
 pub const END: &str = "      # END generated from the services' contracts";
 
-/// The environment variable that holds `user`'s password, as nats.conf
-/// names it: `SB_<USER>_PASSWORD`, upper case, `-` as `_`.
-pub fn password_variable(user: &str) -> String {
-    crate::credentials::password_env(user)
-}
-
 /// The `users` entries of every service in `system`, between the marker lines.
 pub fn nats_conf_block(system: &[Contract]) -> String {
     let mut out = String::new();
@@ -35,7 +29,7 @@ pub fn nats_conf_block(system: &[Contract]) -> String {
         let _ = writeln!(
             out,
             "      {{ user: {user}, password: ${}, permissions: {{",
-            password_variable(user)
+            crate::credentials::password_env(user)
         );
         let _ = writeln!(
             out,

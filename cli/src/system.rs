@@ -207,13 +207,7 @@ impl System {
         // Every contract before starting anything: failing later would mean
         // a half-started system.
         let binary = |entry: &String| {
-            let name = crate::manifest::service_name(entry).to_owned();
-            let path = if entry.contains('/') {
-                config.services_base.join(entry)
-            } else {
-                config.bin_dir.join(entry)
-            };
-            (name, path)
+            crate::manifest::resolve(entry, &config.services_base, &config.bin_dir)
         };
         let specs: Vec<(String, PathBuf)> = config.services.iter().map(binary).collect();
         let contracts = crate::contracts::read_all(&specs).await?;

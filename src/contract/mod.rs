@@ -219,11 +219,8 @@ impl Contract {
         subject: impl Into<String>,
         description: impl Into<String>,
     ) -> Self {
-        self.events.push(EventDeclaration {
-            subject: subject.into(),
-            description: description.into(),
-            schema: crate::service::schema_of::<T>(),
-        });
+        self.events
+            .push(EventDeclaration::new::<T>(subject, description));
         self
     }
 

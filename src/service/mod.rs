@@ -262,6 +262,18 @@ pub struct EventDeclaration {
 }
 
 impl EventDeclaration {
+    /// The event on `subject`, with the JSON Schema of its data `T`.
+    pub fn new<T: schemars::JsonSchema>(
+        subject: impl Into<String>,
+        description: impl Into<String>,
+    ) -> Self {
+        EventDeclaration {
+            subject: subject.into(),
+            description: description.into(),
+            schema: schema::schema_of::<T>(),
+        }
+    }
+
     /// The events an instance declares (none when it declares none, or
     /// something unreadable).
     pub fn of(instance: &crate::micro::InfoResponse) -> Vec<EventDeclaration> {
@@ -294,11 +306,8 @@ impl ServiceBuilder {
         subject: impl Into<String>,
         description: impl Into<String>,
     ) -> Self {
-        self.events.push(EventDeclaration {
-            subject: subject.into(),
-            description: description.into(),
-            schema: schema::schema_of::<T>(),
-        });
+        self.events
+            .push(EventDeclaration::new::<T>(subject, description));
         self
     }
 
