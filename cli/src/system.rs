@@ -86,12 +86,18 @@ pub struct UpConfig {
     pub service_env: Vec<(String, String)>,
 }
 
+/// Where the service binaries are by default: beside this executable
+/// (cargo builds every binary of a workspace into one folder).
+pub fn default_bin_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
 impl Default for UpConfig {
     fn default() -> Self {
-        let bin_dir = std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().map(Path::to_path_buf))
-            .unwrap_or_else(|| PathBuf::from("."));
+        let bin_dir = default_bin_dir();
         UpConfig {
             server: ServerChoice::Embedded {
                 config_file: None,

@@ -43,7 +43,7 @@ impl ServicesArgs {
         let bin_dir = self
             .bin_dir
             .clone()
-            .unwrap_or_else(|| crate::system::UpConfig::default().bin_dir);
+            .unwrap_or_else(crate::system::default_bin_dir);
         let mut binaries = manifest.binaries(&bin_dir);
         for binary in &self.with {
             let name = binary
