@@ -163,6 +163,22 @@ pub struct ConsumerDeclaration {
     pub filter: Vec<String>,
     /// The KV bucket of its processed-event records, if idempotent.
     pub idempotency_bucket: Option<String>,
+    /// Keyed: its partition count (each partition a durable,
+    /// `<durable>-p<n>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<u32>,
+}
+
+impl ConsumerDeclaration {
+    /// The durables it runs on the server: itself, or one per partition.
+    pub fn durables(&self) -> Vec<String> {
+        match self.partitions {
+            Some(partitions) => (0..partitions)
+                .map(|p| crate::events::partition::partition_durable(&self.durable, p))
+                .collect(),
+            None => vec![self.durable.clone()],
+        }
+    }
 }
 
 impl Contract {
@@ -245,6 +261,7 @@ impl Contract {
             idempotency_bucket: spec
                 .idempotency_ttl
                 .map(|_| crate::events::Idempotency::bucket_for(&spec.durable)),
+            partitions: spec.partitions,
         });
         self
     }

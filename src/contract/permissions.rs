@@ -49,7 +49,12 @@ impl Contract {
 
     fn publish_allow(&self, system: &[Contract]) -> Vec<String> {
         let mut allow: Vec<String> = self.called_subjects(system);
-        allow.extend(self.events.iter().map(|e| e.subject.clone()));
+        // Each event subject, with the shard token the publisher adds
+        // (events::partition), and bare for a client that adds none.
+        for event in &self.events {
+            allow.push(event.subject.clone());
+            allow.push(format!("{}.*", event.subject));
+        }
         if self.discovers {
             allow.push("$SRV.>".into());
         }
@@ -77,15 +82,31 @@ impl Contract {
             }
         }
         for consumer in &self.consumers {
-            let (stream, durable) = (&consumer.stream, &consumer.durable);
+            let stream = &consumer.stream;
             allow.push(format!("$JS.API.STREAM.INFO.{stream}"));
             allow.push(format!("$JS.API.STREAM.MSG.GET.{stream}"));
-            allow.push(format!("$JS.API.CONSUMER.INFO.{stream}.{durable}"));
-            allow.push(format!("$JS.API.CONSUMER.CREATE.{stream}.{durable}"));
-            allow.push(format!("$JS.API.CONSUMER.CREATE.{stream}.{durable}.>"));
-            allow.push(format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"));
-            allow.extend(ack_subjects(stream, durable));
-            allow.push(crate::events::dead_letter_subject(stream, durable));
+            for durable in consumer.durables() {
+                allow.push(format!("$JS.API.CONSUMER.INFO.{stream}.{durable}"));
+                allow.push(format!("$JS.API.CONSUMER.CREATE.{stream}.{durable}"));
+                allow.push(format!("$JS.API.CONSUMER.CREATE.{stream}.{durable}.>"));
+                allow.push(format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"));
+                allow.extend(ack_subjects(stream, &durable));
+                if consumer.partitions.is_some() {
+                    // A taker releases a departed owner's pin.
+                    allow.push(format!("$JS.API.CONSUMER.UNPIN.{stream}.{durable}"));
+                }
+            }
+            if consumer.partitions.is_some() {
+                // The instances' heartbeats (events::consumer::group).
+                allow.push(crate::events::consumer::group_subject(
+                    stream,
+                    &consumer.durable,
+                ));
+            }
+            allow.push(crate::events::dead_letter_subject(
+                stream,
+                &consumer.durable,
+            ));
         }
         for bucket in &buckets {
             // UPDATE: a bucket's stream is made to take transactions.
@@ -124,6 +145,12 @@ impl Contract {
         }
         if self.watches_events {
             allow.push("events.>".into());
+        }
+        for consumer in self.consumers.iter().filter(|c| c.partitions.is_some()) {
+            allow.push(crate::events::consumer::group_subject(
+                &consumer.stream,
+                &consumer.durable,
+            ));
         }
         allow.sort();
         allow.dedup();

@@ -53,6 +53,15 @@ pub enum EventError {
         /// Why.
         reason: String,
     },
+    /// A consumer's declaration cannot be run as it is (say, a keyed
+    /// consumer without event subjects). Nothing was created.
+    #[error("consumer {durable}: {reason}")]
+    InvalidConsumer {
+        /// The durable name declared.
+        durable: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
     /// A dead letter with this id does not exist.
     #[error("no dead letter {0}")]
     UnknownDeadLetter(u64),
@@ -80,6 +89,7 @@ impl EventError {
             EventError::Envelope(_) => "envelope",
             EventError::InvalidAttribute { .. } => "invalid_attribute",
             EventError::InvalidSubject { .. } => "invalid_subject",
+            EventError::InvalidConsumer { .. } => "invalid_consumer",
             EventError::UnknownDeadLetter(_) => "unknown_dead_letter",
             EventError::JetStream { .. } => "jetstream",
         }
@@ -111,7 +121,8 @@ impl From<EventError> for crate::ServiceError {
             EventError::NoStream { .. }
             | EventError::StreamDrift { .. }
             | EventError::Payload(_)
-            | EventError::Envelope(_) => {
+            | EventError::Envelope(_)
+            | EventError::InvalidConsumer { .. } => {
                 tracing::error!(error = %e, "cannot publish an event");
                 ServiceError::internal("internal error")
             }

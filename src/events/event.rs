@@ -66,6 +66,10 @@ impl<T: Serialize> Event<T> {
     pub fn event_id(&self) -> &str {
         &self.id
     }
+    /// What keyed consumers order by: `ce-subject`, or the id without one.
+    pub fn key(&self) -> &str {
+        self.subject.as_deref().unwrap_or(&self.id)
+    }
 
     /// Headers and body in CloudEvents binary mode, stamped now.
     pub(crate) fn encode(

@@ -22,8 +22,9 @@
 //! event carries a `Nats-Msg-Id`, so one that was stored the first time is
 //! acknowledged as a duplicate, never stored twice.
 //!
-//! One lane (a queue and a task) per subject: an atomic batch must fall
-//! into one stream, and one subject always does. Events that must be stored
+//! One lane (a queue and a task) per declared subject: an atomic batch
+//! must fall into one stream, and one subject with any shard token
+//! (`events.orders.created.*`, see `partition`) always does. Events that must be stored
 //! in the order they were handed over whatever their subjects (the outbox
 //! relay's, in commit order) share a lane of their own: its batches commit
 //! one after the other, each in order. A lane whose stream does
@@ -128,22 +129,10 @@ impl GroupCommit {
         }
     }
 
-    /// Stores one event (its headers carry `Nats-Msg-Id` = `id`), grouped
-    /// with whatever else is being published to `subject` right now.
-    pub(crate) async fn publish(
-        &self,
-        subject: &str,
-        id: &str,
-        headers: HeaderMap,
-        payload: Bytes,
-    ) -> Result<Published, EventError> {
-        self.publish_in(subject, subject, id, headers, payload)
-            .await
-    }
-
-    /// As [`GroupCommit::publish`], in the lane named `lane`: events of one
-    /// lane are stored in the order they were handed over, whatever their
-    /// subjects.
+    /// Stores one event (its headers carry `Nats-Msg-Id` = `id`) at
+    /// `subject`, grouped with whatever else is being published in the lane
+    /// named `lane` right now: events of one lane are stored in the order
+    /// they were handed over, whatever their subjects.
     pub(crate) async fn publish_in(
         &self,
         lane: &str,

@@ -19,8 +19,12 @@ pub const BUFFER: usize = 256;
 /// One event as watchers see it.
 #[derive(Debug, Clone, Serialize)]
 pub struct LiveEvent {
-    /// The subject it was published on.
+    /// The event's subject as declared (`events.orders.created`), without
+    /// the shard token the publisher adds (see `events::partition`).
     pub subject: String,
+    /// The shard it was published in (the subject's last token), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<u32>,
     /// Its CloudEvents attributes (`None` for a message that is not one).
     pub attributes: Option<EventAttributes>,
     /// The data: JSON as it came, else the payload as text.
@@ -33,8 +37,17 @@ pub struct LiveEvent {
 impl LiveEvent {
     /// Reads a published message.
     pub fn from_message(message: &async_nats::Message) -> Self {
+        let shard = super::partition::shard_of_subject(&message.subject);
+        let subject = match shard {
+            Some(_) => message
+                .subject
+                .rsplit_once('.')
+                .map_or(message.subject.as_str(), |(declared, _)| declared),
+            None => message.subject.as_str(),
+        };
         LiveEvent {
-            subject: message.subject.to_string(),
+            subject: subject.to_owned(),
+            shard,
             attributes: envelope::read_event_attributes(message.headers.as_ref()).ok(),
             data: serde_json::from_slice(&message.payload).unwrap_or_else(|_| {
                 serde_json::Value::String(String::from_utf8_lossy(&message.payload).into_owned())
@@ -63,8 +76,9 @@ pub fn valid_filter(subject: &str) -> bool {
         && !subject.split('.').any(str::is_empty)
 }
 
-/// Watches `subject` (checked with [`valid_filter`] by the caller). The
-/// stream ends when the connection does; dropping it unsubscribes.
+/// Watches `subject` (checked with [`valid_filter`] by the caller): the
+/// events published to it, with any shard token. The stream ends when the
+/// connection does; dropping it unsubscribes.
 ///
 /// # Errors
 ///
@@ -73,7 +87,15 @@ pub async fn watch(
     nats: &async_nats::Client,
     subject: String,
 ) -> Result<impl Stream<Item = LiveItem> + Send + 'static, async_nats::SubscribeError> {
-    let mut subscription = nats.subscribe(subject).await?;
+    let mut subscription = match crate::events::partition::delivery_filters(&[subject]).as_slice() {
+        [bare, sharded] => futures::stream::select(
+            nats.subscribe(bare.clone()).await?,
+            nats.subscribe(sharded.clone()).await?,
+        )
+        .boxed(),
+        [all] => nats.subscribe(all.clone()).await?.boxed(),
+        _ => futures::stream::empty().boxed(),
+    };
     let (tx, rx) = mpsc::channel::<LiveItem>(BUFFER);
     tokio::spawn(async move {
         let mut dropped: u64 = 0;
@@ -93,7 +115,8 @@ pub async fn watch(
                 dropped += 1;
             }
         }
-        let _ = subscription.unsubscribe().await;
+        // Dropping the subscriptions unsubscribes.
+        drop(subscription);
     });
     Ok(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))

@@ -48,6 +48,7 @@ mod event;
 pub(crate) mod group_commit;
 mod idempotency;
 pub mod live;
+pub mod partition;
 mod publisher;
 pub mod signal;
 mod stream;

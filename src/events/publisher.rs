@@ -19,6 +19,7 @@ use super::ack::{confirm, producer_span, publish_error, settled};
 use super::envelope;
 use super::event::Event;
 use super::group_commit::{GroupCommit, GroupCommitConfig};
+use super::partition;
 use crate::batch::{self, BatchError, BatchMessage};
 pub use crate::batch::{AtomicBatch, MAX_ATOMIC_BATCH};
 use crate::telemetry::Hop;
@@ -61,15 +62,23 @@ impl Publisher {
         &self.js
     }
 
+    /// `event` as it goes on the wire to `subject`: the subject with its
+    /// key's shard (see [`partition`](super::partition)), headers, body,
+    /// and the producer span (named by the declared subject).
     fn message<T: Serialize>(
         &self,
         subject: &str,
         event: &Event<T>,
-    ) -> Result<(async_nats::HeaderMap, bytes::Bytes, Option<Hop>), EventError> {
+    ) -> Result<Outgoing, EventError> {
         let (mut headers, payload) = event.encode(&self.source, subject)?;
         envelope::set_message_id(&mut headers, &event.id);
         let hop = producer_span("publish", subject, &event.id, &mut headers, event.trace);
-        Ok((headers, payload, hop))
+        Ok(Outgoing {
+            subject: partition::keyed_subject(subject, event.key()),
+            headers,
+            payload,
+            hop,
+        })
     }
 
     /// The source events are published for (`ce-source`).
@@ -101,12 +110,14 @@ impl Publisher {
         subject: &str,
         event: &Event<T>,
     ) -> Result<Published, EventError> {
-        let (headers, payload, hop) = self.message(subject, event)?;
+        let out = self.message(subject, event)?;
+        // One lane per declared subject: the shards of one subject batch
+        // together.
         let published = self
             .group
-            .publish(subject, &event.id, headers, payload)
+            .publish_in(subject, &out.subject, &event.id, out.headers, out.payload)
             .await;
-        settled(hop.as_ref(), &published);
+        settled(out.hop.as_ref(), &published);
         published
     }
 
@@ -160,8 +171,8 @@ impl Publisher {
     ) -> Result<AtomicBatch, EventError> {
         let mut messages = Vec::with_capacity(events.len());
         for event in events {
-            let (headers, payload, _span) = self.message(subject, event)?;
-            messages.push(BatchMessage::new(subject.to_owned(), headers, payload));
+            let out = self.message(subject, event)?;
+            messages.push(BatchMessage::new(out.subject, out.headers, out.payload));
         }
         batch::commit(&self.js.client(), messages)
             .await
@@ -184,6 +195,15 @@ impl Publisher {
             done: Vec::new(),
         }
     }
+}
+
+/// An event ready to send.
+struct Outgoing {
+    /// The subject with the shard token.
+    subject: String,
+    headers: async_nats::HeaderMap,
+    payload: bytes::Bytes,
+    hop: Option<Hop>,
 }
 
 /// Publishes many events with a bounded window of outstanding acks.
@@ -223,10 +243,13 @@ impl BatchPublisher {
         while self.in_flight.len() >= self.window {
             self.settle_oldest().await;
         }
-        let (headers, payload, _span) = self.publisher.message(subject, event)?;
-        let ack = self.publisher.send(subject, headers, payload).await?;
+        let out = self.publisher.message(subject, event)?;
+        let ack = self
+            .publisher
+            .send(&out.subject, out.headers, out.payload)
+            .await?;
         self.in_flight
-            .push_back((subject.to_owned(), event.id.clone(), ack));
+            .push_back((out.subject, event.id.clone(), ack));
         Ok(())
     }
 

@@ -81,7 +81,8 @@ impl PendingEvent {
         event: &Event<T>,
     ) -> Result<Self, EventError> {
         let (headers, payload) = event.encode(publisher.source(), subject)?;
-        PendingEvent::new(subject, &headers, &payload)
+        let subject = crate::events::partition::keyed_subject(subject, event.key());
+        PendingEvent::new(&subject, &headers, &payload)
     }
 
     pub(crate) fn new(

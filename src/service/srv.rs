@@ -120,6 +120,7 @@ fn info(identity: &Identity, endpoints: &[Arc<LiveEndpoint>]) -> InfoResponse {
 fn stats(identity: &Identity, endpoints: &[Arc<LiveEndpoint>], client: &Client) -> StatsResponse {
     let breakers = client.breakers().snapshot();
     let (retries, retries_refused, _) = client.retry_budget().snapshot();
+    let partitions = crate::events::consumer::partitions_held();
     StatsResponse {
         kind: STATS_TYPE.to_owned(),
         name: identity.name.clone(),
@@ -160,6 +161,9 @@ fn stats(identity: &Identity, endpoints: &[Arc<LiveEndpoint>], client: &Client) 
                         "circuit_breakers": breakers,
                         "retries": retries,
                         "retries_refused": retries_refused,
+                        // The partitions this instance holds, per keyed
+                        // consumer (durable name).
+                        "partitions": partitions,
                     })),
                 }
             })

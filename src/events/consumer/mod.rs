@@ -18,6 +18,12 @@
 //! handler sends in-progress signals. With [`ConsumerSpec::idempotent`], a
 //! redelivered or re-published event (same `ce-id`) has one effect.
 //!
+//! A keyed consumer ([`ConsumerSpec::keyed`]) keeps each key's events in
+//! order while the instances running it share its partitions: `keyed`
+//! (the design, and who pulls which partition), `group` (who the
+//! instances are) and `settling` (a takeover handles what the previous
+//! owner left first).
+//!
 //! One concept per file, along the steps of a delivery: `spec` (what a
 //! consumer is declared as), this module (the loop: a slot per event),
 //! `puller` (pull requests pipelined, never beyond what `prefetch` allows),
@@ -28,9 +34,12 @@
 
 mod attempts;
 mod delivery;
+mod group;
+mod keyed;
 mod ordered;
 mod prefetch;
 mod puller;
+mod settling;
 mod spec;
 
 use std::future::Future;
@@ -38,7 +47,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::task::TaskTracker;
@@ -49,10 +58,13 @@ use super::event::ReceivedEvent;
 use super::idempotency::Idempotency;
 use attempts::HandlerFailures;
 use delivery::{handle, settle};
+pub use group::subject as group_subject;
+pub use keyed::partitions_held;
 use ordered::{lane, lane_of};
 use prefetch::Waiting;
-use puller::{Pulled, Puller};
-pub use spec::{ConsumerSpec, HandlerError};
+use puller::{Pinning, Pulled, Puller};
+use settling::Settling;
+pub use spec::{ConsumerSpec, HandlerError, PIN_TIMEOUT};
 
 /// Everything a running consumer shares between its tasks.
 struct Shared<F> {
@@ -64,12 +76,15 @@ struct Shared<F> {
 }
 
 /// Consumes events with `handler` until `shutdown`, then lets running
-/// handlers finish (bounded by the ack wait) and returns.
+/// handlers finish (bounded by the ack wait) and returns. A keyed consumer
+/// ([`ConsumerSpec::keyed`]) shares its partitions with the other
+/// instances running it (see `keyed`).
 ///
 /// # Errors
 ///
 /// When the consumer, the `DLQ` stream or the idempotency bucket cannot be
-/// set up. Per-event failures never end the loop.
+/// set up, or a keyed declaration cannot be partitioned. Per-event failures
+/// never end the loop.
 pub async fn run<T, F, Fut>(
     js: jetstream::Context,
     spec: ConsumerSpec,
@@ -81,20 +96,12 @@ where
     F: Fn(ReceivedEvent<T>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
 {
+    if spec.partitions.is_some() {
+        return keyed::run(js, spec, handler, shutdown).await;
+    }
     tokio::pin!(shutdown);
-    // The stream belongs to the publishing service, which may start later.
-    let stream = loop {
-        match js.get_stream(&spec.stream).await {
-            Ok(stream) => break stream,
-            Err(e) if super::stream::is_not_found(&e) => {
-                tracing::info!(stream = %spec.stream, consumer = %spec.durable, "waiting for the stream to be declared");
-                tokio::select! {
-                    () = &mut shutdown => return Ok(()),
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-            Err(e) => return Err(EventError::js(format!("open stream {}", spec.stream))(e)),
-        }
+    let Some(stream) = wait_for_stream(&js, &spec, &mut shutdown).await? else {
+        return Ok(());
     };
     // Create or update: a consumer left by an older declaration (say, a
     // server-side delivery limit) is brought in line, not kept.
@@ -102,33 +109,86 @@ where
         .create_consumer(spec.config())
         .await
         .map_err(|e| EventError::js(format!("create consumer {}", spec.durable))(e))?;
-    let dead_letters = DeadLetters::open(&js).await?;
-    let idempotency = match spec.idempotency_ttl {
-        Some(ttl) => Some(
-            Idempotency::open(
-                &js,
-                &Idempotency::bucket_for(&spec.durable),
-                ttl,
-                super::idempotency::CLAIM_LEASE,
-            )
-            .await?,
-        ),
-        None => None,
-    };
-    let shared = Arc::new(Shared {
-        spec,
-        handler,
-        dead_letters,
-        idempotency,
-        failures: HandlerFailures::default(),
-    });
+    let shared = Arc::new(Shared::open(&js, spec, handler).await?);
+    pump(&js, &shared, consumer, None, shutdown).await?;
+    Ok(())
+}
 
+/// The stream `spec` consumes, once it exists (`None`: shut down first).
+/// It belongs to the publishing service, which may start later.
+async fn wait_for_stream(
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Result<Option<jetstream::stream::Stream>, EventError> {
+    loop {
+        match js.get_stream(&spec.stream).await {
+            Ok(stream) => return Ok(Some(stream)),
+            Err(e) if super::stream::is_not_found(&e) => {
+                tracing::info!(stream = %spec.stream, consumer = %spec.durable, "waiting for the stream to be declared");
+                tokio::select! {
+                    () = &mut *shutdown => return Ok(None),
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            Err(e) => return Err(EventError::js(format!("open stream {}", spec.stream))(e)),
+        }
+    }
+}
+
+impl<F> Shared<F> {
+    /// Opens what the handlers share: dead letters and the idempotency
+    /// bucket, if any.
+    async fn open(
+        js: &jetstream::Context,
+        spec: ConsumerSpec,
+        handler: F,
+    ) -> Result<Self, EventError> {
+        let dead_letters = DeadLetters::open(js).await?;
+        let idempotency = match spec.idempotency_ttl {
+            Some(ttl) => Some(
+                Idempotency::open(
+                    js,
+                    &Idempotency::bucket_for(&spec.durable),
+                    ttl,
+                    super::idempotency::CLAIM_LEASE,
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        Ok(Shared {
+            spec,
+            handler,
+            dead_letters,
+            idempotency,
+            failures: HandlerFailures::default(),
+        })
+    }
+}
+
+/// Pulls from `consumer` and hands each event to a handler slot until
+/// `shutdown`, then finishes what it holds. With `pinning` (a keyed
+/// consumer's partition) it pulls in the priority group and settles after
+/// each new pin (see `settling`). Returns the pin it held last.
+async fn pump<T, F, Fut>(
+    js: &jetstream::Context,
+    shared: &Arc<Shared<F>>,
+    consumer: PullConsumer,
+    pinning: Option<Pinning>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Option<String>, EventError>
+where
+    T: DeserializeOwned + Send + 'static,
+    F: Fn(ReceivedEvent<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    tokio::pin!(shutdown);
+    let durable = consumer.cached_info().name.clone();
     let slots = Slots::new(shared.spec.concurrency);
-    let mut puller = Puller::start(&js, consumer, shared.spec.concurrency)
+    let mut puller = Puller::start(js, consumer.clone(), shared.spec.concurrency, pinning)
         .await
-        .map_err(|e| {
-            EventError::js(format!("subscribe for consumer {}", shared.spec.durable))(e)
-        })?;
+        .map_err(|e| EventError::js(format!("subscribe for consumer {durable}"))(e))?;
     let tasks = TaskTracker::new();
     // Ordered mode: one lane per slot; a subject always maps to the same lane.
     let lanes: Vec<mpsc::UnboundedSender<(jetstream::Message, Slot)>> =
@@ -168,6 +228,9 @@ where
     );
     let mut overdue_check = tokio::time::interval(waiting.check_every());
     overdue_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut settling: Option<Settling> = None;
+    let mut settle_check = tokio::time::interval(settling::CHECK_EVERY);
+    settle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // Waiting events first, in arrival order, as slots allow.
         while !waiting.is_empty()
@@ -178,7 +241,7 @@ where
         }
         let wanted = slots.free() + waiting.room(slots.finished());
         if let Err(error) = puller.ask(wanted).await {
-            tracing::warn!(consumer = %shared.spec.durable, %error, "pull request failed; retrying");
+            tracing::warn!(consumer = %durable, %error, "pull request failed; retrying");
             tokio::select! {
                 () = &mut shutdown => break,
                 () = tokio::time::sleep(Duration::from_millis(500)) => continue,
@@ -193,10 +256,32 @@ where
                 give_back(waiting.overdue()).await;
                 continue;
             }
+            _ = settle_check.tick(), if settling.is_some() => {
+                if let Some(current) = &mut settling {
+                    current.keep_alive(shared.spec.ack_wait).await;
+                    let ours = slots.taken() + waiting.len() + current.len();
+                    if current.settled(&consumer, ours).await
+                        && let Some(done) = settling.take()
+                    {
+                        tracing::info!(consumer = %durable, held = done.len(), after = ?done.elapsed(), "settled: the previous owner's events are done");
+                        for message in done.release() {
+                            waiting.push(message);
+                        }
+                    }
+                }
+                continue;
+            }
             pulled = puller.next() => pulled,
         };
+        if puller.take_new_pin() && settling.is_none() {
+            tracing::debug!(consumer = %durable, "pinned; settling");
+            settling = Some(Settling::new());
+        }
         match pulled {
-            Pulled::Event(message) => waiting.push(*message),
+            Pulled::Event(message) => match &mut settling {
+                Some(current) if Settling::must_wait(&message) => current.hold(*message),
+                _ => waiting.push(*message),
+            },
             Pulled::Uncovered => {}
             Pulled::Refused => {
                 tokio::select! {
@@ -227,21 +312,28 @@ where
             break;
         }
         match tokio::time::timeout_at(until, puller.next()).await {
-            Ok(Pulled::Event(message)) => waiting.push(*message),
+            Ok(Pulled::Event(message)) => match &mut settling {
+                Some(current) if Settling::must_wait(&message) => current.hold(*message),
+                _ => waiting.push(*message),
+            },
             Ok(Pulled::Uncovered | Pulled::Refused) => {}
             Ok(Pulled::Closed) | Err(_) => break,
         }
     }
     give_back(std::iter::from_fn(|| waiting.pop()).collect()).await;
+    if let Some(unsettled) = settling {
+        // Not nak-ed: see `settling`.
+        tracing::info!(consumer = %durable, held = unsettled.len(), "stopped while settling; held events return after their ack wait");
+    }
     drop(lanes); // lanes finish what they hold, then end
     tasks.close();
     if tokio::time::timeout(shared.spec.ack_wait, tasks.wait())
         .await
         .is_err()
     {
-        tracing::warn!(consumer = %shared.spec.durable, "handlers still running at shutdown; they will be redelivered");
+        tracing::warn!(consumer = %durable, "handlers still running at shutdown; they will be redelivered");
     }
-    Ok(())
+    Ok(puller.pin().map(str::to_owned))
 }
 
 /// Hands events back to the server for redelivery (no delay): they waited
@@ -256,6 +348,7 @@ async fn give_back(messages: Vec<jetstream::Message>) {
 /// The handler slots: an event is pulled only for a free one (or one
 /// expected to be free shortly: see `prefetch`).
 struct Slots {
+    size: usize,
     free: Arc<Semaphore>,
     freed: Arc<Freed>,
 }
@@ -286,6 +379,7 @@ impl Drop for Slot {
 impl Slots {
     fn new(slots: usize) -> Self {
         Slots {
+            size: slots,
             free: Arc::new(Semaphore::new(slots)),
             freed: Arc::new(Freed::default()),
         }
@@ -298,6 +392,12 @@ impl Slots {
 
     fn free(&self) -> usize {
         self.free.available_permits()
+    }
+
+    /// Slots taken: events handed to handlers (or queued on a lane) and
+    /// not yet settled.
+    fn taken(&self) -> usize {
+        self.size - self.free()
     }
 
     /// Until a slot is freed (or was, since the last call).

@@ -99,6 +99,10 @@ impl Waiting {
         self.allowance(finished).saturating_sub(self.queue.len())
     }
 
+    pub(super) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.queue.is_empty()
     }

@@ -18,6 +18,13 @@
 //! Asked-for events never exceed what the consumer says it can take (its
 //! free slots, plus the short wait `prefetch` allows).
 //!
+//! A partition of a keyed consumer is pulled in a priority group with the
+//! `pinned_client` policy (ADR-42): the server delivers to one puller at a
+//! time and names it in `Nats-Pin-Id`, which every later request repeats.
+//! A new pin is reported ([`Puller::take_new_pin`]): the events another
+//! puller left unacknowledged must be handled before those that follow
+//! them (see `settling`).
+//!
 //! A request the server forgets (a restart, a leader change, a reconnect)
 //! would leave the count stuck: each request expires after [`EXPIRES`] with
 //! a status saying how many of it were not filled, and if nothing at all is
@@ -39,6 +46,42 @@ pub(super) const LOST_AFTER: Duration = Duration::from_secs(3);
 /// JetStream's header with how many events of an ended request were not
 /// delivered.
 const PENDING_MESSAGES: &str = "Nats-Pending-Messages";
+
+/// The header naming the pinned puller of a priority group (ADR-42).
+const PIN_ID: &str = "Nats-Pin-Id";
+
+/// A pull request as JetStream reads it (`$JS.API.CONSUMER.MSG.NEXT`),
+/// with the priority group and pin that async-nats' own `BatchConfig`
+/// cannot carry.
+#[derive(serde::Serialize)]
+struct PullRequest<'a> {
+    batch: usize,
+    /// Nanoseconds.
+    expires: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<&'a str>,
+    #[serde(rename = "id", skip_serializing_if = "Option::is_none")]
+    pin: Option<&'a str>,
+}
+
+/// The priority group a puller pulls in, and its pin.
+#[derive(Debug, Default)]
+pub(super) struct Pinning {
+    group: String,
+    /// The `Nats-Pin-Id` the server gave this puller, if it is pinned.
+    pin: Option<String>,
+    /// A pin arrived that [`Puller::take_new_pin`] has not reported yet.
+    new_pin: bool,
+}
+
+impl Pinning {
+    pub(super) fn group(group: impl Into<String>) -> Self {
+        Pinning {
+            group: group.into(),
+            ..Pinning::default()
+        }
+    }
+}
 
 /// What [`Puller::next`] brings.
 pub(super) enum Pulled {
@@ -66,6 +109,8 @@ pub(super) struct Puller {
     /// the least (see [`Puller::ask`]).
     least: usize,
     heard: Instant,
+    /// Pulled in a priority group (a keyed consumer's partition).
+    pinning: Option<Pinning>,
 }
 
 impl Puller {
@@ -73,6 +118,7 @@ impl Puller {
         js: &jetstream::Context,
         consumer: PullConsumer,
         slots: usize,
+        pinning: Option<Pinning>,
     ) -> Result<Self, async_nats::SubscribeError> {
         let nats = js.client();
         let inbox = nats.new_inbox();
@@ -85,7 +131,70 @@ impl Puller {
             asked: 0,
             least: (slots / 4).max(1),
             heard: Instant::now(),
+            pinning,
         })
+    }
+
+    /// The pin this puller holds, if any.
+    pub(super) fn pin(&self) -> Option<&str> {
+        self.pinning.as_ref().and_then(|p| p.pin.as_deref())
+    }
+
+    /// Whether the server pinned this puller since the last call (a
+    /// takeover: other pullers' unacknowledged events may be out).
+    pub(super) fn take_new_pin(&mut self) -> bool {
+        self.pinning
+            .as_mut()
+            .is_some_and(|p| std::mem::take(&mut p.new_pin))
+    }
+
+    async fn request(&self, batch: usize) -> Result<(), async_nats::Error> {
+        let Some(pinning) = &self.pinning else {
+            let request = BatchConfig {
+                batch,
+                expires: Some(EXPIRES),
+                ..Default::default()
+            };
+            self.consumer
+                .request_batch(request, self.inbox.clone().into())
+                .await?;
+            return Ok(());
+        };
+        let info = self.consumer.cached_info();
+        let subject = format!(
+            "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+            info.stream_name, info.name
+        );
+        let request = PullRequest {
+            batch,
+            expires: u64::try_from(EXPIRES.as_nanos()).unwrap_or(u64::MAX),
+            group: Some(&pinning.group),
+            pin: pinning.pin.as_deref(),
+        };
+        let payload = serde_json::to_vec(&request)?;
+        self.context
+            .client()
+            .publish_with_reply(subject, self.inbox.clone(), payload.into())
+            .await?;
+        Ok(())
+    }
+
+    /// Notes the pin an event arrived with.
+    fn pinned_by(&mut self, message: &async_nats::Message) {
+        let Some(pinning) = &mut self.pinning else {
+            return;
+        };
+        let pin = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(PIN_ID))
+            .map(|v| v.as_str());
+        if let Some(pin) = pin
+            && pinning.pin.as_deref() != Some(pin)
+        {
+            pinning.pin = Some(pin.to_owned());
+            pinning.new_pin = true;
+        }
     }
 
     /// Events asked for and not yet received nor expired.
@@ -112,14 +221,7 @@ impl Puller {
         if self.asked == 0 {
             self.heard = Instant::now();
         }
-        let request = BatchConfig {
-            batch: uncovered,
-            expires: Some(EXPIRES),
-            ..Default::default()
-        };
-        self.consumer
-            .request_batch(request, self.inbox.clone().into())
-            .await?;
+        self.request(uncovered).await?;
         self.asked += uncovered;
         Ok(())
     }
@@ -149,12 +251,23 @@ impl Puller {
             match message.status.unwrap_or(StatusCode::OK) {
                 StatusCode::OK => {
                     self.asked = self.asked.saturating_sub(1);
+                    self.pinned_by(&message);
                     return Pulled::Event(Box::new(jetstream::Message {
                         message,
                         context: self.context.clone(),
                     }));
                 }
                 StatusCode::IDLE_HEARTBEAT => {}
+                // Another puller holds the pin now (it was moved, or ours
+                // lapsed): ask again without one; the server pins whoever
+                // it pins next.
+                StatusCode::PIN_ID_MISMATCH => {
+                    if let Some(pinning) = &mut self.pinning {
+                        pinning.pin = None;
+                    }
+                    self.asked = 0;
+                    return Pulled::Uncovered;
+                }
                 // A request ended (expired, or cut short by the server):
                 // the header says how much of it was not filled.
                 StatusCode::TIMEOUT | StatusCode::REQUEST_TERMINATED => {

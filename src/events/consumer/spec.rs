@@ -67,7 +67,19 @@ pub struct ConsumerSpec {
     /// Handle events with the same `ce-subject` (e.g. one order) one at a
     /// time, in stream order; retryable failures are then retried in place.
     pub ordered_by_subject: bool,
+    /// Keyed: this many partitions, shared among the instances running
+    /// the consumer (see [`ConsumerSpec::keyed`]).
+    pub partitions: Option<u32>,
 }
+
+/// The priority group every partition of a keyed consumer is pulled in.
+pub(super) const OWNER_GROUP: &str = "owner";
+
+/// How long a partition's pinned puller may go without a pull request
+/// before the server lets another puller have it (ADR-42's
+/// `priority_timeout`). A dead owner's partitions are normally taken
+/// sooner: the instance that takes one unpins it (see `keyed`).
+pub const PIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl ConsumerSpec {
     /// A consumer `durable` on `stream`, with defaults: ack wait 30 s, 5
@@ -91,6 +103,7 @@ impl ConsumerSpec {
             prefetch: Duration::from_millis(20),
             idempotency_ttl: None,
             ordered_by_subject: false,
+            partitions: None,
         }
     }
     /// Receives only these subjects.
@@ -140,6 +153,27 @@ impl ConsumerSpec {
         self
     }
 
+    /// Keyed consumption that scales out: the events of one key (the
+    /// event's `ce-subject`, e.g. one order) are handled in stream order,
+    /// one at a time, by one instance at a time, while the keys are spread
+    /// over `partitions` partitions that the running instances share
+    /// fairly — one that joins takes its share, one that stops or dies
+    /// hands its partitions over, and the new owner handles what the old
+    /// one left unacknowledged first. Implies
+    /// [`ordered_by_subject`](ConsumerSpec::ordered_by_subject) within a
+    /// partition; [`concurrency`](ConsumerSpec::concurrency) is per
+    /// partition held.
+    ///
+    /// `partitions` (1 to [`SHARDS`](crate::events::partition::SHARDS))
+    /// is fixed for the durable: more instances than partitions leave the
+    /// extra ones idle (standbys). Each partition is a durable of its own,
+    /// `<durable>-p<n>`; the filter must name event subjects (no `>`).
+    pub fn keyed(mut self, partitions: u32) -> Self {
+        self.partitions = Some(partitions);
+        self.ordered_by_subject = true;
+        self
+    }
+
     /// One effect per event id, remembered for `ttl`.
     pub fn idempotent(mut self, ttl: Duration) -> Self {
         self.idempotency_ttl = Some(ttl);
@@ -149,7 +183,7 @@ impl ConsumerSpec {
     pub(super) fn config(&self) -> pull::Config {
         pull::Config {
             durable_name: Some(self.durable.clone()),
-            filter_subjects: self.filter_subjects.clone(),
+            filter_subjects: crate::events::partition::delivery_filters(&self.filter_subjects),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait: self.ack_wait,
             // Unlimited: only the handler's own failures count (attempts.rs).
@@ -158,6 +192,34 @@ impl ConsumerSpec {
                 .unwrap_or(i64::MAX),
             ..Default::default()
         }
+    }
+
+    /// The durable of partition `partition` of a keyed consumer: its
+    /// shards only, pulled by one pinned instance at a time.
+    ///
+    /// # Errors
+    ///
+    /// [`EventError::InvalidConsumer`](crate::events::EventError::InvalidConsumer)
+    /// when the declaration cannot be partitioned.
+    pub(super) fn partition_config(
+        &self,
+        partition: u32,
+        partitions: u32,
+    ) -> Result<pull::Config, crate::events::EventError> {
+        use crate::events::partition;
+        Ok(pull::Config {
+            durable_name: Some(partition::partition_durable(&self.durable, partition)),
+            filter_subjects: partition::partition_filters(
+                &self.durable,
+                &self.filter_subjects,
+                partition,
+                partitions,
+            )?,
+            priority_policy: jetstream::consumer::PriorityPolicy::PinnedClient,
+            priority_groups: vec![OWNER_GROUP.to_owned()],
+            priority_timeout: PIN_TIMEOUT,
+            ..self.config()
+        })
     }
 
     pub(super) fn delay_after(&self, delivered: u64) -> Duration {

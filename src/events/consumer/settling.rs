@@ -1,0 +1,101 @@
+//! A takeover's first duty: the events the previous owner left
+//! unacknowledged are handled before the ones that follow them.
+//!
+//! When a partition changes hands — its owner died, was paused past the
+//! pin timeout, or gave it up in a rebalance — the server pins the new
+//! puller and delivers it the partition's *next* events at once, while the
+//! old owner's unacknowledged ones come back only as redeliveries, when
+//! their ack wait runs out (or at once, if it handed them back). Handling
+//! what arrives as it arrives would let an order's `cancelled` overtake its
+//! `created` that died with the old owner.
+//!
+//! So a newly pinned puller *settles* first: redeliveries (the old owner's
+//! events) go to their handlers as usual, while first deliveries are held
+//! here, kept alive with in-progress signals, until the consumer's
+//! unacknowledged events are all this process's own — the consumer's
+//! `num_ack_pending` no more than what it holds. Both counts lag in the
+//! safe direction (an ack on its way, an event delivered and not yet
+//! read), so the check can hold a little long, never release early. The
+//! whole partition waits, not just the keys in flight: which keys those
+//! are is only known once their events come back.
+//!
+//! Handed back at shutdown, held events are *not* nak-ed (a nak would make
+//! them redeliveries the next owner handles at once, before the older
+//! events still out); their ack wait returns them in stream order.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use tokio::time::Instant;
+
+/// How often a settling partition asks the server where it stands.
+pub(super) const CHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// First deliveries held back until the previous owner's events are done.
+pub(super) struct Settling {
+    held: VecDeque<jetstream::Message>,
+    since: Instant,
+    kept_alive: Instant,
+}
+
+impl Settling {
+    pub(super) fn new() -> Self {
+        let now = Instant::now();
+        Settling {
+            held: VecDeque::new(),
+            since: now,
+            kept_alive: now,
+        }
+    }
+
+    /// Whether `message` must wait: a first delivery (a redelivery is one
+    /// of the events that must come first).
+    pub(super) fn must_wait(message: &jetstream::Message) -> bool {
+        message.info().is_ok_and(|info| info.delivered <= 1)
+    }
+
+    pub(super) fn hold(&mut self, message: jetstream::Message) {
+        self.held.push_back(message);
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// How long it has been settling.
+    pub(super) fn elapsed(&self) -> Duration {
+        self.since.elapsed()
+    }
+
+    /// Whether every unacknowledged event of the consumer is one of the
+    /// `ours` this process holds (an unanswered question counts as no).
+    pub(super) async fn settled(&self, consumer: &PullConsumer, ours: usize) -> bool {
+        match consumer.get_info().await {
+            Ok(info) => info.num_ack_pending <= ours,
+            Err(error) => {
+                tracing::debug!(%error, "consumer info while settling");
+                false
+            }
+        }
+    }
+
+    /// In-progress signals for the held events, every third of the ack
+    /// wait.
+    pub(super) async fn keep_alive(&mut self, ack_wait: Duration) {
+        if self.kept_alive.elapsed() < ack_wait / 3 {
+            return;
+        }
+        self.kept_alive = Instant::now();
+        for message in &self.held {
+            if let Err(error) = message.ack_with(AckKind::Progress).await {
+                tracing::debug!(%error, "in-progress signal for a held event failed");
+            }
+        }
+    }
+
+    /// The held events, in arrival (stream) order.
+    pub(super) fn release(self) -> VecDeque<jetstream::Message> {
+        self.held
+    }
+}

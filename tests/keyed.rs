@@ -1,0 +1,365 @@
+//! Keyed consumers against a real nats-server: each key's events in stream
+//! order while instances join and leave and share the partitions; a
+//! failing event holds its key (not the others); a dead-lettered one
+//! releases it; a declaration that cannot be partitioned is refused.
+//! (A SIGKILLed instance is in `tests/keyed_system.rs`, on real processes.)
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use serde::{Deserialize, Serialize};
+use switchboard::events::{
+    self, ConsumerSpec, Event, EventError, HandlerError, Publisher, ReceivedEvent, StreamSpec,
+};
+use switchboard::testing::TestServer;
+use tokio_util::sync::CancellationToken;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const CREATED: &str = "events.parcels.created";
+const CANCELLED: &str = "events.parcels.cancelled";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Step {
+    parcel: String,
+    step: u32,
+}
+
+/// What the handlers saw: per key, the steps in the order they were
+/// handled, and which instance handled them.
+#[derive(Debug, Default)]
+struct Seen {
+    steps: BTreeMap<String, Vec<u32>>,
+    by_instance: BTreeMap<usize, usize>,
+}
+
+fn spec(partitions: u32) -> ConsumerSpec {
+    ConsumerSpec::new("PARCELS", "parcels-keyed")
+        .filter([CREATED, CANCELLED])
+        .keyed(partitions)
+        .ack_wait(Duration::from_secs(3))
+        .backoff(vec![Duration::from_millis(50)])
+}
+
+async fn setup(
+    server: &TestServer,
+) -> Result<(jetstream::Context, Publisher), Box<dyn std::error::Error>> {
+    let js = jetstream::new(server.client().await?);
+    StreamSpec::new("PARCELS", ["events.parcels.>"])
+        .ensure(&js)
+        .await?;
+    Ok((js.clone(), Publisher::new(js, "parcels")))
+}
+
+/// One instance of the keyed consumer, on its own connection.
+struct Instance {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), EventError>>,
+}
+
+async fn instance(
+    server: &TestServer,
+    index: usize,
+    spec: ConsumerSpec,
+    seen: Arc<Mutex<Seen>>,
+) -> Result<Instance, Box<dyn std::error::Error>> {
+    let js = jetstream::new(server.client().await?);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(events::consumer::run(
+        js,
+        spec,
+        move |event: ReceivedEvent<Step>| {
+            let seen = seen.clone();
+            async move {
+                // Long enough that keys interleave and handovers meet
+                // events in flight.
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(1..6))).await;
+                if let Ok(mut seen) = seen.lock() {
+                    seen.steps
+                        .entry(event.data.parcel.clone())
+                        .or_default()
+                        .push(event.data.step);
+                    *seen.by_instance.entry(index).or_default() += 1;
+                }
+                Ok(())
+            }
+        },
+        {
+            let stop = stop.clone();
+            async move { stop.cancelled().await }
+        },
+    ));
+    Ok(Instance { stop, task })
+}
+
+impl Instance {
+    async fn stop(self) -> TestResult {
+        self.stop.cancel();
+        self.task.await??;
+        Ok(())
+    }
+}
+
+/// Publishes `steps` events for each of `keys` parcels, each key's in
+/// order (the next after the previous was stored), keys concurrently.
+async fn publish(publisher: &Publisher, keys: std::ops::Range<usize>, steps: u32) -> TestResult {
+    let mut tasks = Vec::new();
+    for key in keys {
+        let publisher = publisher.clone();
+        tasks.push(tokio::spawn(async move {
+            let parcel = format!("p-{key}");
+            for step in 0..steps {
+                let subject = if step + 1 == steps {
+                    CANCELLED
+                } else {
+                    CREATED
+                };
+                let event = Event::new(Step {
+                    parcel: parcel.clone(),
+                    step,
+                })
+                .id(format!("{parcel}-{step}"))
+                .subject(parcel.clone());
+                publisher.publish(subject, &event).await?;
+            }
+            Ok::<(), EventError>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+async fn until_all_handled(seen: &Arc<Mutex<Seen>>, events: usize, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let handled: usize = seen
+            .lock()
+            .map(|s| s.steps.values().map(Vec::len).sum())
+            .unwrap_or(0);
+        if handled >= events {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_key_in_order_while_instances_join_and_leave() -> TestResult {
+    const KEYS: usize = 120;
+    const STEPS: u32 = 4;
+    let server = TestServer::start().await?;
+    let (_js, publisher) = setup(&server).await?;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+
+    let first = instance(&server, 0, spec(6), seen.clone()).await?;
+    let second = instance(&server, 1, spec(6), seen.clone()).await?;
+    publish(&publisher, 0..KEYS / 3, STEPS).await?;
+    // A third joins while events flow and takes its share; the first
+    // leaves while they still flow, and hands its share over.
+    let third = instance(&server, 2, spec(6), seen.clone()).await?;
+    publish(&publisher, KEYS / 3..2 * KEYS / 3, STEPS).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let more = {
+        let publisher = publisher.clone();
+        tokio::spawn(async move {
+            publish(&publisher, 2 * KEYS / 3..KEYS, STEPS)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    };
+    first.stop().await?;
+    more.await??;
+
+    let events = KEYS * STEPS as usize;
+    let all = until_all_handled(&seen, events, Duration::from_secs(30)).await;
+    second.stop().await?;
+    third.stop().await?;
+    let seen = seen.lock().map_err(|_| "poisoned")?;
+    assert!(
+        all,
+        "handled {} of {events}",
+        seen.steps.values().map(Vec::len).sum::<usize>()
+    );
+    let in_order: Vec<u32> = (0..STEPS).collect();
+    let out_of_order: Vec<_> = seen
+        .steps
+        .iter()
+        .filter(|(_, steps)| **steps != in_order)
+        .take(5)
+        .collect();
+    assert!(
+        out_of_order.is_empty(),
+        "keys out of order or repeated: {out_of_order:?}"
+    );
+    assert_eq!(seen.steps.len(), KEYS);
+    // Every instance took a share while it ran.
+    for index in 0..3 {
+        assert!(
+            seen.by_instance.get(&index).copied().unwrap_or(0) > 0,
+            "instance {index} handled nothing: {:?}",
+            seen.by_instance
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_event_holds_its_key_and_a_dead_letter_releases_it() -> TestResult {
+    let server = TestServer::start().await?;
+    let (js, publisher) = setup(&server).await?;
+    let order = Arc::new(Mutex::new(Vec::<String>::new()));
+    let failures = Arc::new(Mutex::new(BTreeMap::<String, u32>::new()));
+    let spec = spec(2).max_deliver(3);
+    let stop = CancellationToken::new();
+    let task = {
+        let (order, failures, stop) = (order.clone(), failures.clone(), stop.clone());
+        tokio::spawn(events::consumer::run(
+            js.clone(),
+            spec,
+            move |event: ReceivedEvent<Step>| {
+                let (order, failures) = (order.clone(), failures.clone());
+                async move {
+                    let name = format!("{}/{}", event.data.parcel, event.data.step);
+                    let failed = {
+                        let mut failures =
+                            failures.lock().map_err(|_| HandlerError::retry("lock"))?;
+                        let count = failures.entry(name.clone()).or_default();
+                        *count += 1;
+                        *count
+                    };
+                    match name.as_str() {
+                        // Fails twice, then succeeds: its key's next waits.
+                        "slow/0" if failed <= 2 => return Err(HandlerError::retry("not yet")),
+                        // Never succeeds: dead-lettered, its key goes on.
+                        "doomed/0" => return Err(HandlerError::permanent("cannot")),
+                        _ => {}
+                    }
+                    if let Ok(mut order) = order.lock() {
+                        order.push(name);
+                    }
+                    Ok(())
+                }
+            },
+            async move { stop.cancelled().await },
+        ))
+    };
+    for parcel in ["slow", "doomed", "quick"] {
+        for step in 0..2 {
+            let subject = if step == 0 { CREATED } else { CANCELLED };
+            let event = Event::new(Step {
+                parcel: parcel.into(),
+                step,
+            })
+            .id(format!("{parcel}-{step}"))
+            .subject(parcel);
+            publisher.publish(subject, &event).await?;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while order.lock().map(|o| o.len()).unwrap_or(0) < 5 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let handled = order.lock().map(|o| o.clone()).unwrap_or_default();
+    let position = |name: &str| handled.iter().position(|n| n == name);
+    assert_eq!(handled.len(), 5, "{handled:?}");
+    // The failing event held its key's next one, not the other keys'.
+    assert!(position("slow/0") < position("slow/1"), "{handled:?}");
+    assert!(
+        position("quick/1") < position("slow/0"),
+        "quick waited for slow: {handled:?}"
+    );
+    // The dead letter released its key.
+    assert_eq!(position("doomed/0"), None);
+    assert!(position("doomed/1").is_some(), "{handled:?}");
+    let letters = events::DeadLetters::open(&js).await?.list().await?;
+    assert!(
+        letters.iter().any(|l| l.info.error.contains("cannot")),
+        "no dead letter: {letters:?}"
+    );
+    stop.cancel();
+    task.await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn partitions_are_durables_and_a_bad_declaration_is_refused() -> TestResult {
+    let server = TestServer::start().await?;
+    let (js, _publisher) = setup(&server).await?;
+    // No subjects, or a '>': the shard's place is unknown.
+    for spec in [
+        ConsumerSpec::new("PARCELS", "wide").keyed(4),
+        ConsumerSpec::new("PARCELS", "wide")
+            .filter(["events.parcels.>"])
+            .keyed(4),
+        ConsumerSpec::new("PARCELS", "wide")
+            .filter([CREATED])
+            .keyed(65),
+    ] {
+        let result = events::consumer::run(
+            js.clone(),
+            spec,
+            |_: ReceivedEvent<Step>| async { Ok(()) },
+            std::future::pending(),
+        )
+        .await;
+        assert!(
+            matches!(result, Err(EventError::InvalidConsumer { .. })),
+            "{result:?}"
+        );
+    }
+    // A good one: one durable per partition, each filtered to its shards
+    // and pinned; partition 0 also takes events published without a shard.
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let one = instance(&server, 0, spec(3), seen.clone()).await?;
+    let stream = js.get_stream("PARCELS").await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut names = BTreeSet::new();
+    while names.len() < 3 && Instant::now() < deadline {
+        names = BTreeSet::new();
+        for p in 0..3 {
+            if let Ok(info) = stream.consumer_info(format!("parcels-keyed-p{p}")).await {
+                names.insert(info.name.clone());
+                let filters = &info.config.filter_subjects;
+                assert_eq!(
+                    filters.iter().filter(|f| f.starts_with(CREATED)).count(),
+                    if p == 0 { 23 } else { 21 },
+                    "{filters:?}"
+                );
+                assert_eq!(info.config.priority_groups, vec!["owner".to_owned()]);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(names.len(), 3, "{names:?}");
+    let bare = js.client();
+    let event = serde_json::to_vec(&Step {
+        parcel: "bare".into(),
+        step: 0,
+    })?;
+    let mut headers = async_nats::HeaderMap::new();
+    for (name, value) in [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "bare-0"),
+        ("ce-source", "elsewhere"),
+        ("ce-type", "parcels.created"),
+        ("ce-time", "2026-12-07T12:00:00Z"),
+        ("content-type", "application/json"),
+    ] {
+        headers.insert(name, value);
+    }
+    jetstream::new(bare)
+        .publish_with_headers(CREATED, headers, event.into())
+        .await?
+        .await?;
+    assert!(
+        until_all_handled(&seen, 1, Duration::from_secs(10)).await,
+        "a bare event was not consumed"
+    );
+    one.stop().await?;
+    Ok(())
+}
