@@ -229,3 +229,38 @@ pub fn summarize(instances: &[InfoResponse]) -> Vec<ServiceSummary> {
     }
     by_name.into_values().collect()
 }
+
+/// Who holds each partition of every keyed consumer, from `$SRV.STATS`
+/// answers (`data.partitions`): partition durable (`<durable>-p<n>`) →
+/// `"<service> <instance id>"` of each instance that says it holds it
+/// (two only while a partition changes hands).
+pub fn partition_holders(stats: &[StatsResponse]) -> BTreeMap<String, Vec<String>> {
+    let mut holders: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for answer in stats {
+        let data = answer.endpoints.first().and_then(|e| e.data.as_ref());
+        let Some(consumers) = data
+            .and_then(|d| d.get("partitions"))
+            .and_then(|p| p.as_object())
+        else {
+            continue;
+        };
+        for (durable, partitions) in consumers {
+            for p in partitions
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.as_u64())
+            {
+                let name = crate::events::partition::partition_durable(
+                    durable,
+                    u32::try_from(p).unwrap_or(u32::MAX),
+                );
+                holders
+                    .entry(name)
+                    .or_default()
+                    .push(format!("{} {}", answer.name, answer.id));
+            }
+        }
+    }
+    holders
+}

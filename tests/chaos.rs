@@ -13,7 +13,8 @@
 //! - I5 every create and cancel a caller was told succeeded is in the state;
 //! - I6 every stored order has its `created` event, every cancelled one its
 //!   `cancelled` event, each exactly once;
-//! - I7 exactly one notification per such event.
+//! - I7 exactly one notification per such event;
+//! - I8 an order's notifications are listed `created` before `cancelled`.
 //!
 //! and the dead-letter stream is empty (the reference handlers never fail,
 //! so nothing may be dead-lettered by an outage).
@@ -325,16 +326,32 @@ async fn evaluate(
         }
     }
     check(&mut broken, "I6 each order's events exactly once", i6);
-    let mut i7 = Vec::new();
+    let (mut i7, mut i8) = (Vec::new(), Vec::new());
     for user in users {
         let list = call(client, "notifications.list", json!({"user_id": user}))
             .await
             .unwrap_or(Value::Null);
         let mut per_event: BTreeMap<String, usize> = BTreeMap::new();
-        for n in list["notifications"].as_array().into_iter().flatten() {
-            *per_event
-                .entry(n["event_id"].as_str().unwrap_or_default().to_owned())
-                .or_default() += 1;
+        // Where each event's notification stands in the user's list
+        // (recorded in the order they were handled).
+        let mut position: BTreeMap<String, usize> = BTreeMap::new();
+        for (at, n) in list["notifications"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let id = n["event_id"].as_str().unwrap_or_default().to_owned();
+            *per_event.entry(id.clone()).or_default() += 1;
+            position.entry(id).or_insert(at);
+        }
+        for id in orders.keys() {
+            let (created, cancelled) = (format!("{id}-created"), format!("{id}-cancelled"));
+            if let (Some(c), Some(x)) = (position.get(&created), position.get(&cancelled))
+                && x < c
+            {
+                i8.push(format!("{id}: cancelled listed before created"));
+            }
         }
         for (id, order) in orders.iter().filter(|(_, o)| o["user_id"] == json!(user)) {
             for event in expected_events(id, order) {
@@ -346,6 +363,7 @@ async fn evaluate(
         }
     }
     check(&mut broken, "I7 one notification per event", i7);
+    check(&mut broken, "I8 each order's notifications in order", i8);
     let dead = stream_messages(&js, "DLQ").await;
     if dead > 0 {
         broken.push(format!(
@@ -364,13 +382,16 @@ async fn evaluate(
     );
     if !broken.is_empty() {
         // Where the consumers stand: what a broken I4/I7 usually comes from.
-        for (stream, durable) in [
-            ("ORDERS", "notifications-orders"),
-            ("ORDERS", "inventory-orders-created"),
-            ("ORDERS", "inventory-orders-cancelled"),
-        ] {
-            if let Ok(stream) = js.get_stream(stream).await
-                && let Ok(info) = stream.consumer_info(durable).await
+        let partitions = (0..8).flat_map(|p| {
+            [
+                format!("notifications-orders-p{p}"),
+                format!("inventory-orders-p{p}"),
+            ]
+        });
+        for durable in partitions {
+            if let Ok(stream) = js.get_stream("ORDERS").await
+                && let Ok(info) = stream.consumer_info(&durable).await
+                && (info.num_pending > 0 || info.num_ack_pending > 0)
             {
                 summary.push_str(&format!(
                     "; {durable}: pending {}, ack pending {}, redelivered {}, waiting {}, leader {:?}",
@@ -427,11 +448,12 @@ async fn run(seconds: u64, nodes: usize, server_kills: u32) -> TestResult {
     let block = free_port_block(3 * nodes as u16)?;
     let cluster_port = (block + 2 * nodes as u16).to_string();
     let nodes_arg = nodes.to_string();
-    let cluster_args: Vec<&str> = if nodes > 1 {
-        vec!["--cluster", &nodes_arg, "--cluster-port", &cluster_port]
-    } else {
-        Vec::new()
-    };
+    // Two instances of every service that consumes events: they share the
+    // keyed consumers' partitions, and a kill hits one of them.
+    let mut cluster_args: Vec<&str> = vec!["--instances", "inventory=2,notifications=2"];
+    if nodes > 1 {
+        cluster_args.extend(["--cluster", &nodes_arg, "--cluster-port", &cluster_port]);
+    }
     let mut system = start_system_with(
         dir.path(),
         block,
@@ -527,6 +549,250 @@ async fn run(seconds: u64, nodes: usize, server_kills: u32) -> TestResult {
     assert!(
         server_killed >= server_kills,
         "nats-server was killed {server_killed} times"
+    );
+    assert!(
+        broken.is_empty(),
+        "invariants broken:\n{}",
+        broken.join("\n")
+    );
+    Ok(())
+}
+
+/// Partitions each live instance of `service` holds of consumer `durable`,
+/// by PID (from `$SRV.STATS`).
+async fn partitions_by_pid(
+    client: &Client,
+    service: &str,
+    durable: &str,
+) -> Result<BTreeMap<u32, Vec<u64>>, Box<dyn std::error::Error>> {
+    let answers = switchboard::discovery::stats(
+        client.nats(),
+        switchboard::discovery::Target::service(service),
+        Duration::from_millis(250),
+    )
+    .await?;
+    let mut held = BTreeMap::new();
+    for answer in answers {
+        let Some(data) = answer.endpoints.first().and_then(|e| e.data.clone()) else {
+            continue;
+        };
+        let Some(pid) = data["pid"].as_u64().and_then(|p| u32::try_from(p).ok()) else {
+            continue;
+        };
+        let partitions = data["partitions"][durable]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_u64).collect())
+            .unwrap_or_default();
+        held.insert(pid, partitions);
+    }
+    Ok(held)
+}
+
+/// The acceptance run: three `notifications` and two `inventory`
+/// instances, 200 users × 10 orders, each cancelled right after its
+/// creation by a second caller; the notifications instance holding the
+/// most partitions is SIGKILLed mid-run and `up` starts another. Every
+/// order's notifications are listed `created` before `cancelled`, once
+/// each, every chaos invariant holds, every instance held partitions while
+/// it ran, and the dead one's partitions were taken over (time printed).
+#[tokio::test(flavor = "multi_thread")]
+async fn keyed_consumers_keep_order_across_instances_and_a_kill() -> TestResult {
+    const USERS: usize = 200;
+    const ORDERS_PER_USER: usize = 10;
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir()?;
+    let hold_ms = HOLD.as_millis().to_string();
+    let block = free_port_block(2)?;
+    let mut system = start_system_with(
+        dir.path(),
+        block,
+        block + 1,
+        &[("INVENTORY_HOLD_MS", hold_ms.as_str())],
+        &[
+            "--services",
+            "users,inventory,orders,notifications",
+            "--instances",
+            "notifications=3,inventory=2",
+        ],
+    );
+    let client = admin(dir.path()).await?;
+    for sku in SKUS {
+        restock(&client, sku).await?;
+    }
+    let mut users = Vec::new();
+    for n in 0..USERS {
+        let user = call(
+            &client,
+            "users.create",
+            json!({"name": format!("Keyed {n}"), "email": format!("keyed{n}@example.com")}),
+        )
+        .await
+        .ok_or("cannot create a user")?;
+        users.extend(user["id"].as_str().map(str::to_owned));
+    }
+    // Every instance took its share.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut held = BTreeMap::new();
+    while Instant::now() < deadline {
+        held = partitions_by_pid(&client, "notifications", "notifications-orders").await?;
+        let inventory = partitions_by_pid(&client, "inventory", "inventory-orders").await?;
+        if held.len() == 3
+            && held.values().all(|p| !p.is_empty())
+            && inventory.len() == 2
+            && inventory.values().all(|p| !p.is_empty())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        held.len() == 3 && held.values().all(|p| !p.is_empty()),
+        "not every notifications instance holds partitions: {held:?}"
+    );
+
+    // Creators hand each order to a canceller the moment it exists.
+    let told = Arc::new(Mutex::new(Told::default()));
+    let (to_cancel, mut cancels) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let cancellers = {
+        let (client, told) = (client.clone(), told.clone());
+        tokio::spawn(async move {
+            let mut running = tokio::task::JoinSet::new();
+            while let Some(id) = cancels.recv().await {
+                let (client, told) = (client.clone(), told.clone());
+                running.spawn(async move {
+                    let mut reply = None;
+                    for _ in 0..20 {
+                        reply = call(&client, "orders.cancel", json!({ "id": id })).await;
+                        if reply.is_some() {
+                            break;
+                        }
+                    }
+                    if let Ok(mut told) = told.lock() {
+                        match reply {
+                            Some(_) => drop(told.cancelled.insert(id)),
+                            None => told.refused += 1,
+                        }
+                    }
+                });
+            }
+            while running.join_next().await.is_some() {}
+        })
+    };
+    let creators: Vec<_> = users
+        .chunks(USERS / 25)
+        .map(|mine| {
+            let (client, told, to_cancel, mine) = (
+                client.clone(),
+                told.clone(),
+                to_cancel.clone(),
+                mine.to_vec(),
+            );
+            tokio::spawn(async move {
+                for _ in 0..ORDERS_PER_USER {
+                    for user in &mine {
+                        let sku = SKUS[fastrand::usize(0..SKUS.len())];
+                        let body = json!({"user_id": user, "items": [{"sku": sku, "quantity": 1}]});
+                        let Some(order) = call(&client, "orders.create", body).await else {
+                            if let Ok(mut told) = told.lock() {
+                                told.refused += 1;
+                            }
+                            continue;
+                        };
+                        let Some(id) = order["id"].as_str() else {
+                            continue;
+                        };
+                        if let Ok(mut told) = told.lock() {
+                            told.created.insert(id.to_owned());
+                        }
+                        let _ = to_cancel.send(id.to_owned());
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(to_cancel);
+
+    // A third of the way in, the instance holding the most partitions dies.
+    let total = USERS * ORDERS_PER_USER;
+    while told.lock().map(|t| t.created.len()).unwrap_or(total) < total / 3 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = partitions_by_pid(&client, "notifications", "notifications-orders").await?;
+    let (victim, victims_partitions) = before
+        .iter()
+        .max_by_key(|(_, p)| p.len())
+        .map(|(pid, p)| (*pid, p.clone()))
+        .ok_or("no notifications instance answers")?;
+    switchboard::process::send(victim, Signal::SIGKILL);
+    let killed = Instant::now();
+    // Taken over: the survivors (and the instance `up` starts instead)
+    // hold all eight partitions again.
+    let mut taken_over = None;
+    let mut holders: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    while killed.elapsed() < Duration::from_secs(60) {
+        let now = partitions_by_pid(&client, "notifications", "notifications-orders").await?;
+        for (pid, partitions) in &now {
+            if !partitions.is_empty() {
+                holders.insert(*pid, partitions.clone());
+            }
+        }
+        let covered: std::collections::BTreeSet<u64> = now
+            .iter()
+            .filter(|(pid, _)| **pid != victim)
+            .flat_map(|(_, p)| p.iter().copied())
+            .collect();
+        if taken_over.is_none() && victims_partitions.iter().all(|p| covered.contains(p)) {
+            taken_over = Some(killed.elapsed());
+        }
+        // Until the replacement has its share too.
+        if taken_over.is_some() && now.len() == 3 && now.values().all(|p| !p.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for creator in creators {
+        creator.await?;
+    }
+    cancellers.await?;
+    let told = match told.lock() {
+        Ok(mut told) => std::mem::take(&mut *told),
+        Err(_) => return Err("poisoned".into()),
+    };
+    let settle_by = Instant::now() + SETTLE;
+    let (broken, summary) = loop {
+        let (broken, summary) = evaluate(&client, &users, &told).await?;
+        if broken.is_empty() || Instant::now() > settle_by {
+            break (broken, summary);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    let started: Vec<u32> = system
+        .up
+        .descendants()
+        .into_iter()
+        .filter(|pid| exe_name(*pid).as_deref() == Some("notifications"))
+        .collect();
+    println!(
+        "keyed: {} creates and {} cancels told ok, {} refused; notifications pid {victim} held {victims_partitions:?}, taken over after {taken_over:?}; holders {holders:?}; {summary}",
+        told.created.len(),
+        told.cancelled.len(),
+        told.refused,
+    );
+    assert!(
+        taken_over.is_some(),
+        "partitions {victims_partitions:?} of the killed instance were not taken over: {holders:?}"
+    );
+    // The replacement `up` started took a share as well.
+    for pid in started {
+        assert!(
+            holders.contains_key(&pid),
+            "notifications pid {pid} never held a partition: {holders:?}"
+        );
+    }
+    assert!(
+        told.created.len() > total * 9 / 10,
+        "only {} of {total} orders placed",
+        told.created.len()
     );
     assert!(
         broken.is_empty(),

@@ -263,7 +263,11 @@ async fn a_poison_event_is_dead_lettered_whole_and_replay_processes_it_once_fixe
     }
     assert_eq!(letters.len(), 1, "one dead letter");
     let letter = &letters[0];
-    assert_eq!(letter.info.subject, "events.orders.created");
+    // The subject as published: with the shard of the event's key.
+    assert_eq!(
+        letter.info.subject,
+        events::partition::keyed_subject("events.orders.created", "poison")
+    );
     assert_eq!(letter.info.stream, "ORDERS");
     assert_eq!(letter.info.consumer, "poisoned");
     assert_eq!(letter.info.stream_sequence, poison.sequence);
@@ -320,7 +324,10 @@ async fn duplicates_and_redeliveries_have_one_effect_per_event() -> TestResult {
         // publisher or a replay would): same ce-id, other message id.
         let stream = js.get_stream("ORDERS").await?;
         let last = stream
-            .get_last_raw_message_by_subject("events.orders.created")
+            .get_last_raw_message_by_subject(&events::partition::keyed_subject(
+                "events.orders.created",
+                id,
+            ))
             .await?;
         let mut headers = last.headers.clone();
         headers.insert("Nats-Msg-Id", format!("{id}-again").as_str());

@@ -122,7 +122,7 @@ async fn concurrent_publishes_are_grouped_and_each_caller_gets_its_own_ack() -> 
     .await?;
     let (nats, js) = samples_stream(&server).await?;
     let publisher = Publisher::new(js.clone(), "bench");
-    let tap = Tap::start(&nats, "events.samples.taken").await?;
+    let tap = Tap::start(&nats, "events.samples.taken.*").await?;
     const N: usize = 300;
     let verdicts = publish_at_once(
         &publisher,
@@ -234,7 +234,7 @@ async fn grouping_can_be_turned_off() -> TestResult {
     let (nats, js) = samples_stream(&server).await?;
     let publisher =
         Publisher::with_group_commit(js.clone(), "bench", GroupCommitConfig::disabled());
-    let tap = Tap::start(&nats, "events.samples.taken").await?;
+    let tap = Tap::start(&nats, "events.samples.taken.*").await?;
     let verdicts = publish_at_once(
         &publisher,
         "events.samples.taken",

@@ -195,12 +195,13 @@ async fn acks_pass_the_permissions_in_the_v2_ack_subject_format() -> TestResult 
         .await?
         .await?;
 
-    // notifications acks an event of its own consumer, as its user.
+    // notifications acks an event of its own consumer (partition 0 of its
+    // keyed one, which takes events published without a shard), as its user.
     let notifications = jetstream::new(connect(&server, "notifications").await?);
     let stream = notifications.get_stream("ORDERS").await?;
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::Config {
-            durable_name: Some("notifications-orders".into()),
+            durable_name: Some("notifications-orders-p0".into()),
             filter_subjects: vec![
                 contracts::orders::CREATED.into(),
                 contracts::orders::CANCELLED.into(),
@@ -225,14 +226,14 @@ async fn acks_pass_the_permissions_in_the_v2_ack_subject_format() -> TestResult 
     let tokens: Vec<&str> = reply.split('.').collect();
     assert_eq!(
         tokens.get(4..6),
-        Some(&["ORDERS", "notifications-orders"][..]),
+        Some(&["ORDERS", "notifications-orders-p0"][..]),
         "the server sends v2 ack subjects: {reply}"
     );
     // A double ack waits for the server's confirmation: refused by the
     // permissions, it would time out.
     message.double_ack().await.map_err(|e| e.to_string())?;
     let orders = admin.get_stream("ORDERS").await?;
-    let info = orders.consumer_info("notifications-orders").await?;
+    let info = orders.consumer_info("notifications-orders-p0").await?;
     assert_eq!(info.ack_floor.stream_sequence, 1);
     Ok(())
 }

@@ -58,7 +58,7 @@ async fn replica_counts(
 }
 
 /// Every stream and bucket the reference system declares.
-const SYSTEM_STREAMS: [&str; 12] = [
+const SYSTEM_STREAMS: [&str; 11] = [
     "USERS",
     "ORDERS",
     "INVENTORY",
@@ -67,8 +67,7 @@ const SYSTEM_STREAMS: [&str; 12] = [
     "KV_orders",
     "KV_inventory",
     "KV_notifications",
-    "KV_processed-inventory-orders-created",
-    "KV_processed-inventory-orders-cancelled",
+    "KV_processed-inventory-orders",
     "KV_processed-notifications-users",
     "KV_processed-notifications-orders",
 ];

@@ -17,6 +17,7 @@ mod encoding;
 mod footprint;
 mod http;
 mod ingest;
+mod keyed;
 mod machine;
 mod peers;
 mod publish;
@@ -53,6 +54,8 @@ enum Scenario {
     Traces,
     /// The compact encoding: MessagePack vs JSON calls, 128 B and 4 KiB records.
     Encoding,
+    /// Keyed consuming: 1, 2, 3 instances sharing 8 partitions vs the unkeyed consumer.
+    Keyed,
     /// The grouping lead: fast-ingest vs atomic batches, durable (not in the default run).
     Ingest,
     /// The idempotency lead: KV creates one by one vs in atomic batches (not in the default run).
@@ -137,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::RequestReply,
             Scenario::Publish,
             Scenario::Consume,
+            Scenario::Keyed,
             Scenario::Http,
             Scenario::Peers,
             Scenario::Footprint,
@@ -156,6 +160,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::RequestReply => reqreply::run(&settings, &mut report).await?,
             Scenario::Publish => publish::run(&settings, &mut report).await?,
             Scenario::Consume => consume::run(&settings, &mut report).await?,
+            Scenario::Keyed => keyed::run(&settings, &mut report).await?,
             Scenario::Http => http::run(&settings, &mut report).await?,
             Scenario::Peers => peers::run(&settings, &mut report).await?,
             Scenario::Footprint => footprint::run(&mut report).await?,

@@ -180,6 +180,10 @@ pub fn subjects_md_block(system: &[Contract]) -> String {
     let _ = writeln!(out, "\n## Events\n");
     let _ = writeln!(
         out,
+        "Published to the subject with a shard token appended (`events.orders.created.<0-63>`: FNV-1a of the event's `ce-subject`, or `ce-id`, mod 64), so a keyed consumer's partitions can filter by it; consumers also take the bare subject. A keyed consumer runs one durable per partition (`<durable>-p<n>`).\n"
+    );
+    let _ = writeln!(
+        out,
         "| subject | publisher | consumers | stream | payload |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|");
@@ -191,7 +195,12 @@ pub fn subjects_md_block(system: &[Contract]) -> String {
                     s.consumers
                         .iter()
                         .filter(|c| c.filter.contains(&e.subject))
-                        .map(|c| format!("{} (`{}`)", s.name, c.durable))
+                        .map(|c| match c.partitions {
+                            Some(p) => {
+                                format!("{} (`{}`, keyed, {p} partitions)", s.name, c.durable)
+                            }
+                            None => format!("{} (`{}`)", s.name, c.durable),
+                        })
                 })
                 .collect();
             let stream = system

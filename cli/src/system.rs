@@ -10,6 +10,7 @@
 //! The CLI composes [`System::start`], [`System::wait_ready`] and
 //! [`System::run_until`]; tests do the same with their own ports and folders.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -84,6 +85,9 @@ pub struct UpConfig {
     pub restart: RestartPolicy,
     /// Extra environment for every service (e.g. `SWITCHBOARD_HTTP_ADDR`).
     pub service_env: Vec<(String, String)>,
+    /// Processes per service, by name (default one): instances share its
+    /// queue groups and its keyed consumers' partitions.
+    pub instances: BTreeMap<String, usize>,
 }
 
 /// Where the service binaries are by default: beside this executable
@@ -114,6 +118,7 @@ impl Default for UpConfig {
             context_dir: nats_context::context_dir(),
             restart: RestartPolicy::default(),
             service_env: Vec::new(),
+            instances: BTreeMap::new(),
         }
     }
 }
@@ -308,9 +313,25 @@ impl System {
             .map(|c| c.name.as_str())
             .collect();
         let routed = routed.join(",");
+        // Each instance its own process, named `<service>.<n>` in the
+        // logs when there are several.
+        let specs: Vec<(String, String, PathBuf)> = specs
+            .into_iter()
+            .flat_map(|(name, program)| {
+                let count = config.instances.get(&name).copied().unwrap_or(1).max(1);
+                (0..count).map(move |i| {
+                    let label = if count > 1 {
+                        format!("{name}.{i}")
+                    } else {
+                        name.clone()
+                    };
+                    (label, name.clone(), program.clone())
+                })
+            })
+            .collect();
         let services = specs
             .into_iter()
-            .map(|(name, program)| {
+            .map(|(label, name, program)| {
                 let mut env = vec![
                     (NATS_URL_ENV.to_owned(), url.clone()),
                     (LOG_ANSI_ENV.to_owned(), ansi.to_owned()),
@@ -325,7 +346,7 @@ impl System {
                     env.push((NATS_PASSWORD_ENV.to_owned(), password.to_owned()));
                 }
                 let spec = ProcessSpec {
-                    name,
+                    name: label,
                     program,
                     args: Vec::new(),
                     env,

@@ -24,7 +24,7 @@
 //!
 //! One lane (a queue and a task) per declared subject: an atomic batch
 //! must fall into one stream, and one subject with any shard token
-//! (`events.orders.created.*`, see `partition`) always does. Events that must be stored
+//! (`events.parcels.shipped.*`, see `partition`) always does. Events that must be stored
 //! in the order they were handed over whatever their subjects (the outbox
 //! relay's, in commit order) share a lane of their own: its batches commit
 //! one after the other, each in order. A lane whose stream does

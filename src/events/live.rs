@@ -19,7 +19,7 @@ pub const BUFFER: usize = 256;
 /// One event as watchers see it.
 #[derive(Debug, Clone, Serialize)]
 pub struct LiveEvent {
-    /// The event's subject as declared (`events.orders.created`), without
+    /// The event's subject as declared (`events.parcels.shipped`), without
     /// the shard token the publisher adds (see `events::partition`).
     pub subject: String,
     /// The shard it was published in (the subject's last token), if any.
@@ -37,17 +37,9 @@ pub struct LiveEvent {
 impl LiveEvent {
     /// Reads a published message.
     pub fn from_message(message: &async_nats::Message) -> Self {
-        let shard = super::partition::shard_of_subject(&message.subject);
-        let subject = match shard {
-            Some(_) => message
-                .subject
-                .rsplit_once('.')
-                .map_or(message.subject.as_str(), |(declared, _)| declared),
-            None => message.subject.as_str(),
-        };
         LiveEvent {
-            subject: subject.to_owned(),
-            shard,
+            subject: super::partition::declared_subject(&message.subject).to_owned(),
+            shard: super::partition::shard_of_subject(&message.subject),
             attributes: envelope::read_event_attributes(message.headers.as_ref()).ok(),
             data: serde_json::from_slice(&message.payload).unwrap_or_else(|_| {
                 serde_json::Value::String(String::from_utf8_lossy(&message.payload).into_owned())

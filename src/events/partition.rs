@@ -10,20 +10,20 @@
 //! subject state); so the publisher appends a **shard** instead:
 //!
 //! ```text
-//! events.orders.created  →  events.orders.created.17
+//! events.parcels.created  →  events.parcels.created.17
 //! ```
 //!
 //! where 17 is the FNV-1a (32-bit) hash of the event's key mod [`SHARDS`],
-//! the key being its `ce-subject` (what the event is about: an order) or,
+//! the key being its `ce-subject` (what the event is about: a parcel) or,
 //! without one, its `ce-id`. FNV-1a is the hash nats-server's own
 //! `partition()` mapping uses, so a client in any language can compute it.
 //!
 //! A keyed consumer with P partitions (P ≤ [`SHARDS`]) owns shard `s` in
 //! partition `s mod P`: partition `p` is one durable whose filter lists its
-//! shards (`events.orders.created.17`, …), so the number of partitions is
+//! shards (`events.parcels.created.17`, …), so the number of partitions is
 //! each consumer's own choice and the stream needs no transform. An
-//! unkeyed consumer of `events.orders.created` filters
-//! `events.orders.created.*` — and the bare subject, so an event published
+//! unkeyed consumer of `events.parcels.created` filters
+//! `events.parcels.created.*` — and the bare subject, so an event published
 //! by a client that adds no shard is still consumed (by a keyed consumer,
 //! in partition 0).
 
@@ -60,6 +60,20 @@ pub fn shard_of_subject(subject: &str) -> Option<u32> {
         .rsplit_once('.')
         .and_then(|(_, last)| last.parse::<u32>().ok())
         .filter(|shard| *shard < SHARDS)
+}
+
+/// The subject as declared: a published subject without its shard token.
+///
+/// ```
+/// use switchboard::events::partition::declared_subject;
+/// assert_eq!(declared_subject("events.parcels.shipped.17"), "events.parcels.shipped");
+/// assert_eq!(declared_subject("events.parcels.shipped"), "events.parcels.shipped");
+/// ```
+pub fn declared_subject(subject: &str) -> &str {
+    match (shard_of_subject(subject), subject.rsplit_once('.')) {
+        (Some(_), Some((declared, _))) => declared,
+        _ => subject,
+    }
 }
 
 /// The partition shard `shard` belongs to among `partitions`.
@@ -159,19 +173,19 @@ mod tests {
         assert_eq!(shard_of(""), 0x811c_9dc5 % 64);
         assert_eq!(shard_of("a"), 0xe40c_292c % 64);
         assert_eq!(
-            keyed_subject("events.orders.created", "a"),
-            "events.orders.created.44"
+            keyed_subject("events.parcels.created", "a"),
+            "events.parcels.created.44"
         );
-        assert_eq!(shard_of_subject("events.orders.created.44"), Some(44));
-        assert_eq!(shard_of_subject("events.orders.created"), None);
-        assert_eq!(shard_of_subject("events.orders.created.64"), None);
+        assert_eq!(shard_of_subject("events.parcels.created.44"), Some(44));
+        assert_eq!(shard_of_subject("events.parcels.created"), None);
+        assert_eq!(shard_of_subject("events.parcels.created.64"), None);
     }
 
     #[test]
     fn partitions_cover_every_shard_once() {
         let filters = vec![
-            "events.orders.created".to_owned(),
-            "events.orders.*".to_owned(),
+            "events.parcels.created".to_owned(),
+            "events.parcels.*".to_owned(),
         ];
         for partitions in [1, 3, 8, 64] {
             let mut seen = Vec::new();

@@ -164,6 +164,8 @@ fn stats(identity: &Identity, endpoints: &[Arc<LiveEndpoint>], client: &Client) 
                         // The partitions this instance holds, per keyed
                         // consumer (durable name).
                         "partitions": partitions,
+                        // Which process answers (to signal or profile it).
+                        "pid": std::process::id(),
                     })),
                 }
             })

@@ -21,6 +21,7 @@ use tracing::Span;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::events::partition::declared_subject;
 use crate::trace_context::TraceContext;
 
 /// A span of ours and the context the next hop continues.
@@ -129,7 +130,9 @@ impl Hop {
         }
         let span = tracing::info_span!(
             "publish",
-            otel.name = %format_args!("{operation} {subject}"),
+            // Named by the declared subject (few names), the shard in
+            // the destination attribute.
+            otel.name = %format_args!("{operation} {}", declared_subject(subject)),
             otel.kind = "producer",
             messaging.system = "nats",
             messaging.operation.type = "send",
@@ -165,7 +168,7 @@ impl Hop {
         }
         let span = tracing::info_span!(
             "event",
-            otel.name = %format_args!("process {subject}"),
+            otel.name = %format_args!("process {}", declared_subject(subject)),
             otel.kind = "consumer",
             messaging.system = "nats",
             messaging.operation.type = "process",

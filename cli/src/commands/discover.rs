@@ -200,6 +200,51 @@ pub async fn stats(connection: &ConnectionArgs, args: ServiceArgs) -> anyhow::Re
             )?;
         }
     }
+    drop(out);
+    partitions(&nats, &answers).await
+}
+
+/// Who holds each partition of every keyed consumer, and its lag (events
+/// not yet delivered, and delivered but not acknowledged).
+async fn partitions(
+    nats: &async_nats::Client,
+    answers: &[switchboard::micro::StatsResponse],
+) -> anyhow::Result<()> {
+    let held = discovery::partition_holders(answers);
+    if held.is_empty() {
+        return Ok(());
+    }
+    let js = async_nats::jetstream::new(nats.clone());
+    let mut streams = Vec::new();
+    let mut names = js.stream_names();
+    while let Some(name) = futures::StreamExt::next(&mut names).await {
+        streams.extend(name.ok());
+    }
+    let mut rows = Vec::new();
+    for (name, holders) in &held {
+        let mut lag = (String::from("?"), String::from("?"));
+        for stream in &streams {
+            if let Ok(stream) = js.get_stream(stream).await
+                && let Ok(info) = stream.consumer_info(name).await
+            {
+                lag = (
+                    info.num_pending.to_string(),
+                    info.num_ack_pending.to_string(),
+                );
+                break;
+            }
+        }
+        rows.push((name, lag, holders.join(", ")));
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "\n{:<28} {:>8} {:>11}  HELD BY",
+        "PARTITION", "PENDING", "ACK PENDING"
+    )?;
+    for (name, (pending, ack_pending), holders) in rows {
+        writeln!(out, "{name:<28} {pending:>8} {ack_pending:>11}  {holders}")?;
+    }
     Ok(())
 }
 

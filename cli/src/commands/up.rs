@@ -41,6 +41,11 @@ pub struct UpArgs {
     /// its permissions are derived from its contract (`<binary> --contract`).
     #[arg(long = "with", value_name = "BINARY")]
     with: Vec<PathBuf>,
+    /// Run N processes of a service: NAME=N, comma-separated (e.g.
+    /// notifications=3,inventory=2). They share its queue groups and its
+    /// keyed consumers' partitions.
+    #[arg(long, value_delimiter = ',', value_name = "NAME=N", value_parser = instances_arg)]
+    instances: Vec<(String, usize)>,
     /// Seconds to wait for every service to answer $SRV.PING.
     #[arg(long, default_value_t = 30)]
     ready_timeout: u64,
@@ -110,6 +115,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
         None => config.services = manifest.services,
     }
+    config.instances = args.instances.into_iter().collect();
     for binary in args.with {
         // Absolute: `services_base` is the manifest's folder, not the shell's.
         let binary = std::path::absolute(&binary).unwrap_or(binary);
@@ -283,4 +289,17 @@ fn print_ready(
 /// terminal gone) must not turn an orderly shutdown into a panic.
 fn say(line: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+/// `NAME=N` of `--instances`.
+fn instances_arg(text: &str) -> Result<(String, usize), String> {
+    let (name, count) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected NAME=N"))?;
+    let count: usize = count
+        .parse()
+        .ok()
+        .filter(|n| (1..=16).contains(n))
+        .ok_or_else(|| format!("{text:?}: N is a number from 1 to 16"))?;
+    Ok((name.to_owned(), count))
 }

@@ -139,6 +139,9 @@ struct ConsumerView {
     ack_pending: usize,
     redelivered: usize,
     waiting: usize,
+    /// A keyed consumer's partition: the instance holding it (`$SRV.STATS`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    held_by: Option<String>,
 }
 
 pub(super) async fn overview(Extract(state): Extract<State>) -> Result<Json<Overview>, ApiError> {
@@ -155,11 +158,17 @@ pub(super) async fn overview(Extract(state): Extract<State>) -> Result<Json<Over
             streams(&js),
         );
         let server = state.nats.server_info();
+        let stats = stats?;
+        let mut streams = streams.map_err(ApiError::Unavailable)?;
+        let holders = switchboard::discovery::partition_holders(&stats);
+        for consumer in streams.iter_mut().flat_map(|s| s.consumers.iter_mut()) {
+            consumer.held_by = holders.get(&consumer.name).map(|h| h.join(", "));
+        }
         Ok(Json(Overview {
             server: format!("{}:{}", server.host, server.port),
             info: info?,
-            stats: stats?,
-            streams: streams.map_err(ApiError::Unavailable)?,
+            stats,
+            streams,
         }))
     })
     .await
@@ -191,6 +200,7 @@ async fn streams(js: &async_nats::jetstream::Context) -> Result<Vec<StreamView>,
                     ack_pending: c.num_ack_pending,
                     redelivered: c.num_redelivered,
                     waiting: c.num_waiting,
+                    held_by: None,
                 })
                 .collect(),
             name,

@@ -80,17 +80,18 @@ impl Inventory {
 /// How long processed order events are remembered (idempotency).
 const REMEMBER: Duration = Duration::from_secs(24 * 3600);
 
-/// The consumer that makes a hold permanent when its order is confirmed.
-fn created_consumer() -> ConsumerSpec {
-    ConsumerSpec::new(orders::stream().name, "inventory-orders-created")
-        .filter([orders::CREATED])
-        .idempotent(REMEMBER)
-}
+/// Partitions of the order events (see `notifications`).
+const ORDER_PARTITIONS: u32 = 8;
 
-/// The consumer that releases a cancelled order's stock.
-fn cancelled_consumer() -> ConsumerSpec {
-    ConsumerSpec::new(orders::stream().name, "inventory-orders-cancelled")
-        .filter([orders::CANCELLED])
+/// The consumer of order events, keyed by order: a confirmation makes the
+/// order's hold permanent, a cancellation releases it — in that order for
+/// each order, however many instances run (a cancellation handled first
+/// would release the hold, and the late confirmation find nothing to keep).
+fn orders_consumer() -> ConsumerSpec {
+    ConsumerSpec::new(orders::stream().name, "inventory-orders")
+        .filter([orders::CREATED, orders::CANCELLED])
+        .keyed(ORDER_PARTITIONS)
+        .ack_wait(Duration::from_secs(5))
         .idempotent(REMEMBER)
 }
 
@@ -106,8 +107,7 @@ pub fn contract() -> Contract {
         .publishes::<Reservation>(inventory::RESERVED, "An order's items were reserved")
         .publishes::<Reservation>(inventory::RELEASED, "An order's reservation was released")
         .bucket(inventory::BUCKET)
-        .consumer(&created_consumer())
-        .consumer(&cancelled_consumer())
+        .consumer(&orders_consumer())
         .calls(orders::RESOLVE.subject)
 }
 
@@ -136,24 +136,28 @@ pub async fn run_with_hold(
     hold: Duration,
 ) -> Result<(), AppError> {
     let state = Arc::new(Inventory::open(&nats, hold).await?);
-    let on_created = state.clone();
-    let on_cancel = state.clone();
+    let on_order = state.clone();
     let on_expired = state.clone();
     contract()
         .service()
         .relay(&state.stock)
         .consumer(
-            created_consumer(),
+            orders_consumer(),
             move |event: ReceivedEvent<OrderChanged>| {
-                let state = on_created.clone();
-                async move { handled(confirm(&state, &event.data.id).await) }
-            },
-        )
-        .consumer(
-            cancelled_consumer(),
-            move |event: ReceivedEvent<OrderChanged>| {
-                let state = on_cancel.clone();
-                async move { handled(release_order(&state, &event.data.id, event.trace).await) }
+                let state = on_order.clone();
+                async move {
+                    match event.data.status {
+                        OrderStatus::Confirmed => handled(confirm(&state, &event.data.id).await),
+                        OrderStatus::Cancelled => {
+                            handled(release_order(&state, &event.data.id, event.trace).await)
+                        }
+                        // Orders publishes no event for an order it never placed.
+                        OrderStatus::Rejected => Err(HandlerError::permanent(format!(
+                            "order {} was never placed; no event expected",
+                            event.data.id
+                        ))),
+                    }
+                }
             },
         )
         .deadlines(state.reservations.clone(), move |hold: Reservation| {
@@ -255,7 +259,8 @@ async fn release(
 }
 
 /// Makes a hold permanent (its order was placed). Already reserved or
-/// released: nothing to do (a cancel may have overtaken the confirmation).
+/// released: nothing to do (the hold expired and was resolved first, or
+/// this is a redelivery).
 async fn confirm(inv: &Inventory, order_id: &str) -> Result<(), ServiceError> {
     inv.reservations
         .transition(order_id, |reservation| {

@@ -29,12 +29,19 @@ fn users_consumer() -> ConsumerSpec {
         .idempotent(REMEMBER)
 }
 
-/// The consumer of order events; an order's "confirmed" must not be
-/// listed after its "cancelled".
+/// Partitions of the order events: each instance of notifications holds
+/// some (more instances than this stand by).
+const ORDER_PARTITIONS: u32 = 8;
+
+/// The consumer of order events, keyed by order: an order's "confirmed"
+/// is never listed after its "cancelled", however many instances run. A
+/// short ack wait (kept alive while a handler runs) bounds how long a
+/// crashed instance's partitions wait for its unfinished events.
 fn orders_consumer() -> ConsumerSpec {
     ConsumerSpec::new(orders::stream().name, "notifications-orders")
         .filter([orders::CREATED, orders::CANCELLED])
-        .ordered_by_subject()
+        .keyed(ORDER_PARTITIONS)
+        .ack_wait(Duration::from_secs(5))
         .idempotent(REMEMBER)
 }
 

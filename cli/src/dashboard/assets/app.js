@@ -161,7 +161,7 @@ function overview(data) {
   fill($("#streams tbody"), streams.flatMap((s) => {
     // A KV bucket's stream is state, not events: shown, but quieter.
     const head = row([[s.name, "subject"], s.subjects.join(" "), [String(s.messages), "num"], "", "", ""], { "data-stream": s.name, class: s.name.startsWith("KV_") ? "bucket" : "" });
-    return [head, ...s.consumers.map((c) => row(["", c.name, "", [String(c.pending), "num"], [String(c.ack_pending), "num"], [String(c.redelivered), "num"]], { "data-consumer": c.name }))];
+    return [head, ...s.consumers.map((c) => row(["", c.held_by ? `${c.name} · held by ${c.held_by}` : c.name, "", [String(c.pending), "num"], [String(c.ack_pending), "num"], [String(c.redelivered), "num"]], { "data-consumer": c.name }))];
   }), "no streams");
   return data.server;
 }
