@@ -363,3 +363,46 @@ async fn partitions_are_durables_and_a_bad_declaration_is_refused() -> TestResul
     one.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_left_by_a_dead_owner_holds_its_key() -> TestResult {
+    // An instance died handling `p-1`'s first event: its claim stays in
+    // the idempotency bucket until its lease runs out. The event's second
+    // must wait for the first — a nak of the first would let it overtake.
+    let server = TestServer::start().await?;
+    let (js, publisher) = setup(&server).await?;
+    let spec = spec(2).idempotent(Duration::from_secs(600));
+    let bucket = events::Idempotency::bucket_for(&spec.durable);
+    let records =
+        events::Idempotency::open(&js, &bucket, Duration::from_secs(600), events::CLAIM_LEASE)
+            .await?;
+    assert_eq!(records.claim("p-1-0").await?, events::Claim::New);
+    let claimed = Instant::now();
+    for step in 0..2 {
+        let subject = if step == 0 { CREATED } else { CANCELLED };
+        let event = Event::new(Step {
+            parcel: "p-1".into(),
+            step,
+        })
+        .id(format!("p-1-{step}"))
+        .subject("p-1");
+        publisher.publish(subject, &event).await?;
+    }
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let one = instance(&server, 0, spec, seen.clone()).await?;
+    assert!(
+        until_all_handled(&seen, 2, Duration::from_secs(30)).await,
+        "not handled"
+    );
+    let steps = seen
+        .lock()
+        .map(|s| s.steps.get("p-1").cloned().unwrap_or_default())
+        .unwrap_or_default();
+    assert_eq!(steps, vec![0, 1], "the second overtook the first");
+    assert!(
+        claimed.elapsed() >= events::CLAIM_LEASE,
+        "handled before the dead owner's claim lapsed"
+    );
+    one.stop().await?;
+    Ok(())
+}

@@ -81,7 +81,27 @@ pub(super) async fn handle<T, F, Fut>(
     };
     let event_id = event.attributes.id.clone();
     if let Some(idempotency) = &shared.idempotency {
-        match Box::pin(idempotency.claim(&event_id)).await {
+        let mut claimed = Box::pin(idempotency.claim(&event_id)).await;
+        // On an ordered lane the event's later ones wait behind it, so a
+        // claim held elsewhere (an instance that died or stalled handling
+        // it: its lease runs out, or it finishes) is waited for here; a nak
+        // would let them overtake it.
+        // Likewise an unavailable record (retried, not nak-ed).
+        while in_place
+            && match &claimed {
+                Ok(claim) => *claim == Claim::InProgress,
+                Err(EventError::InvalidAttribute { .. }) => false,
+                Err(error) => {
+                    tracing::warn!(%event_id, %error, "idempotency record unavailable; retrying in place");
+                    true
+                }
+            }
+        {
+            let wait = tokio::time::sleep(crate::events::idempotency::CLAIM_LEASE / 5);
+            Box::pin(keep_alive(&message, spec, None, wait)).await;
+            claimed = Box::pin(idempotency.claim(&event_id)).await;
+        }
+        match claimed {
             Ok(Claim::New) => {}
             Ok(Claim::AlreadyDone) => {
                 tracing::debug!(%event_id, "already processed; acknowledging");
