@@ -406,3 +406,81 @@ async fn a_claim_left_by_a_dead_owner_holds_its_key() -> TestResult {
     one.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watermark_recognizes_what_its_partition_handled() -> TestResult {
+    // Handled once; then every partition durable is made afresh, as if the
+    // server had lost every acknowledgement: all events come again, at or
+    // below the marks the first run wrote, and none is handled twice.
+    const KEYS: usize = 30;
+    let server = TestServer::start().await?;
+    let (js, publisher) = setup(&server).await?;
+    let spec = spec(3).watermarked();
+    publish(&publisher, 0..KEYS, 2).await?;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let first = instance(&server, 0, spec.clone(), seen.clone()).await?;
+    assert!(until_all_handled(&seen, KEYS * 2, Duration::from_secs(20)).await);
+    first.stop().await?;
+    let marks = js
+        .get_key_value(events::consumer::watermark::bucket_for(&spec.durable))
+        .await?;
+    for p in 0..3 {
+        let mark = marks.get(format!("p{p}")).await?.ok_or("no mark written")?;
+        assert!(!mark.is_empty(), "partition {p} has no mark");
+    }
+    let stream = js.get_stream("PARCELS").await?;
+    for p in 0..3 {
+        stream
+            .delete_consumer(&events::partition::partition_durable(&spec.durable, p))
+            .await?;
+    }
+    let again = instance(&server, 1, spec.clone(), seen.clone()).await?;
+    // Every event delivered again, and acknowledged without its handler.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut acked = 0;
+    while Instant::now() < deadline {
+        acked = 0;
+        for p in 0..3 {
+            let name = events::partition::partition_durable(&spec.durable, p);
+            if let Ok(info) = stream.consumer_info(&name).await {
+                acked += info.delivered.consumer_sequence;
+                if info.num_ack_pending > 0 || info.num_pending > 0 {
+                    acked = 0;
+                    break;
+                }
+            }
+        }
+        if acked as usize >= KEYS * 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(acked as usize, KEYS * 2, "not every event came again");
+    again.stop().await?;
+    let by_instance = seen
+        .lock()
+        .map(|s| s.by_instance.clone())
+        .map_err(|_| "poisoned")?;
+    assert_eq!(
+        by_instance.get(&1),
+        None,
+        "handled twice: {:?}",
+        by_instance
+    );
+    // Not keyed: refused.
+    let unkeyed = ConsumerSpec::new("PARCELS", "plain")
+        .filter([CREATED])
+        .watermarked();
+    let refused = events::consumer::run(
+        js.clone(),
+        unkeyed,
+        |_: ReceivedEvent<Step>| async { Ok(()) },
+        std::future::pending(),
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(EventError::InvalidConsumer { .. })),
+        "{refused:?}"
+    );
+    Ok(())
+}

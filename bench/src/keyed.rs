@@ -2,7 +2,9 @@
 //! (8 partitions, 2 handlers per partition: 16 in all) run by 1, 2 and 3
 //! instances, each on its own connection, against the unkeyed consumer
 //! with the same 16 handlers (the baseline), and the single-process
-//! ordered one (`ordered_by_subject`, 16 lanes).
+//! ordered one (`ordered_by_subject`, 16 lanes); and one keyed instance
+//! with per-event idempotency records against one with a watermark per
+//! partition.
 //!
 //! Each pass reads the same `n` events (1,000 keys) with durables of its
 //! own. The clock runs from the first event handled: a keyed instance
@@ -39,7 +41,13 @@ struct Sample {
 enum Shape {
     Unkeyed,
     Ordered,
-    Keyed { instances: usize },
+    Keyed {
+        instances: usize,
+    },
+    /// One instance, with per-event idempotency records (two KV writes).
+    KeyedIdempotent,
+    /// One instance, with a watermark per partition.
+    KeyedWatermark,
 }
 
 pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
@@ -78,6 +86,8 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         "keyed, 8 partitions x 2 handlers, 1 instance",
         "keyed, 8 partitions x 2 handlers, 2 instances",
         "keyed, 8 partitions x 2 handlers, 3 instances",
+        "keyed, 1 instance + idempotency records (2 KV writes per event)",
+        "keyed, 1 instance + watermark (1 KV write per partition per 100 ms)",
     ];
     let shapes = [
         Shape::Unkeyed,
@@ -85,6 +95,8 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         Shape::Keyed { instances: 1 },
         Shape::Keyed { instances: 2 },
         Shape::Keyed { instances: 3 },
+        Shape::KeyedIdempotent,
+        Shape::KeyedWatermark,
     ];
     let pass = AtomicU64::new(0);
     let pid = server.pid();
@@ -96,15 +108,26 @@ pub async fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
             let run = consume(&connections, &durable, shape, n, pid).await?;
             let stream = js.get_stream("KEYED").await?;
             match shape {
-                Shape::Keyed { .. } => {
+                Shape::Unkeyed | Shape::Ordered => {
+                    stream.delete_consumer(&durable).await?;
+                }
+                _ => {
                     for p in 0..PARTITIONS {
                         let name = events::partition::partition_durable(&durable, p);
                         stream.delete_consumer(&name).await?;
                     }
                 }
-                _ => {
-                    stream.delete_consumer(&durable).await?;
+            }
+            match shape {
+                Shape::KeyedIdempotent => {
+                    js.delete_key_value(events::Idempotency::bucket_for(&durable))
+                        .await?;
                 }
+                Shape::KeyedWatermark => {
+                    js.delete_key_value(events::consumer::watermark::bucket_for(&durable))
+                        .await?;
+                }
+                _ => {}
             }
             Ok(run)
         }
@@ -123,14 +146,16 @@ async fn consume(
     pid: Option<u32>,
 ) -> anyhow::Result<Run> {
     let base = ConsumerSpec::new("KEYED", durable).filter([SUBJECT]);
+    let keyed = base
+        .clone()
+        .keyed(PARTITIONS)
+        .concurrency(HANDLERS / PARTITIONS as usize);
     let (spec, instances) = match shape {
         Shape::Unkeyed => (base.concurrency(HANDLERS), 1),
         Shape::Ordered => (base.concurrency(HANDLERS).ordered_by_subject(), 1),
-        Shape::Keyed { instances } => (
-            base.keyed(PARTITIONS)
-                .concurrency(HANDLERS / PARTITIONS as usize),
-            instances,
-        ),
+        Shape::Keyed { instances } => (keyed, instances),
+        Shape::KeyedIdempotent => (keyed.idempotent(Duration::from_secs(600)), 1),
+        Shape::KeyedWatermark => (keyed.watermarked(), 1),
     };
     let count = Arc::new(AtomicU64::new(0));
     let first = Arc::new(OnceLock::<(Instant, CpuClock)>::new());

@@ -163,6 +163,9 @@ pub struct ConsumerDeclaration {
     pub filter: Vec<String>,
     /// The KV bucket of its processed-event records, if idempotent.
     pub idempotency_bucket: Option<String>,
+    /// The KV bucket of its partitions' watermarks, if watermarked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark_bucket: Option<String>,
     /// Keyed: its partition count (each partition a durable,
     /// `<durable>-p<n>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -261,6 +264,9 @@ impl Contract {
             idempotency_bucket: spec
                 .idempotency_ttl
                 .map(|_| crate::events::Idempotency::bucket_for(&spec.durable)),
+            watermark_bucket: spec
+                .watermark
+                .then(|| crate::events::consumer::watermark::bucket_for(&spec.durable)),
             partitions: spec.partitions,
         });
         self

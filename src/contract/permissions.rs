@@ -157,14 +157,14 @@ impl Contract {
         allow
     }
 
-    /// The buckets it owns and those of its idempotent consumers.
+    /// The buckets it owns and those of its consumers (idempotency
+    /// records, watermarks).
     pub fn all_buckets(&self) -> Vec<String> {
         let mut buckets = self.buckets.clone();
-        buckets.extend(
-            self.consumers
-                .iter()
-                .filter_map(|c| c.idempotency_bucket.clone()),
-        );
+        for consumer in &self.consumers {
+            buckets.extend(consumer.idempotency_bucket.clone());
+            buckets.extend(consumer.watermark_bucket.clone());
+        }
         buckets
     }
 }

@@ -19,12 +19,14 @@ use crate::events::idempotency::{Claim, Idempotency};
 use crate::telemetry::Hop;
 
 /// Handles one event. `in_place`: retry a retryable failure here (ordered
-/// lanes) instead of nak-ing it for a later redelivery.
+/// lanes) instead of nak-ing it for a later redelivery. Whether the event
+/// was settled for good (acknowledged, or dead-lettered), not handed back.
 pub(super) async fn handle<T, F, Fut>(
     shared: &Shared<F>,
     message: jetstream::Message,
     in_place: bool,
-) where
+) -> bool
+where
     T: DeserializeOwned + Send + 'static,
     F: Fn(ReceivedEvent<T>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
@@ -42,7 +44,7 @@ pub(super) async fn handle<T, F, Fut>(
         ),
         Err(error) => {
             tracing::error!(%error, "a message without JetStream metadata; ignoring it");
-            return;
+            return false;
         }
     };
     // One span for the whole delivery: in-place retries and a
@@ -67,7 +69,7 @@ pub(super) async fn handle<T, F, Fut>(
         Err(error) => {
             // Nothing a retry could fix.
             hop.fail("undecodable", &error.to_string());
-            Box::pin(dead_letter(
+            return Box::pin(dead_letter(
                 shared,
                 &message,
                 &delivery,
@@ -76,7 +78,6 @@ pub(super) async fn handle<T, F, Fut>(
                 &hop,
             ))
             .await;
-            return;
         }
     };
     let event_id = event.attributes.id.clone();
@@ -113,7 +114,7 @@ pub(super) async fn handle<T, F, Fut>(
             Err(error @ EventError::InvalidAttribute { .. }) => {
                 // No retry makes the id shorter.
                 hop.fail(error.kind_name(), &error.to_string());
-                Box::pin(dead_letter(
+                return Box::pin(dead_letter(
                     shared,
                     &message,
                     &delivery,
@@ -122,7 +123,6 @@ pub(super) async fn handle<T, F, Fut>(
                     &hop,
                 ))
                 .await;
-                return;
             }
             Err(error) => {
                 tracing::warn!(%event_id, %error, "idempotency record unavailable; retrying later");
@@ -187,7 +187,7 @@ pub(super) async fn handle<T, F, Fut>(
             {
                 tracing::warn!(%event_id, %error, "cannot record the event as processed");
             }
-            settle(&message, AckKind::Ack).await;
+            settle(&message, AckKind::Ack).await
         }
         Err(error) => {
             hop.fail(
@@ -214,14 +214,14 @@ pub(super) async fn handle<T, F, Fut>(
                 HandlerError::Retryable(reason) if failed < spec.max_deliver => {
                     let delay = spec.delay_after(failed);
                     tracing::info!(%event_id, %reason, ?delay, "retrying later");
-                    settle(&message, AckKind::Nak(Some(delay))).await;
+                    settle(&message, AckKind::Nak(Some(delay))).await
                 }
                 HandlerError::Retryable(reason) | HandlerError::Permanent(reason) => {
                     shared.failures.forget(delivery.stream_sequence);
                     Box::pin(dead_letter(
                         shared, &message, &delivery, &subject, reason, &hop,
                     ))
-                    .await;
+                    .await
                 }
             }
         }
@@ -281,7 +281,7 @@ async fn dead_letter<F>(
     subject: &str,
     error: String,
     hop: &Hop,
-) {
+) -> bool {
     hop.event("dead_letter", &[("exception.message", error.clone())]);
     let info = DeadLetterInfo {
         subject: subject.to_owned(),
@@ -307,13 +307,16 @@ async fn dead_letter<F>(
                 message,
                 AckKind::Nak(Some(shared.spec.delay_after(delivery.delivered))),
             )
-            .await;
+            .await
         }
     }
 }
 
-pub(super) async fn settle(message: &jetstream::Message, kind: AckKind) {
+/// Sends the event's fate; whether it is settled for good (ack or term:
+/// its handling is over, even if the acknowledgement is lost on the way).
+pub(super) async fn settle(message: &jetstream::Message, kind: AckKind) -> bool {
     if let Err(error) = message.ack_with(kind).await {
         tracing::warn!(%error, ?kind, "acknowledgement failed; the event may be redelivered");
     }
+    matches!(kind, AckKind::Ack | AckKind::Term)
 }

@@ -62,6 +62,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::group::{self, Heartbeat, Members};
 use super::spec::OWNER_GROUP;
+use super::watermark::Watermark;
 use super::{ConsumerSpec, HandlerError, Pinning, Shared, pump, wait_for_stream};
 use crate::events::EventError;
 use crate::events::event::ReceivedEvent;
@@ -161,7 +162,7 @@ where
         let consumer = consumers.get(p as usize).cloned();
         move |stop: CancellationToken| async move {
             if let Some(consumer) = consumer {
-                hold(js, stream, shared, consumer, stop).await;
+                hold(js, stream, shared, (consumer, p), stop).await;
             }
         }
     };
@@ -217,7 +218,7 @@ async fn hold<T, F, Fut>(
     js: jetstream::Context,
     stream: jetstream::stream::Stream,
     shared: Arc<Shared<F>>,
-    consumer: PullConsumer,
+    (consumer, partition): (PullConsumer, u32),
     stop: CancellationToken,
 ) where
     T: DeserializeOwned + Send + 'static,
@@ -226,15 +227,27 @@ async fn hold<T, F, Fut>(
 {
     let name = consumer.cached_info().name.clone();
     let pinning = Pinning::group(OWNER_GROUP);
-    match pump(
+    let watermark = if shared.spec.watermark {
+        match Watermark::open(&js, &shared.spec.durable, partition).await {
+            Ok(watermark) => Some(Arc::new(watermark)),
+            Err(error) => {
+                // Not held: the next rebalance tick takes it again.
+                tracing::warn!(consumer = %name, %error, "cannot read the partition's watermark");
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    let pulled = pump(
         &js,
         &shared,
         consumer.clone(),
         Some(pinning),
+        watermark,
         stop.cancelled(),
-    )
-    .await
-    {
+    );
+    match pulled.await {
         Ok(Some(pin)) => {
             let ours = consumer.get_info().await.is_ok_and(|info| {
                 info.priority_groups

@@ -41,6 +41,7 @@ mod prefetch;
 mod puller;
 mod settling;
 mod spec;
+pub mod watermark;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -65,6 +66,7 @@ use prefetch::Waiting;
 use puller::{Pinning, Pulled, Puller};
 use settling::Settling;
 pub use spec::{ConsumerSpec, HandlerError, PIN_TIMEOUT};
+use watermark::Watermark;
 
 /// Everything a running consumer shares between its tasks.
 struct Shared<F> {
@@ -99,6 +101,12 @@ where
     if spec.partitions.is_some() {
         return keyed::run(js, spec, handler, shutdown).await;
     }
+    if spec.watermark {
+        return Err(EventError::InvalidConsumer {
+            durable: spec.durable,
+            reason: "a watermark is a keyed consumer's (one owner per partition, in order): add .keyed(partitions), or use .idempotent(ttl)".to_owned(),
+        });
+    }
     tokio::pin!(shutdown);
     let Some(stream) = wait_for_stream(&js, &spec, &mut shutdown).await? else {
         return Ok(());
@@ -110,7 +118,7 @@ where
         .await
         .map_err(|e| EventError::js(format!("create consumer {}", spec.durable))(e))?;
     let shared = Arc::new(Shared::open(&js, spec, handler).await?);
-    pump(&js, &shared, consumer, None, shutdown).await?;
+    pump(&js, &shared, consumer, None, None, shutdown).await?;
     Ok(())
 }
 
@@ -170,12 +178,15 @@ impl<F> Shared<F> {
 /// Pulls from `consumer` and hands each event to a handler slot until
 /// `shutdown`, then finishes what it holds. With `pinning` (a keyed
 /// consumer's partition) it pulls in the priority group and settles after
-/// each new pin (see `settling`). Returns the pin it held last.
+/// each new pin (see `settling`); with a `watermark` it acknowledges
+/// what the partition handled already without handling it (see
+/// `watermark`). Returns the pin it held last.
 async fn pump<T, F, Fut>(
     js: &jetstream::Context,
     shared: &Arc<Shared<F>>,
     consumer: PullConsumer,
     pinning: Option<Pinning>,
+    watermark: Option<Arc<Watermark>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Option<String>, EventError>
 where
@@ -196,7 +207,7 @@ where
             (0..shared.spec.concurrency)
                 .map(|_| {
                     let (tx, rx) = mpsc::unbounded_channel();
-                    tasks.spawn(lane(shared.clone(), rx));
+                    tasks.spawn(lane(shared.clone(), rx, watermark.clone()));
                     tx
                 })
                 .collect()
@@ -217,7 +228,7 @@ where
         }
         let shared = shared.clone();
         tasks.spawn(async move {
-            handle(&shared, message, false).await;
+            let _settled = handle(&shared, message, false).await;
             drop(slot);
         });
     };
@@ -231,6 +242,15 @@ where
     let mut settling: Option<Settling> = None;
     let mut settle_check = tokio::time::interval(settling::CHECK_EVERY);
     settle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut mark_write = tokio::time::interval(watermark::WRITE_EVERY);
+    mark_write.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Handled already (at or below the watermark): acknowledged, not handled.
+    let handled_already = |message: &jetstream::Message| {
+        let (Some(watermark), Ok(info)) = (&watermark, message.info()) else {
+            return false;
+        };
+        !watermark.received(info.stream_sequence)
+    };
     loop {
         // Waiting events first, in arrival order, as slots allow.
         while !waiting.is_empty()
@@ -271,6 +291,12 @@ where
                 }
                 continue;
             }
+            _ = mark_write.tick(), if watermark.is_some() => {
+                if let Some(watermark) = &watermark {
+                    watermark.write().await;
+                }
+                continue;
+            }
             pulled = puller.next() => pulled,
         };
         if puller.take_new_pin() && settling.is_none() {
@@ -278,6 +304,9 @@ where
             settling = Some(Settling::new());
         }
         match pulled {
+            Pulled::Event(message) if handled_already(&message) => {
+                settle(&message, AckKind::Ack).await;
+            }
             Pulled::Event(message) => match &mut settling {
                 Some(current) if Settling::must_wait(&message) => current.hold(*message),
                 _ => waiting.push(*message),
@@ -312,6 +341,9 @@ where
             break;
         }
         match tokio::time::timeout_at(until, puller.next()).await {
+            Ok(Pulled::Event(message)) if handled_already(&message) => {
+                settle(&message, AckKind::Ack).await;
+            }
             Ok(Pulled::Event(message)) => match &mut settling {
                 Some(current) if Settling::must_wait(&message) => current.hold(*message),
                 _ => waiting.push(*message),
@@ -332,6 +364,9 @@ where
         .is_err()
     {
         tracing::warn!(consumer = %durable, "handlers still running at shutdown; they will be redelivered");
+    }
+    if let Some(watermark) = &watermark {
+        watermark.write().await;
     }
     Ok(puller.pin().map(str::to_owned))
 }

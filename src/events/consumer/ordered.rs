@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use super::delivery::handle;
+use super::watermark::Watermark;
 use super::{HandlerError, Shared, Slot};
 use crate::events::envelope;
 use crate::events::event::ReceivedEvent;
@@ -26,10 +27,12 @@ pub(super) fn lane_of(message: &jetstream::Message, lanes: usize) -> usize {
 }
 
 /// An ordered lane: handles its events one at a time, in arrival order,
-/// and keeps the queued ones alive (in-progress) while they wait.
+/// and keeps the queued ones alive (in-progress) while they wait; tells the
+/// partition's watermark, if any, what it settled.
 pub(super) async fn lane<T, F, Fut>(
     shared: Arc<Shared<F>>,
     mut arrivals: mpsc::UnboundedReceiver<(jetstream::Message, Slot)>,
+    watermark: Option<Arc<Watermark>>,
 ) where
     T: DeserializeOwned + Send + 'static,
     F: Fn(ReceivedEvent<T>) -> Fut + Send + Sync + 'static,
@@ -48,12 +51,18 @@ pub(super) async fn lane<T, F, Fut>(
         let Some((message, slot)) = queue.pop_front() else {
             continue;
         };
+        let sequence = message.info().map(|i| i.stream_sequence).ok();
         let work = handle(&shared, message, true);
         tokio::pin!(work);
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tokio::select! {
-                () = &mut work => break,
+                done = &mut work => {
+                    if let (Some(watermark), Some(sequence)) = (&watermark, sequence) {
+                        watermark.finished(sequence, done);
+                    }
+                    break;
+                }
                 _ = ticker.tick() => {
                     for (waiting, _) in &queue {
                         let _ = waiting.ack_with(AckKind::Progress).await;

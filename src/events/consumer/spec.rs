@@ -70,6 +70,9 @@ pub struct ConsumerSpec {
     /// Keyed: this many partitions, shared among the instances running
     /// the consumer (see [`ConsumerSpec::keyed`]).
     pub partitions: Option<u32>,
+    /// Keyed: redeliveries of handled events recognized by each
+    /// partition's watermark (see [`ConsumerSpec::watermarked`]).
+    pub watermark: bool,
 }
 
 /// The priority group every partition of a keyed consumer is pulled in.
@@ -104,6 +107,7 @@ impl ConsumerSpec {
             idempotency_ttl: None,
             ordered_by_subject: false,
             partitions: None,
+            watermark: false,
         }
     }
     /// Receives only these subjects.
@@ -171,6 +175,22 @@ impl ConsumerSpec {
     pub fn keyed(mut self, partitions: u32) -> Self {
         self.partitions = Some(partitions);
         self.ordered_by_subject = true;
+        self
+    }
+
+    /// A keyed consumer's cheaper idempotency: each partition keeps a
+    /// watermark — the stream sequence at or below which it has handled
+    /// every event — in KV bucket `watermarks-<durable>`, written at most
+    /// every 100 ms, and acknowledges a redelivery at or below it without
+    /// handling it (a lost ack, an expired ack wait, an owner that died
+    /// after handling). One KV write per partition per 100 ms instead of
+    /// two per event; a crash leaves at most the unacknowledged events
+    /// handled again, as with [`idempotent`](ConsumerSpec::idempotent).
+    /// Unlike it, a re-publish of the same `ce-id` past the stream's
+    /// duplicate window is a new event to a watermark. See
+    /// `consumer::watermark`; only with [`keyed`](ConsumerSpec::keyed).
+    pub fn watermarked(mut self) -> Self {
+        self.watermark = true;
         self
     }
 
