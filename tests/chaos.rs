@@ -407,6 +407,24 @@ async fn evaluate(
     Ok((broken, summary))
 }
 
+/// The invariants once the system has settled: restarts, redeliveries,
+/// expired holds and compensations finish — checked until everything holds
+/// or [`SETTLE`] is up.
+async fn settled(
+    client: &Client,
+    users: &[String],
+    told: &Told,
+) -> Result<(Vec<String>, String), Box<dyn std::error::Error>> {
+    let settle_by = Instant::now() + SETTLE;
+    loop {
+        let (broken, summary) = evaluate(client, users, told).await?;
+        if broken.is_empty() || Instant::now() > settle_by {
+            return Ok((broken, summary));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
 /// One chaos run at a time: two systems under kills on two cores would
 /// measure the machine, not the system.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -527,16 +545,8 @@ async fn run(seconds: u64, nodes: usize, server_kills: u32) -> TestResult {
         Ok(mut told) => std::mem::take(&mut *told),
         Err(_) => return Err("poisoned".into()),
     };
-    // Let restarts, redeliveries, expired holds and compensations finish:
-    // check until everything holds or the settling time is up.
     let settle_by = Instant::now() + SETTLE;
-    let (broken, summary) = loop {
-        let (broken, summary) = evaluate(&client, &users, &told).await?;
-        if broken.is_empty() || Instant::now() > settle_by {
-            break (broken, summary);
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    };
+    let (broken, summary) = settled(&client, &users, &told).await?;
     println!(
         "chaos: {seconds} s, {nodes} server(s), {} kills ({}; nats-server {server_killed}×), {} creates and {} cancels told ok, {} refused; {summary}; settled in {:?}",
         kills.len(),
@@ -758,14 +768,7 @@ async fn keyed_consumers_keep_order_across_instances_and_a_kill() -> TestResult 
         Ok(mut told) => std::mem::take(&mut *told),
         Err(_) => return Err("poisoned".into()),
     };
-    let settle_by = Instant::now() + SETTLE;
-    let (broken, summary) = loop {
-        let (broken, summary) = evaluate(&client, &users, &told).await?;
-        if broken.is_empty() || Instant::now() > settle_by {
-            break (broken, summary);
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    };
+    let (broken, summary) = settled(&client, &users, &told).await?;
     let started: Vec<u32> = system
         .up
         .descendants()

@@ -14,6 +14,7 @@ mod consume;
 mod drive;
 mod echo;
 mod encoding;
+mod failover;
 mod footprint;
 mod http;
 mod ingest;
@@ -56,6 +57,8 @@ enum Scenario {
     Encoding,
     /// Keyed consuming: 1, 2, 3 instances sharing 8 partitions vs the unkeyed consumer.
     Keyed,
+    /// A keyed consumer's failover after SIGKILL of an instance: times, not ratios.
+    Failover,
     /// The grouping lead: fast-ingest vs atomic batches, durable (not in the default run).
     Ingest,
     /// The idempotency lead: KV creates one by one vs in atomic batches (not in the default run).
@@ -116,6 +119,10 @@ impl Settings {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // The failover scenario's instances are this binary again.
+    if let Ok(url) = std::env::var(failover::INSTANCE_ENV) {
+        return failover::instance(&url).await;
+    }
     let args = Args::parse();
     let settings = Settings {
         payload: args.payload,
@@ -141,6 +148,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Publish,
             Scenario::Consume,
             Scenario::Keyed,
+            Scenario::Failover,
             Scenario::Http,
             Scenario::Peers,
             Scenario::Footprint,
@@ -161,6 +169,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Publish => publish::run(&settings, &mut report).await?,
             Scenario::Consume => consume::run(&settings, &mut report).await?,
             Scenario::Keyed => keyed::run(&settings, &mut report).await?,
+            Scenario::Failover => failover::run(settings.rounds.min(9), &mut report).await?,
             Scenario::Http => http::run(&settings, &mut report).await?,
             Scenario::Peers => peers::run(&settings, &mut report).await?,
             Scenario::Footprint => footprint::run(&mut report).await?,

@@ -35,12 +35,20 @@ pub fn document(instances: &[InstanceInfo]) -> Value {
                     "payload": payload,
                 }),
             );
+            // The publisher appends the shard of the event's key
+            // (switchboard::events::partition); a subscriber takes
+            // `<subject>.*`.
             channels.insert(
                 name.clone(),
                 json!({
-                    "address": subject,
+                    "address": format!("{subject}.{{shard}}"),
                     "messages": { (name.clone()): { "$ref": format!("#/components/messages/{name}") } },
                     "description": format!("Published by {}", instance.name),
+                    "parameters": {
+                        "shard": {
+                            "description": "FNV-1a (32-bit) of the event's ce-subject (else its ce-id) mod 64: what keyed consumers partition by",
+                        }
+                    },
                 }),
             );
             operations.insert(

@@ -297,7 +297,7 @@ async fn openapi_metrics_health_and_services() -> TestResult {
     assert_eq!(asyncapi["asyncapi"], "3.0.0");
     assert_eq!(
         asyncapi["channels"]["things_made"]["address"],
-        "events.things.made"
+        "events.things.made.{shard}"
     );
     let payload = &asyncapi["components"]["messages"]["things_made"]["payload"];
     assert_eq!(payload["properties"]["name"]["type"], "string");
