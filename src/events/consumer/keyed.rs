@@ -150,6 +150,10 @@ where
         .map_err(|e| EventError::js(format!("subscribe to {subject}"))(e))?;
     let mut members = Members::new(nuid::next().to_string());
     let mut held: BTreeMap<u32, Held> = BTreeMap::new();
+    // The partitions' pullers are tasks of their own: dropped without a
+    // shutdown (aborted), this consumer still stops them.
+    let all = CancellationToken::new();
+    let _stop_all = all.clone().drop_guard();
     announce(&nats, &subject, &members, &held, false).await;
     // Hear the others before claiming anything: a newcomer that claimed
     // every partition would only make them wait on pins.
@@ -193,7 +197,7 @@ where
         };
         if changed && tokio::time::Instant::now() >= listen_until {
             rebalance(
-                &stream, &durable, partitions, &members, &mut held, &partition,
+                &stream, &durable, partitions, &members, &mut held, &all, &partition,
             )
             .await;
         }
@@ -270,6 +274,7 @@ async fn rebalance<S, Fut>(
     partitions: u32,
     members: &Members,
     held: &mut BTreeMap<u32, Held>,
+    all: &CancellationToken,
     start: &impl Fn(u32) -> S,
 ) where
     S: FnOnce(CancellationToken) -> Fut,
@@ -306,7 +311,7 @@ async fn rebalance<S, Fut>(
         if let Some(by) = &handed_by {
             from.insert(*p, by.clone());
         }
-        let stop = CancellationToken::new();
+        let stop = all.child_token();
         let task = tokio::spawn(start(*p)(stop.clone()));
         held.insert(
             *p,
