@@ -237,3 +237,57 @@ async fn acks_pass_the_permissions_in_the_v2_ack_subject_format() -> TestResult 
     assert_eq!(info.ack_floor.stream_sequence, 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_keyed_consumer_runs_on_its_derived_permissions_and_dead_letters() -> TestResult {
+    // notifications' keyed consumer of order events as its own user, with
+    // nothing but what its contract derives: partitions, pins, heartbeats,
+    // its idempotency bucket and its dead letters.
+    let server = server().await?;
+    let admin = jetstream::new(connect(&server, "admin").await?);
+    contracts::orders::stream().ensure(&admin).await?;
+    let notifications = jetstream::new(connect(&server, "notifications").await?);
+    let spec = switchboard::events::ConsumerSpec::new("ORDERS", "notifications-orders")
+        .filter([contracts::orders::CREATED, contracts::orders::CANCELLED])
+        .keyed(8)
+        .ack_wait(Duration::from_secs(5))
+        .idempotent(Duration::from_secs(60))
+        .max_deliver(1);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = {
+        let stop = stop.clone();
+        tokio::spawn(switchboard::events::consumer::run(
+            notifications,
+            spec,
+            |_: switchboard::events::ReceivedEvent<serde_json::Value>| async {
+                Err(switchboard::events::HandlerError::permanent(
+                    "refused on purpose",
+                ))
+            },
+            async move { stop.cancelled().await },
+        ))
+    };
+    let orders = switchboard::events::Publisher::new(
+        jetstream::new(connect(&server, "orders").await?),
+        "orders",
+    );
+    let event = switchboard::events::Event::new(serde_json::json!({"id": "o-9"}))
+        .id("o-9-created")
+        .subject("o-9");
+    orders.publish(contracts::orders::CREATED, &event).await?;
+    let letters = switchboard::events::DeadLetters::open(&admin).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut found = Vec::new();
+    while found.is_empty() && std::time::Instant::now() < deadline {
+        found = letters.list().await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    task.await??;
+    let letter = found
+        .first()
+        .ok_or("no dead letter: the consumer could not run or write it")?;
+    assert_eq!(letter.info.consumer, "notifications-orders");
+    assert_eq!(letter.info.error, "refused on purpose");
+    Ok(())
+}

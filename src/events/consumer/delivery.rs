@@ -286,7 +286,9 @@ async fn dead_letter<F>(
     let info = DeadLetterInfo {
         subject: subject.to_owned(),
         stream: delivery.stream.clone(),
-        consumer: delivery.consumer.clone(),
+        // The consumer as declared: a keyed one's partitions share its
+        // dead letters (and its user may write only that subject).
+        consumer: shared.spec.durable.clone(),
         stream_sequence: delivery.stream_sequence,
         deliveries: delivery.delivered,
         error,
