@@ -484,3 +484,73 @@ async fn a_watermark_recognizes_what_its_partition_handled() -> TestResult {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_takeover_handles_the_dead_owners_events_in_stream_order() -> TestResult {
+    // An owner dies holding two events of one key, the second's ack timer
+    // reset earlier than the first's (separate in-progress signals): the
+    // server returns the second first. The new owner must still handle
+    // them in stream order.
+    use futures::StreamExt;
+    let server = TestServer::start().await?;
+    let (_js, publisher) = setup(&server).await?;
+    let spec = spec(2);
+    // The partitions exist (an instance ran and left).
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    instance(&server, 0, spec.clone(), seen.clone())
+        .await?
+        .stop()
+        .await?;
+    for step in 0..2 {
+        let subject = if step == 0 { CREATED } else { CANCELLED };
+        let event = Event::new(Step {
+            parcel: "p-7".into(),
+            step,
+        })
+        .id(format!("p-7-{step}"))
+        .subject("p-7");
+        publisher.publish(subject, &event).await?;
+    }
+    // The dead owner: pulls both in the priority group, is pinned, keeps
+    // only the first alive a while, and vanishes.
+    let partition = events::partition::partition_of(events::partition::shard_of("p-7"), 2);
+    let durable = events::partition::partition_durable(&spec.durable, partition);
+    let owner = server.client().await?;
+    let inbox = owner.new_inbox();
+    let mut answers = owner.subscribe(inbox.clone()).await?;
+    owner
+        .publish_with_reply(
+            format!("$JS.API.CONSUMER.MSG.NEXT.PARCELS.{durable}"),
+            inbox,
+            r#"{"batch":2,"expires":2000000000,"group":"owner"}"#.into(),
+        )
+        .await?;
+    let mut replies = Vec::new();
+    while replies.len() < 2 {
+        let message = tokio::time::timeout(Duration::from_secs(5), answers.next())
+            .await?
+            .ok_or("no answer")?;
+        if let Some(reply) = message.reply {
+            replies.push(reply);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    owner.publish(replies[0].clone(), "+WPI".into()).await?;
+    owner.flush().await?;
+    drop(answers);
+    drop(owner);
+    // The new owner takes the partition at once (nobody holds it) and
+    // must wait for both to come back.
+    let taker = instance(&server, 1, spec, seen.clone()).await?;
+    assert!(
+        until_all_handled(&seen, 2, Duration::from_secs(20)).await,
+        "not handled"
+    );
+    let steps = seen
+        .lock()
+        .map(|s| s.steps.get("p-7").cloned().unwrap_or_default())
+        .unwrap_or_default();
+    assert_eq!(steps, vec![0, 1], "handled out of stream order");
+    taker.stop().await?;
+    Ok(())
+}

@@ -308,8 +308,8 @@ where
                 settle(&message, AckKind::Ack).await;
             }
             Pulled::Event(message) => match &mut settling {
-                Some(current) if Settling::must_wait(&message) => current.hold(*message),
-                _ => waiting.push(*message),
+                Some(current) => current.hold(*message),
+                None => waiting.push(*message),
             },
             Pulled::Uncovered => {}
             Pulled::Refused => {
@@ -345,8 +345,8 @@ where
                 settle(&message, AckKind::Ack).await;
             }
             Ok(Pulled::Event(message)) => match &mut settling {
-                Some(current) if Settling::must_wait(&message) => current.hold(*message),
-                _ => waiting.push(*message),
+                Some(current) => current.hold(*message),
+                None => waiting.push(*message),
             },
             Ok(Pulled::Uncovered | Pulled::Refused) => {}
             Ok(Pulled::Closed) | Err(_) => break,
@@ -354,8 +354,9 @@ where
     }
     give_back(std::iter::from_fn(|| waiting.pop()).collect()).await;
     if let Some(unsettled) = settling {
-        // Not nak-ed: see `settling`.
-        tracing::info!(consumer = %durable, held = unsettled.len(), "stopped while settling; held events return after their ack wait");
+        // Handed back in stream order: the next owner settles too.
+        tracing::info!(consumer = %durable, held = unsettled.len(), "stopped while settling; held events handed back");
+        give_back(unsettled.release()).await;
     }
     drop(lanes); // lanes finish what they hold, then end
     tasks.close();

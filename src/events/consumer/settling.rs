@@ -1,27 +1,27 @@
 //! A takeover's first duty: the events the previous owner left
-//! unacknowledged are handled before the ones that follow them.
+//! unacknowledged are handled before the ones that follow them, and in
+//! stream order among themselves.
 //!
 //! When a partition changes hands — its owner died, was paused past the
 //! pin timeout, or gave it up in a rebalance — the server pins the new
 //! puller and delivers it the partition's *next* events at once, while the
-//! old owner's unacknowledged ones come back only as redeliveries, when
-//! their ack wait runs out (or at once, if it handed them back). Handling
-//! what arrives as it arrives would let an order's `cancelled` overtake its
-//! `created` that died with the old owner.
+//! old owner's unacknowledged ones come back only as redeliveries, each
+//! when its own ack wait runs out (or at once, if it handed them back).
+//! Handling what arrives as it arrives would let an order's `cancelled`
+//! overtake its `created` that died with the old owner — and two events
+//! of one key that died together can come back in either order (their ack
+//! timers were reset by separate in-progress signals).
 //!
-//! So a newly pinned puller *settles* first: redeliveries (the old owner's
-//! events) go to their handlers as usual, while first deliveries are held
-//! here, kept alive with in-progress signals, until the consumer's
-//! unacknowledged events are all this process's own — the consumer's
-//! `num_ack_pending` no more than what it holds. Both counts lag in the
-//! safe direction (an ack on its way, an event delivered and not yet
-//! read), so the check can hold a little long, never release early. The
-//! whole partition waits, not just the keys in flight: which keys those
-//! are is only known once their events come back.
-//!
-//! Handed back at shutdown, held events are *not* nak-ed (a nak would make
-//! them redeliveries the next owner handles at once, before the older
-//! events still out); their ack wait returns them in stream order.
+//! So a newly pinned puller *settles* first: everything it receives is
+//! held here, kept alive with in-progress signals, until the consumer's
+//! unacknowledged events are all in this process's hands — the consumer's
+//! `num_ack_pending` no more than what it holds — and is then released in
+//! stream-sequence order. Both counts lag in the safe direction (an ack on
+//! its way, an event delivered and not yet read), so the check can hold a
+//! little long, never release early. The whole partition waits, not just
+//! the keys in flight: which keys those are is only known once their
+//! events come back. Stopped while settling, the held events are handed
+//! back (nak) — the next owner settles and sorts them likewise.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -47,12 +47,6 @@ impl Settling {
             since: now,
             kept_alive: now,
         }
-    }
-
-    /// Whether `message` must wait: a first delivery (a redelivery is one
-    /// of the events that must come first).
-    pub(super) fn must_wait(message: &jetstream::Message) -> bool {
-        message.info().is_ok_and(|info| info.delivered <= 1)
     }
 
     pub(super) fn hold(&mut self, message: jetstream::Message) {
@@ -94,8 +88,10 @@ impl Settling {
         }
     }
 
-    /// The held events, in arrival (stream) order.
-    pub(super) fn release(self) -> VecDeque<jetstream::Message> {
-        self.held
+    /// The held events, in stream order.
+    pub(super) fn release(self) -> Vec<jetstream::Message> {
+        let mut held: Vec<_> = self.held.into();
+        held.sort_by_key(|m| m.info().map_or(u64::MAX, |i| i.stream_sequence));
+        held
     }
 }
