@@ -53,6 +53,13 @@ impl ServiceError {
     pub fn unprocessable(message: impl Into<String>) -> Self {
         Self::new(422, message)
     }
+    /// 409 that is not about the request: the state it needed kept changing
+    /// under concurrent writers until the retries ran out. Marked
+    /// `{"retry": true}` in the details, so callers and consumers can tell
+    /// it from a domain conflict ([`ServiceError::is_transient`]).
+    pub fn contended(message: impl Into<String>) -> Self {
+        Self::new(409, message).with_details(serde_json::json!({ "retry": true }))
+    }
     /// 429: too many requests in flight; try again later.
     pub fn overloaded(message: impl Into<String>) -> Self {
         Self::new(429, message)
@@ -77,5 +84,33 @@ impl ServiceError {
     /// Whether the failure is the server's (5xx) rather than the request's.
     pub fn is_server_error(&self) -> bool {
         self.code >= 500
+    }
+    /// Whether the same request may succeed later unchanged: a server
+    /// error, an overload (429), or contention ([`ServiceError::contended`]).
+    /// A consumer retries these rather than dead-lettering the event.
+    pub fn is_transient(&self) -> bool {
+        self.is_server_error()
+            || self.code == 429
+            || self
+                .details
+                .as_ref()
+                .and_then(|d| d.get("retry"))
+                .and_then(serde_json::Value::as_bool)
+                == Some(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServiceError;
+
+    #[test]
+    fn contention_is_transient_and_a_domain_conflict_is_not() {
+        assert!(ServiceError::contended("sku keeps changing").is_transient());
+        assert_eq!(ServiceError::contended("x").code, 409);
+        assert!(!ServiceError::conflict("short of stock").is_transient());
+        assert!(ServiceError::overloaded("busy").is_transient());
+        assert!(ServiceError::unavailable("down").is_transient());
+        assert!(!ServiceError::bad_request("no").is_transient());
     }
 }

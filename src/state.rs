@@ -426,7 +426,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ServiceError::conflict(format!(
+        Err(ServiceError::contended(format!(
             "{key} keeps changing concurrently; try again"
         )))
     }
@@ -493,7 +493,7 @@ impl<T: Serialize + DeserializeOwned + Clone> StateStore<T> {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ServiceError::conflict(format!(
+        Err(ServiceError::contended(format!(
             "{key} keeps changing concurrently; try again"
         )))
     }

@@ -366,8 +366,23 @@ async fn evaluate(
     check(&mut broken, "I8 each order's notifications in order", i8);
     let dead = stream_messages(&js, "DLQ").await;
     if dead > 0 {
+        // What they died of: the first few, by consumer and error.
+        let letters = switchboard::events::DeadLetters::open(&js)
+            .await?
+            .list()
+            .await?;
+        let causes: Vec<String> = letters
+            .iter()
+            .take(3)
+            .map(|l| {
+                format!(
+                    "{} {} after {} deliveries: {}",
+                    l.info.consumer, l.info.subject, l.info.deliveries, l.info.error
+                )
+            })
+            .collect();
         broken.push(format!(
-            "DLQ: {dead} dead letters, though no reference handler fails"
+            "DLQ: {dead} dead letters, though no reference handler fails: {causes:?}"
         ));
     }
     let mut summary = format!(

@@ -60,7 +60,7 @@ const ATTEMPTS: usize = 16;
 /// # Errors
 ///
 /// The domain error of `attempt`, a 409 naming `what` after repeated
-/// conflicts, or the store's failure as a [`ServiceError`](crate::ServiceError).
+/// conflicts ([`ServiceError::contended`](crate::ServiceError::contended): transient), or the store's failure as a [`ServiceError`](crate::ServiceError).
 pub async fn commit_retrying<R, F, Fut>(
     what: &str,
     mut attempt: F,
@@ -79,7 +79,7 @@ where
             },
         }
     }
-    Err(crate::ServiceError::conflict(format!(
+    Err(crate::ServiceError::contended(format!(
         "{what} keeps changing concurrently; try again"
     )))
 }

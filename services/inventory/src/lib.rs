@@ -82,6 +82,9 @@ const REMEMBER: Duration = Duration::from_secs(24 * 3600);
 
 /// Partitions of the order events (see `notifications`).
 const ORDER_PARTITIONS: u32 = 8;
+/// Handlers per partition: 16 for an instance holding all 8, as an
+/// unkeyed consumer's default (more only contend for the same skus).
+const HANDLERS_PER_PARTITION: usize = 2;
 
 /// The consumer of order events, keyed by order: a confirmation makes the
 /// order's hold permanent, a cancellation releases it — in that order for
@@ -91,6 +94,7 @@ fn orders_consumer() -> ConsumerSpec {
     ConsumerSpec::new(orders::stream().name, "inventory-orders")
         .filter([orders::CREATED, orders::CANCELLED])
         .keyed(ORDER_PARTITIONS)
+        .concurrency(HANDLERS_PER_PARTITION)
         .ack_wait(Duration::from_secs(5))
         .idempotent(REMEMBER)
 }
@@ -174,12 +178,13 @@ pub async fn run_with_hold(
 }
 
 /// A handler's result as the consumer's verdict: 404 means nothing was
-/// reserved, a server-side failure is retried, anything else is permanent.
+/// reserved, a transient failure (the server's, or stock contended by
+/// concurrent writers) is retried, anything else is permanent.
 fn handled<T>(result: Result<T, ServiceError>) -> Result<(), HandlerError> {
     match result {
         Ok(_) => Ok(()),
         Err(e) if e.code == 404 => Ok(()),
-        Err(e) if e.is_server_error() => Err(HandlerError::retry(e.message)),
+        Err(e) if e.is_transient() => Err(HandlerError::retry(e.message)),
         Err(e) => Err(HandlerError::permanent(e.message)),
     }
 }

@@ -32,6 +32,9 @@ fn users_consumer() -> ConsumerSpec {
 /// Partitions of the order events: each instance of notifications holds
 /// some (more instances than this stand by).
 const ORDER_PARTITIONS: u32 = 8;
+/// Handlers per partition: 16 for an instance holding all 8, as an
+/// unkeyed consumer's default.
+const HANDLERS_PER_PARTITION: usize = 2;
 
 /// The consumer of order events, keyed by order: an order's "confirmed"
 /// is never listed after its "cancelled", however many instances run. A
@@ -41,6 +44,7 @@ fn orders_consumer() -> ConsumerSpec {
     ConsumerSpec::new(orders::stream().name, "notifications-orders")
         .filter([orders::CREATED, orders::CANCELLED])
         .keyed(ORDER_PARTITIONS)
+        .concurrency(HANDLERS_PER_PARTITION)
         .ack_wait(Duration::from_secs(5))
         .idempotent(REMEMBER)
 }
