@@ -27,8 +27,9 @@
 //! itself rather than wait out [`PIN_TIMEOUT`](super::spec::PIN_TIMEOUT).
 //!
 //! *Order across a takeover: settling.* A new owner handles the previous
-//! owner's unacknowledged events (they return as redeliveries) before the
-//! partition's later events (see `settling`). Inside a partition the lanes
+//! owner's unacknowledged events (they return as redeliveries, in any
+//! order) sorted by stream sequence and before the partition's later
+//! events (see `settling`). Inside a partition the lanes
 //! of `ordered` keep each key's events one at a time, and a failing
 //! handler is retried in place, so a key's later events wait behind it; a
 //! dead-lettered event frees its key (logged with the dead letter).
