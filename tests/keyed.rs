@@ -133,6 +133,22 @@ async fn publish(publisher: &Publisher, keys: std::ops::Range<usize>, steps: u32
     Ok(())
 }
 
+/// `spec` is refused before anything runs, as a declaration that cannot
+/// be partitioned.
+async fn assert_refused(js: &jetstream::Context, spec: ConsumerSpec) {
+    let result = events::consumer::run(
+        js.clone(),
+        spec,
+        |_: ReceivedEvent<Step>| async { Ok(()) },
+        std::future::pending(),
+    )
+    .await;
+    assert!(
+        matches!(result, Err(EventError::InvalidConsumer { .. })),
+        "{result:?}"
+    );
+}
+
 async fn until_all_handled(seen: &Arc<Mutex<Seen>>, events: usize, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
@@ -300,17 +316,7 @@ async fn partitions_are_durables_and_a_bad_declaration_is_refused() -> TestResul
             .filter([CREATED])
             .keyed(65),
     ] {
-        let result = events::consumer::run(
-            js.clone(),
-            spec,
-            |_: ReceivedEvent<Step>| async { Ok(()) },
-            std::future::pending(),
-        )
-        .await;
-        assert!(
-            matches!(result, Err(EventError::InvalidConsumer { .. })),
-            "{result:?}"
-        );
+        assert_refused(&js, spec).await;
     }
     // A good one: one durable per partition, each filtered to its shards
     // and pinned; partition 0 also takes events published without a shard.
@@ -471,17 +477,7 @@ async fn a_watermark_recognizes_what_its_partition_handled() -> TestResult {
     let unkeyed = ConsumerSpec::new("PARCELS", "plain")
         .filter([CREATED])
         .watermarked();
-    let refused = events::consumer::run(
-        js.clone(),
-        unkeyed,
-        |_: ReceivedEvent<Step>| async { Ok(()) },
-        std::future::pending(),
-    )
-    .await;
-    assert!(
-        matches!(refused, Err(EventError::InvalidConsumer { .. })),
-        "{refused:?}"
-    );
+    assert_refused(&js, unkeyed).await;
     Ok(())
 }
 
