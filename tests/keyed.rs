@@ -149,6 +149,13 @@ async fn assert_refused(js: &jetstream::Context, spec: ConsumerSpec) {
     );
 }
 
+/// The steps of `parcel` in the order they were handled.
+fn steps_of(seen: &Arc<Mutex<Seen>>, parcel: &str) -> Vec<u32> {
+    seen.lock()
+        .map(|s| s.steps.get(parcel).cloned().unwrap_or_default())
+        .unwrap_or_default()
+}
+
 async fn until_all_handled(seen: &Arc<Mutex<Seen>>, events: usize, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
@@ -384,26 +391,14 @@ async fn a_claim_left_by_a_dead_owner_holds_its_key() -> TestResult {
             .await?;
     assert_eq!(records.claim("p-1-0").await?, events::Claim::New);
     let claimed = Instant::now();
-    for step in 0..2 {
-        let subject = if step == 0 { CREATED } else { CANCELLED };
-        let event = Event::new(Step {
-            parcel: "p-1".into(),
-            step,
-        })
-        .id(format!("p-1-{step}"))
-        .subject("p-1");
-        publisher.publish(subject, &event).await?;
-    }
+    publish(&publisher, 1..2, 2).await?;
     let seen = Arc::new(Mutex::new(Seen::default()));
     let one = instance(&server, 0, spec, seen.clone()).await?;
     assert!(
         until_all_handled(&seen, 2, Duration::from_secs(30)).await,
         "not handled"
     );
-    let steps = seen
-        .lock()
-        .map(|s| s.steps.get("p-1").cloned().unwrap_or_default())
-        .unwrap_or_default();
+    let steps = steps_of(&seen, "p-1");
     assert_eq!(steps, vec![0, 1], "the second overtook the first");
     assert!(
         claimed.elapsed() >= events::CLAIM_LEASE,
@@ -497,16 +492,7 @@ async fn a_takeover_handles_the_dead_owners_events_in_stream_order() -> TestResu
         .await?
         .stop()
         .await?;
-    for step in 0..2 {
-        let subject = if step == 0 { CREATED } else { CANCELLED };
-        let event = Event::new(Step {
-            parcel: "p-7".into(),
-            step,
-        })
-        .id(format!("p-7-{step}"))
-        .subject("p-7");
-        publisher.publish(subject, &event).await?;
-    }
+    publish(&publisher, 7..8, 2).await?;
     // The dead owner: pulls both in the priority group, is pinned, keeps
     // only the first alive a while, and vanishes.
     let partition = events::partition::partition_of(events::partition::shard_of("p-7"), 2);
@@ -542,10 +528,7 @@ async fn a_takeover_handles_the_dead_owners_events_in_stream_order() -> TestResu
         until_all_handled(&seen, 2, Duration::from_secs(20)).await,
         "not handled"
     );
-    let steps = seen
-        .lock()
-        .map(|s| s.steps.get("p-7").cloned().unwrap_or_default())
-        .unwrap_or_default();
+    let steps = steps_of(&seen, "p-7");
     assert_eq!(steps, vec![0, 1], "handled out of stream order");
     taker.stop().await?;
     Ok(())
