@@ -28,6 +28,11 @@ pub const HTTP_ADDR_ENV: &str = "SWITCHBOARD_HTTP_ADDR";
 /// contracts (comma-separated): an HTTP front end routes them before it
 /// joins discovery, so `up`'s "ready" means "routed".
 pub const ROUTED_SERVICES_ENV: &str = "SWITCHBOARD_ROUTED_SERVICES";
+/// Who owns each HTTP route the contracts `switchboard up` read declare,
+/// as a JSON object `{"METHOD /path": "service", …}`: an HTTP front end
+/// takes a declared route from its owner only, whatever else claims it in
+/// discovery.
+pub const ROUTE_OWNERS_ENV: &str = "SWITCHBOARD_ROUTE_OWNERS";
 
 /// Whether the async-nats this kit was built against removes a draining
 /// subscription only when the server confirmed its UNSUB

@@ -17,29 +17,9 @@ use std::process::{Command, Output};
 
 use switchboard::testing::free_port;
 
-use common::{System, start_system};
+use common::{System, start_system, test_tools};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-/// Where `make test-tools` put the tools; `None` (and a note) when a plain
-/// `cargo test` runs without them — `make test` requires them.
-fn tools() -> Option<PathBuf> {
-    let dir = std::env::var_os("SWITCHBOARD_TEST_TOOLS").map(PathBuf::from);
-    let present = dir
-        .as_ref()
-        .is_some_and(|d| d.join("venv/.installed").is_file());
-    let required = std::env::var_os("SWITCHBOARD_REQUIRE_TEST_TOOLS").is_some();
-    match dir {
-        Some(dir) if present => Some(dir),
-        _ if required => panic!(
-            "the test tools are missing: run `make test-tools` (SWITCHBOARD_TEST_TOOLS={dir:?})"
-        ),
-        _ => {
-            eprintln!("skipped: the test tools are not installed (run `make test`)");
-            None
-        }
-    }
-}
 
 fn node_tools() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools")
@@ -72,7 +52,7 @@ async fn fetch(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn documents_pass_the_official_tools_and_schemathesis_finds_nothing() -> TestResult {
-    let Some(tools) = tools() else {
+    let Some(tools) = test_tools() else {
         return Ok(());
     };
     let dir = tempfile::tempdir()?;

@@ -165,15 +165,15 @@ async fn first_sse_event(addr: String, subject: &'static str) -> Result<(Value, 
     run.await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_stopped_service_answers_503_quickly_and_recovers_without_a_gateway_restart() -> TestResult
-{
-    let dir = tempfile::tempdir()?;
-    // `users` runs outside `up` here, so the test decides when it is down.
+/// `up` with every service but `users`, which a test runs by hand
+/// ([`UsersByHand::start`]) to decide when it is down. The NATS port too.
+async fn system_without_users(
+    dir: &std::path::Path,
+) -> Result<(Switchboard, Http, UsersByHand), Box<dyn std::error::Error>> {
     let passwords = common::test_passwords();
     let nats_port = free_port()?;
     let http_addr = format!("127.0.0.1:{}", free_port()?);
-    let mut args = common::up_args(nats_port, free_port()?, &dir.path().join("data"));
+    let mut args = common::up_args(nats_port, free_port()?, &dir.join("data"));
     let at = args
         .iter()
         .position(|a| a == "--http-addr")
@@ -184,27 +184,49 @@ async fn a_stopped_service_answers_503_quickly_and_recovers_without_a_gateway_re
         "inventory,orders,notifications,gateway".into(),
     ]);
     let mut env = passwords.clone();
-    env.push((
-        "XDG_CONFIG_HOME".to_owned(),
-        dir.path().display().to_string(),
-    ));
+    env.push(("XDG_CONFIG_HOME".to_owned(), dir.display().to_string()));
     let mut up = Switchboard::spawn(&args, &env);
     up.wait_for("switchboard: ready", Duration::from_secs(60));
-    let http = Http { addr: http_addr };
-    let users_password = passwords
+    let password = passwords
         .iter()
         .find(|(k, _)| k == "SB_USERS_PASSWORD")
         .map(|(_, v)| v.clone())
         .ok_or("no password")?;
-    let start_users = || {
+    Ok((
+        up,
+        Http { addr: http_addr },
+        UsersByHand {
+            nats_port,
+            password,
+        },
+    ))
+}
+
+/// Starts the `users` service outside `up`, as its own NATS user.
+struct UsersByHand {
+    nats_port: u16,
+    password: String,
+}
+
+impl UsersByHand {
+    fn start(&self) -> std::io::Result<std::process::Child> {
         std::process::Command::new(common::workspace_bin("users"))
-            .env("NATS_URL", format!("nats://127.0.0.1:{nats_port}"))
+            .env("NATS_URL", format!("nats://127.0.0.1:{}", self.nats_port))
             .env("NATS_USER", "users")
-            .env("NATS_PASSWORD", &users_password)
+            .env("NATS_PASSWORD", &self.password)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_service_answers_503_quickly_and_recovers_without_a_gateway_restart() -> TestResult
+{
+    let dir = tempfile::tempdir()?;
+    // `users` runs outside `up` here, so the test decides when it is down.
+    let (mut up, http, users_by_hand) = system_without_users(dir.path()).await?;
+    let start_users = || users_by_hand.start();
     let mut users = start_users()?;
     let _guard = KillOnDrop(users.id());
     assert!(
@@ -381,5 +403,119 @@ async fn hostile_http_requests_get_json_errors_and_change_nothing() -> TestResul
     assert_eq!(status, 201, "{user}");
     let (status, _, _) = http.send("GET", "/inventory/widget", None).await?;
     assert_eq!(status, 404, "the refused restock stored nothing");
+    Ok(())
+}
+
+/// Foreign NATS services (nats-py's `micro`, started before the owner
+/// exists, and staying while the owner stops and comes back) claim
+/// `POST /users` and `GET /users/{id}`: under a name of their own (on its
+/// own subject, and on the owner's namespace), and posing as `orders` on
+/// subjects the gateway may call. The gateway routes none of them:
+/// `POST /users` is not found before `users` runs, creates users while it
+/// runs, answers 503 while it is down — never the intruder's reply — and
+/// each refused claim is logged once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_foreign_service_never_takes_a_route_it_does_not_own() -> TestResult {
+    let Some(tools) = common::test_tools() else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let (up, http, users_by_hand) = system_without_users(dir.path()).await?;
+    let context = switchboard_cli::nats_context::NatsContext::read(
+        &dir.path().join("nats/context/switchboard.json"),
+    )?;
+    let intruder = std::process::Command::new(tools.join("venv/bin/python"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/tools/foreign_service.py"
+        ))
+        .args([&context.url, &context.user, &context.password])
+        .args([
+            // Subjects the gateway may not call.
+            "intruder:intruder.create:POST:/users",
+            "intruder:users.steal:POST:/users",
+            // Announced as `orders`, on subjects the gateway may call (it
+            // routes them for `orders`): only the declared owner rule
+            // stands in the way.
+            "orders:orders.create:POST:/users",
+            "orders:orders.get:GET:/users/{id}",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let _intruder = KillOnDrop(intruder.id());
+    let admin = common::admin(dir.path()).await?;
+    let joined = Instant::now() + Duration::from_secs(20);
+    while switchboard::discovery::info(admin.nats(), Some("intruder"), Duration::from_millis(300))
+        .await?
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < joined,
+            "the foreign service never joined discovery"
+        );
+    }
+    // Every answer over several refreshes (the gateway's is every 2 s).
+    let not_stolen = |status: u16, body: &Value| body.get("stolen").is_none() && status != 200;
+    let mut seen = Vec::new();
+    for n in 0..25 {
+        let (status, body) = create_user(&http, "Early", &format!("early{n}@example.com")).await?;
+        assert!(
+            not_stolen(status, &body),
+            "before users ran: {status} {body}"
+        );
+        seen.push(status);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(seen.iter().all(|s| *s == 404), "no owner yet: {seen:?}");
+
+    let mut users = users_by_hand.start()?;
+    let _users = KillOnDrop(users.id());
+    let mut created = 0;
+    for n in 0..50 {
+        let (status, body) = create_user(&http, "Owner", &format!("owner{n}@example.com")).await?;
+        assert!(
+            body.get("stolen").is_none(),
+            "the intruder answered: {body}"
+        );
+        created += usize::from(status == 201 && body["id"].is_string());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        created >= 25,
+        "users created only {created} of 50 through the gateway"
+    );
+    let (status, _, body) = http.send("GET", "/users/u-nobody", None).await?;
+    assert_eq!(status, 404, "GET /users/{{id}} is users': {body}");
+
+    users.kill()?;
+    users.wait()?;
+    for n in 0..25 {
+        let (status, body) = create_user(&http, "Late", &format!("late{n}@example.com")).await?;
+        assert_eq!(
+            status, 503,
+            "users is down: its route stays and answers 503: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let output = up.output();
+    for (service, subject) in [
+        ("intruder", "intruder.create"),
+        ("intruder", "users.steal"),
+        ("orders", "orders.create"),
+        ("orders", "orders.get"),
+    ] {
+        let logged = output
+            .lines()
+            .filter(|l| {
+                l.contains("not routing this claim")
+                    && l.contains(&format!("service={service}"))
+                    && l.contains(&format!("subject={subject}"))
+            })
+            .count();
+        assert_eq!(
+            logged, 1,
+            "the refusal of {subject} logged {logged} times:\n{output}"
+        );
+    }
     Ok(())
 }

@@ -20,7 +20,7 @@ use crate::contracts::ContractError;
 use crate::credentials::{Credentials, RandomSourceError};
 use crate::manifest::Manifest;
 use crate::nats_context::{self, CONTEXT_NAME, NatsContext};
-use switchboard::app::ROUTED_SERVICES_ENV;
+use switchboard::app::{ROUTE_OWNERS_ENV, ROUTED_SERVICES_ENV};
 use switchboard::connect::{
     ConnectConfig, ConnectError, NATS_PASSWORD_ENV, NATS_URL_ENV, NATS_USER_ENV,
 };
@@ -313,6 +313,20 @@ impl System {
             .map(|c| c.name.as_str())
             .collect();
         let routed = routed.join(",");
+        // Who owns each declared route (of every service declared, started
+        // here or not): a claim on it from anyone else (a service joined by
+        // hand, say) is never routed.
+        let owners: std::collections::BTreeMap<String, &str> = system
+            .iter()
+            .flat_map(|c| {
+                c.endpoints.iter().filter_map(|e| {
+                    let http = e.http.as_ref()?;
+                    Some((format!("{} {}", http.method, http.path), c.name.as_str()))
+                })
+            })
+            .collect();
+        // A map of strings always serializes.
+        let owners = serde_json::to_string(&owners).unwrap_or_else(|_| "{}".to_owned());
         // Each instance its own process, named `<service>.<n>` in the
         // logs when there are several.
         let specs: Vec<(String, String, PathBuf)> = specs
@@ -336,6 +350,7 @@ impl System {
                     (NATS_URL_ENV.to_owned(), url.clone()),
                     (LOG_ANSI_ENV.to_owned(), ansi.to_owned()),
                     (ROUTED_SERVICES_ENV.to_owned(), routed.clone()),
+                    (ROUTE_OWNERS_ENV.to_owned(), owners.clone()),
                 ];
                 env.extend(config.service_env.iter().cloned());
                 // Every OTEL_* variable reaches the service (it inherits

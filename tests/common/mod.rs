@@ -300,6 +300,27 @@ pub fn test_passwords() -> Vec<(String, String)> {
         .collect()
 }
 
+/// Where `make test-tools` put the test tools (the Python venv); `None`
+/// (and a note) when a plain `cargo test` runs without them — `make test`
+/// requires them (`SWITCHBOARD_REQUIRE_TEST_TOOLS`).
+pub fn test_tools() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("SWITCHBOARD_TEST_TOOLS").map(std::path::PathBuf::from);
+    let present = dir
+        .as_ref()
+        .is_some_and(|d| d.join("venv/.installed").is_file());
+    let required = std::env::var_os("SWITCHBOARD_REQUIRE_TEST_TOOLS").is_some();
+    match dir {
+        Some(dir) if present => Some(dir),
+        _ if required => panic!(
+            "the test tools are missing: run `make test-tools` (SWITCHBOARD_TEST_TOOLS={dir:?})"
+        ),
+        _ => {
+            eprintln!("skipped: the test tools are not installed (run `make test`)");
+            None
+        }
+    }
+}
+
 /// The project's `nats.conf`.
 pub fn project_config() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/nats.conf"))

@@ -35,15 +35,17 @@ use switchboard::client::Client;
 use switchboard::discovery::{self, Target};
 
 pub use proxy::DEFAULT_TIMEOUT;
-pub use routes::{Route, RouteTable};
+pub use routes::{RefusedClaim, Route, RouteOwners, RouteTable};
 
 /// Largest request body accepted (larger: 413).
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
 /// Settings; `Default` reads nothing, [`GatewayConfig::from_env`] reads
-/// `SWITCHBOARD_HTTP_ADDR`, `SWITCHBOARD_HTTP_TIMEOUT_MS` and
+/// `SWITCHBOARD_HTTP_ADDR`, `SWITCHBOARD_HTTP_TIMEOUT_MS`,
 /// `SWITCHBOARD_ROUTED_SERVICES` (comma-separated services; `switchboard
-/// up` sets it to the services it runs that have HTTP routes).
+/// up` sets it to the services it runs that have HTTP routes) and
+/// `SWITCHBOARD_ROUTE_OWNERS` (the declared owner of each route, also set
+/// by `up`).
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     /// Where to listen.
@@ -59,6 +61,9 @@ pub struct GatewayConfig {
     /// discovery anyway (a service that never comes must not hide the
     /// gateway; `/readyz` still says what is missing).
     pub join_wait: Duration,
+    /// The declared owner of each route: a route declared here is taken
+    /// from its owner only (see [`routes`](crate::RouteTable::resolve)).
+    pub route_owners: RouteOwners,
 }
 
 impl Default for GatewayConfig {
@@ -71,6 +76,7 @@ impl Default for GatewayConfig {
             // discovery finds. `switchboard up` names what it runs.
             required_services: Vec::new(),
             join_wait: Duration::from_secs(20),
+            route_owners: RouteOwners::default(),
         }
     }
 }
@@ -102,6 +108,10 @@ impl GatewayConfig {
                 .map(String::from)
                 .collect();
         }
+        if let Ok(owners) = std::env::var(switchboard::app::ROUTE_OWNERS_ENV) {
+            config.route_owners = RouteOwners::from_json(&owners)
+                .map_err(|e| format!("{}: {e}", switchboard::app::ROUTE_OWNERS_ENV))?;
+        }
         Ok(config)
     }
 }
@@ -130,8 +140,8 @@ struct Shared {
     client: Client,
     routes: RwLock<Arc<RouteTable>>,
     known_services: RwLock<Vec<String>>,
-    /// Subjects already logged as not callable (each is logged once).
-    refused_logged: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Route claims already logged as refused (each is logged once).
+    refused_logged: std::sync::Mutex<std::collections::BTreeSet<RefusedClaim>>,
     config: GatewayConfig,
 }
 
@@ -176,34 +186,18 @@ impl Gateway {
             .collect()
     }
 
-    /// `table` without the routes the server would refuse to let the
-    /// gateway's user call (each logged once): a route it lists, it can
-    /// serve. When the server cannot say (before 2.10, or the user may not
-    /// ask), every route stays and a refused call is a 500 naming the
-    /// permission.
-    async fn callable(&self, table: RouteTable) -> RouteTable {
-        let rules = match switchboard::user_info::ask(&self.shared.nats, Duration::from_millis(500))
-            .await
-        {
-            Ok(info) => info.publish,
+    /// What the server lets the gateway's user publish: a route it lists,
+    /// it can serve. `None` when the server cannot say (before 2.10, or the
+    /// user may not ask): then every route stays and a refused call is a
+    /// 500 naming the permission.
+    async fn call_rules(&self) -> Option<switchboard::user_info::Rules> {
+        match switchboard::user_info::ask(&self.shared.nats, Duration::from_millis(500)).await {
+            Ok(info) => Some(info.publish),
             Err(error) => {
                 tracing::debug!(%error, "the server does not say what the gateway may call");
-                return table;
-            }
-        };
-        let (table, refused) = table.callable_only(|subject| rules.permits(subject));
-        if let Ok(mut logged) = self.shared.refused_logged.lock() {
-            for subject in refused {
-                if logged.insert(subject.clone()) {
-                    tracing::warn!(
-                        %subject,
-                        "not routing this endpoint: the gateway's NATS user may not call it \
-                         (its permissions come from the contracts `switchboard up` read)"
-                    );
-                }
+                None
             }
         }
-        table
     }
 
     /// Rebuilds the routing table from discovery; returns the route count.
@@ -214,8 +208,26 @@ impl Gateway {
     pub async fn refresh(&self) -> Result<usize, discovery::DiscoveryError> {
         let instances =
             discovery::info(&self.shared.nats, None, Duration::from_millis(300)).await?;
-        let table = RouteTable::from_discovery(&instances).keeping_absent_services(&self.routes());
-        let table = self.callable(table).await;
+        let rules = self.call_rules().await;
+        let (table, refused) = RouteTable::resolve(
+            &instances,
+            &self.shared.config.route_owners,
+            &self.routes(),
+            |subject| rules.as_ref().is_none_or(|r| r.permits(subject)),
+        );
+        if let Ok(mut logged) = self.shared.refused_logged.lock() {
+            for claim in refused {
+                if logged.insert(claim.clone()) {
+                    tracing::warn!(
+                        service = %claim.service,
+                        route = %format!("{} {}", claim.method, claim.path),
+                        subject = %claim.subject,
+                        "not routing this claim: {}",
+                        claim.reason
+                    );
+                }
+            }
+        }
         let count = table.routes().len();
         if let Ok(mut routes) = self.shared.routes.write() {
             if **routes != table {
