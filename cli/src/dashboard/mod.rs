@@ -88,9 +88,14 @@ impl Dashboard {
         nats: async_nats::Client,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) {
-        if let Err(error) = axum::serve(self.listener, router(nats))
-            .with_graceful_shutdown(shutdown)
-            .await
+        // The gateway's limits (the same variables): a browser tab left
+        // open or a slow client cannot pile up connections here either.
+        let limits = switchboard::http::HttpLimits::from_env().unwrap_or_else(|error| {
+            tracing::warn!(%error, "using the default HTTP limits");
+            switchboard::http::HttpLimits::default()
+        });
+        if let Err(error) =
+            switchboard::http::serve(self.listener, router(nats), limits, shutdown).await
         {
             tracing::error!(%error, "the dashboard stopped");
         }

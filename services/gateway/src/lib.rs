@@ -33,6 +33,7 @@ use serde_json::json;
 use switchboard::app::AppError;
 use switchboard::client::Client;
 use switchboard::discovery::{self, Target};
+use switchboard::http::{ConnectionStats, HttpLimits};
 
 pub use proxy::DEFAULT_TIMEOUT;
 pub use routes::{RefusedClaim, Route, RouteOwners, RouteTable};
@@ -61,6 +62,10 @@ pub struct GatewayConfig {
     /// discovery anyway (a service that never comes must not hide the
     /// gateway; `/readyz` still says what is missing).
     pub join_wait: Duration,
+    /// Header read and idle timeouts, connection cap
+    /// (`SWITCHBOARD_HTTP_HEADER_TIMEOUT_MS`, `SWITCHBOARD_HTTP_IDLE_TIMEOUT_MS`,
+    /// `SWITCHBOARD_HTTP_MAX_CONNECTIONS`).
+    pub http_limits: HttpLimits,
     /// The declared owner of each route: a route declared here is taken
     /// from its owner only (see [`routes`](crate::RouteTable::resolve)).
     pub route_owners: RouteOwners,
@@ -77,6 +82,7 @@ impl Default for GatewayConfig {
             required_services: Vec::new(),
             join_wait: Duration::from_secs(20),
             route_owners: RouteOwners::default(),
+            http_limits: HttpLimits::default(),
         }
     }
 }
@@ -88,7 +94,10 @@ impl GatewayConfig {
     ///
     /// A message naming a variable that does not parse.
     pub fn from_env() -> Result<Self, String> {
-        let mut config = GatewayConfig::default();
+        let mut config = GatewayConfig {
+            http_limits: HttpLimits::from_env()?,
+            ..GatewayConfig::default()
+        };
         if let Ok(addr) = std::env::var(switchboard::app::HTTP_ADDR_ENV) {
             config.addr = addr
                 .parse()
@@ -140,6 +149,8 @@ struct Shared {
     client: Client,
     routes: RwLock<Arc<RouteTable>>,
     known_services: RwLock<Vec<String>>,
+    /// What the HTTP server did with its connections (for `/metrics`).
+    connections: Arc<ConnectionStats>,
     /// Route claims already logged as refused (each is logged once).
     refused_logged: std::sync::Mutex<std::collections::BTreeSet<RefusedClaim>>,
     config: GatewayConfig,
@@ -155,6 +166,7 @@ impl Gateway {
                 routes: RwLock::default(),
                 known_services: RwLock::default(),
                 refused_logged: std::sync::Mutex::default(),
+                connections: Arc::default(),
                 config,
             }),
         }
@@ -335,6 +347,7 @@ async fn metrics_text(State(gateway): State<Gateway>) -> Response {
     metrics::connection_state(
         gateway.shared.nats.connection_state() == async_nats::connection::State::Connected,
     );
+    metrics::http_connections(&gateway.shared.connections.counts());
     if let Ok(stats) = discovery::stats(
         &gateway.shared.nats,
         Target::all(),
@@ -457,14 +470,12 @@ pub async fn run(
     tracing::info!(%addr, "HTTP gateway listening");
     // HTTP is served from now on (`/readyz` tells what is missing); the
     // gateway joins discovery once it routes every required service.
-    let serving = tokio::spawn({
-        let app = app(gateway.clone());
-        async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-    });
+    let serving = tokio::spawn(
+        switchboard::http::Server::new(listener, app(gateway.clone()))
+            .limits(gateway.shared.config.http_limits.clone())
+            .with_stats(gateway.shared.connections.clone())
+            .run(shutdown),
+    );
     wait_for_routes(&gateway, join_wait).await;
     let service = contract()
         .service()

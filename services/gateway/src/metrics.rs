@@ -1,5 +1,6 @@
 //! Prometheus metrics: requests and latency per route and status, the NATS
-//! connection state, and the services' `$SRV.STATS` figures at scrape time.
+//! connection state, the HTTP connections (open, shed by why), and the
+//! services' `$SRV.STATS` figures at scrape time.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -33,6 +34,22 @@ pub(crate) fn record(route: &str, status: u16, took: Duration) {
 
 pub(crate) fn connection_state(connected: bool) {
     metrics::gauge!("gateway_nats_connected").set(if connected { 1.0 } else { 0.0 });
+}
+
+/// The HTTP server's connections: open now, and closed or refused since
+/// start, by why.
+pub(crate) fn http_connections(counts: &switchboard::http::ConnectionCounts) {
+    metrics::gauge!("gateway_http_connections_open").set(counts.open as f64);
+    metrics::counter!("gateway_http_connections_accepted_total").absolute(counts.accepted);
+    for (reason, count) in [
+        ("header_timeout", counts.header_timeouts),
+        ("idle_timeout", counts.idle_timeouts),
+        ("evicted", counts.evicted),
+        ("refused", counts.refused),
+    ] {
+        metrics::counter!("gateway_http_connections_shed_total", "reason" => reason)
+            .absolute(count);
+    }
 }
 
 pub(crate) fn service_stats(stats: &[switchboard::micro::StatsResponse]) {

@@ -1,4 +1,4 @@
-//! HTTP pieces every HTTP front end shares (live events as SSE).
+//! Live events as Server-Sent Events, for every HTTP front end.
 
 use std::convert::Infallible;
 
