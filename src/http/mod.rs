@@ -8,5 +8,5 @@ mod serve;
 pub use live::{LiveError, live_events, watch_events};
 pub use serve::{
     ConnectionCounts, ConnectionStats, HEADER_TIMEOUT_ENV, HttpLimits, IDLE_TIMEOUT_ENV,
-    MAX_CONNECTIONS_ENV, Server, serve,
+    MAX_CONNECTIONS_ENV, Server, bind, serve,
 };

@@ -253,12 +253,31 @@ impl Server {
             };
             stats.accepted.fetch_add(1, Ordering::Relaxed);
             if registry.len() >= limits.max_connections {
-                if registry.evict_one() {
-                    stats.evicted.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    stats.refused.fetch_add(1, Ordering::Relaxed);
-                    refuse(&stream);
-                    continue;
+                match registry.make_room() {
+                    Room::Coming => {}
+                    Room::Evicted => {
+                        stats.evicted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Room::None => {
+                        stats.refused.fetch_add(1, Ordering::Relaxed);
+                        refuse(&stream);
+                        continue;
+                    }
+                }
+                // A closed connection leaves the count when its socket is
+                // gone: waiting for it keeps the descriptors under the cap.
+                let give_up = tokio::time::Instant::now() + Duration::from_secs(1);
+                loop {
+                    let freed = registry.freed.notified();
+                    tokio::pin!(freed);
+                    // Registered before the check: a leave in between wakes it.
+                    freed.as_mut().enable();
+                    if registry.len() < limits.max_connections {
+                        break;
+                    }
+                    if tokio::time::timeout_at(give_up, freed).await.is_err() {
+                        break;
+                    }
                 }
             }
             let conn = registry.add();
@@ -288,6 +307,28 @@ impl Server {
         reaper.abort();
         Ok(())
     }
+}
+
+/// Listen backlog asked for (the kernel caps it at `net.core.somaxconn`):
+/// a burst of connections waits in it instead of having its handshakes
+/// dropped and retried a second or more later — normal requests among them.
+const BACKLOG: u32 = 4096;
+
+/// Binds `addr` for a [`Server`], with a deep listen backlog (tokio's
+/// `TcpListener::bind` asks for 1,024).
+///
+/// # Errors
+///
+/// The OS error: the address is taken or not allowed.
+pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 /// The soft open-file limit raised to the hard one, and `cap` lowered to
@@ -338,11 +379,17 @@ struct Conn {
     idle_since_ms: AtomicU64,
     /// Closes the connection (reaped, evicted).
     close: Notify,
+    /// Told to close; counted until its socket is gone.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl Conn {
     fn is_serving(&self) -> bool {
         self.serving.load(Ordering::Acquire) > 0
+    }
+
+    fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
     }
 
     fn ms_since_accepted(&self) -> u64 {
@@ -351,11 +398,24 @@ impl Conn {
 }
 
 /// The open connections by id (ids grow with acceptance: the first is the
-/// oldest).
+/// oldest), counted until their sockets are gone.
 #[derive(Debug, Default)]
 struct Registry {
     next: AtomicU64,
     open: Mutex<BTreeMap<u64, Arc<Conn>>>,
+    /// Signalled whenever a connection leaves.
+    freed: Notify,
+}
+
+/// What [`Registry::make_room`] did.
+#[derive(Debug, PartialEq, Eq)]
+enum Room {
+    /// A connection is closing already: its slot is coming.
+    Coming,
+    /// The oldest connection not serving was told to close.
+    Evicted,
+    /// Every connection is serving a request.
+    None,
 }
 
 impl Registry {
@@ -371,6 +431,7 @@ impl Registry {
             served: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(0),
             close: Notify::new(),
+            closing: std::sync::atomic::AtomicBool::new(false),
         });
         if let Ok(mut open) = self.open.lock() {
             open.insert(conn.id, conn.clone());
@@ -378,35 +439,46 @@ impl Registry {
         conn
     }
 
-    fn remove(&self, id: u64) -> Option<Arc<Conn>> {
-        self.open.lock().ok().and_then(|mut o| o.remove(&id))
-    }
-
-    /// Removes and closes `id` if still open; whether it was.
-    fn close(&self, id: u64) -> bool {
-        match self.remove(id) {
-            Some(conn) => {
-                conn.close.notify_one();
-                true
-            }
-            None => false,
+    /// The connection's socket is gone.
+    fn remove(&self, id: u64) {
+        if let Ok(mut open) = self.open.lock() {
+            open.remove(&id);
         }
+        self.freed.notify_waiters();
     }
 
-    /// Closes the oldest connection that never completed a request head,
-    /// else the oldest idle one; `false` when every one is serving.
-    fn evict_one(&self) -> bool {
+    /// Tells `conn` to close, unless it was told already; whether it was
+    /// told now.
+    fn close(conn: &Conn) -> bool {
+        let first = !conn.closing.swap(true, Ordering::AcqRel);
+        if first {
+            conn.close.notify_one();
+        }
+        first
+    }
+
+    /// Room for one more: a slot already coming (a connection closing),
+    /// else the oldest connection that never completed a request head is
+    /// closed, else the oldest idle one.
+    fn make_room(&self) -> Room {
         let victim = {
             let Ok(open) = self.open.lock() else {
-                return false;
+                return Room::None;
             };
+            if open.values().any(|c| c.is_closing()) {
+                return Room::Coming;
+            }
             let idle = || open.values().filter(|c| !c.is_serving());
             idle()
                 .find(|c| c.served.load(Ordering::Relaxed) == 0)
                 .or_else(|| idle().next())
-                .map(|c| c.id)
+                .cloned()
         };
-        victim.is_some_and(|id| self.close(id))
+        match victim {
+            Some(conn) if Registry::close(&conn) => Room::Evicted,
+            Some(_) => Room::Coming,
+            None => Room::None,
+        }
     }
 
     fn snapshot(&self) -> Vec<Arc<Conn>> {
@@ -429,7 +501,7 @@ async fn reap(registry: Arc<Registry>, limits: HttpLimits, stats: Arc<Connection
     loop {
         tick.tick().await;
         for conn in registry.snapshot() {
-            if conn.is_serving() {
+            if conn.is_serving() || conn.is_closing() {
                 continue;
             }
             let now = conn.ms_since_accepted();
@@ -439,7 +511,7 @@ async fn reap(registry: Arc<Registry>, limits: HttpLimits, stats: Arc<Connection
                 let since = conn.idle_since_ms.load(Ordering::Acquire);
                 (&stats.idle_timeouts, now.saturating_sub(since) >= idle_ms)
             };
-            if expired && registry.close(conn.id) {
+            if expired && Registry::close(&conn) {
                 counter.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -573,11 +645,14 @@ mod tests {
         let serving = registry.add();
         let _busy = Serving::start(serving.clone());
         let silent = registry.add();
-        assert!(registry.evict_one());
-        assert_eq!(registry.len(), 2);
-        assert!(registry.snapshot().iter().all(|c| c.id != silent.id));
-        assert!(registry.evict_one(), "then the idle one");
-        assert!(!registry.evict_one(), "never one serving");
-        assert_eq!(registry.snapshot()[0].id, serving.id);
+        assert_eq!(registry.make_room(), Room::Evicted);
+        assert!(silent.is_closing() && !idle.is_closing());
+        assert_eq!(registry.make_room(), Room::Coming, "its slot is coming");
+        registry.remove(silent.id);
+        assert_eq!(registry.make_room(), Room::Evicted, "then the idle one");
+        assert!(idle.is_closing());
+        registry.remove(idle.id);
+        assert_eq!(registry.make_room(), Room::None, "never one serving");
+        assert!(!serving.is_closing());
     }
 }

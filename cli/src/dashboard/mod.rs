@@ -70,7 +70,7 @@ impl Dashboard {
         if !addr.ip().is_loopback() {
             return Err(DashboardError::NotLoopback(addr));
         }
-        let listener = tokio::net::TcpListener::bind(addr)
+        let listener = switchboard::http::bind(addr)
             .await
             .map_err(|source| DashboardError::Bind { addr, source })?;
         Ok(Dashboard { listener })

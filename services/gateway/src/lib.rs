@@ -464,7 +464,7 @@ pub async fn run(
     let refresh_every = config.refresh_every;
     let join_wait = config.join_wait;
     let gateway = Gateway::new(nats.clone(), config);
-    let listener = tokio::net::TcpListener::bind(addr)
+    let listener = switchboard::http::bind(addr)
         .await
         .map_err(|source| GatewayError::Bind { addr, source })?;
     tracing::info!(%addr, "HTTP gateway listening");
