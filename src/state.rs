@@ -13,6 +13,10 @@
 //! [`StateStore::view`] (stock levels and reservations, say), so that they
 //! can change together.
 //!
+//! What grows with a user's activity (their notifications, say) is a
+//! [`History`]: one key per entry, paged newest first, so no write grows
+//! with it.
+//!
 //! Keys come from requests (an id, an e-mail address), and a key becomes
 //! part of a subject, so every key is bounded: longer than
 //! [`MAX_KEY_LEN`] bytes after encoding is [`StateError::KeyTooLong`] (a 400
@@ -33,6 +37,7 @@ pub use crate::limits::MAX_KEY_LEN;
 mod committer;
 mod deadlines;
 mod floor;
+mod history;
 mod key_lock;
 mod transaction;
 
@@ -40,6 +45,7 @@ use crate::outbox::{PendingEvent, decode_pending};
 use committer::Committer;
 pub use deadlines::{Deadline, deadline_after, parse_time, watch_deadlines};
 use floor::RelayFloor;
+pub use history::{Appended, History, Page};
 pub use key_lock::KeyGuard;
 use key_lock::KeyLocks;
 pub use transaction::{Attempt, Transaction, commit_retrying};
