@@ -211,6 +211,33 @@ async fn event_ids(
     Ok(ids)
 }
 
+/// Every notification of `user`, newest first, page by page (an empty
+/// list if a page cannot be read: the invariants then say what is missing).
+async fn all_notifications(client: &Client, user: &str) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut request = json!({"user_id": user, "limit": 200});
+        if let Some(cursor) = &cursor {
+            request["cursor"] = json!(cursor);
+        }
+        let Some(page) = call(client, "notifications.list", request).await else {
+            return Vec::new();
+        };
+        all.extend(
+            page["notifications"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return all,
+        }
+    }
+}
+
 /// The event ids a stored order must have: created, and cancelled if it is.
 fn expected_events(id: &str, order: &Value) -> Vec<String> {
     let mut wanted = vec![format!("{id}-created")];
@@ -333,19 +360,12 @@ async fn evaluate(
     check(&mut broken, "I6 each order's events exactly once", i6);
     let (mut i7, mut i8) = (Vec::new(), Vec::new());
     for user in users {
-        let list = call(client, "notifications.list", json!({"user_id": user}))
-            .await
-            .unwrap_or(Value::Null);
+        let list = all_notifications(client, user).await;
         let mut per_event: BTreeMap<String, usize> = BTreeMap::new();
-        // Where each event's notification stands in the user's list
-        // (recorded in the order they were handled).
+        // Where each event's notification stands in the user's history
+        // (recorded in the order they were handled), oldest first.
         let mut position: BTreeMap<String, usize> = BTreeMap::new();
-        for (at, n) in list["notifications"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .enumerate()
-        {
+        for (at, n) in list.iter().rev().enumerate() {
             let id = n["event_id"].as_str().unwrap_or_default().to_owned();
             *per_event.entry(id.clone()).or_default() += 1;
             position.entry(id).or_insert(at);

@@ -153,9 +153,10 @@ async fn the_reference_flow_survives_a_restart_of_everything() -> TestResult {
         sorted,
         ["orders.cancelled", "orders.created", "users.created"]
     );
+    // Newest first.
     let position = |kind: &str| kinds.iter().position(|k| *k == kind);
     assert!(
-        position("orders.created") < position("orders.cancelled"),
+        position("orders.cancelled") < position("orders.created"),
         "{kinds:?}"
     );
 

@@ -58,7 +58,12 @@ fn limit_words(schema: &serde_json::Value) -> String {
         " characters",
     ));
     words.extend(range(number("minItems"), number("maxItems"), " items"));
-    if schema["type"] == "integer" {
+    // An optional field's type is `["integer", "null"]`.
+    let integer = schema["type"] == "integer"
+        || schema["type"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t == "integer"));
+    if integer {
         words.extend(range(number("minimum"), number("maximum"), ""));
     }
     if let Some(pattern) = schema["pattern"].as_str() {

@@ -77,6 +77,31 @@ pub fn document(table: &RouteTable) -> Value {
                     "requestBody".into(),
                     json!({ "required": true, "content": { "application/json": { "schema": body } } }),
                 );
+            } else if has_fields {
+                // A GET's fields travel in the query string, typed by
+                // their schema (the gateway converts `?limit=20` to 20).
+                let required: Vec<&str> = body["required"]
+                    .as_array()
+                    .map(|r| r.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                let mut query: Vec<Value> = body["properties"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(name, schema)| {
+                        json!({
+                            "name": name,
+                            "in": "query",
+                            "required": required.contains(&name.as_str()),
+                            "schema": without_null(schema),
+                        })
+                    })
+                    .collect();
+                if let Some(Value::Array(parameters)) = operation.get_mut("parameters") {
+                    parameters.append(&mut query);
+                } else {
+                    operation.insert("parameters".into(), Value::Array(query));
+                }
             }
         }
         let response = route
@@ -111,4 +136,18 @@ pub fn document(table: &RouteTable) -> Value {
         "paths": paths,
         "components": { "schemas": components }
     })
+}
+
+/// A field's schema as a query parameter's: a query value is never `null`
+/// (an optional field is left out instead).
+fn without_null(schema: &Value) -> Value {
+    let mut schema = schema.clone();
+    if let Some(Value::Array(types)) = schema.get_mut("type") {
+        types.retain(|t| t != "null");
+        if types.len() == 1 {
+            let only = types[0].clone();
+            schema["type"] = only;
+        }
+    }
+    schema
 }

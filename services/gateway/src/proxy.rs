@@ -1,6 +1,8 @@
 //! Forwarding an HTTP request to the endpoint its route names.
 //!
-//! The JSON body and the path parameters merge into the NATS request; the
+//! The JSON body, the query parameters and the path parameters merge into
+//! the NATS request (the path wins, then the query; a query value is typed
+//! by the request schema's field: `?limit=20` is the number 20); the
 //! call carries a deadline and the caller's trace; the service's error code
 //! becomes the HTTP status. 500s never carry internals: the details are
 //! logged with the trace id, which the response also carries.
@@ -50,7 +52,7 @@ pub(crate) async fn forward(
         _ => None,
     };
     let hop = Hop::http_server(method.as_str(), route, uri.path(), parent);
-    let response = answer(&gateway, lookup, body, &hop.trace)
+    let response = answer(&gateway, lookup, uri.query(), body, &hop.trace)
         .instrument(hop.span.clone())
         .await;
     let status = response.status();
@@ -72,6 +74,7 @@ pub(crate) async fn forward(
 async fn answer(
     gateway: &Gateway,
     lookup: Lookup<'_>,
+    query: Option<&str>,
     body: Body,
     trace: &TraceContext,
 ) -> Response {
@@ -114,7 +117,11 @@ async fn answer(
         }
     };
 
-    match request_body(&body, params) {
+    let fields = match query_fields(query.unwrap_or_default(), route.request_schema.as_ref()) {
+        Ok(fields) => fields,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message, &trace),
+    };
+    match request_body(&body, fields, params) {
         Err(message) => error(StatusCode::BAD_REQUEST, &message, &trace),
         Ok(request) => {
             let options = CallOptions::default()
@@ -146,15 +153,67 @@ async fn answer(
     }
 }
 
-/// The body (an object, or nothing) with the path parameters merged in.
-/// Without parameters a body is passed on as it came: checked to be one JSON
-/// object, not parsed into a tree and encoded again.
+/// Longest query string read (fields have their own, smaller limits).
+const MAX_QUERY: usize = 4096;
+
+/// The query parameters as request fields, each typed by its field in the
+/// request `schema` (integer, number, boolean; else a string). A name given
+/// twice, or a value that is not of its field's type, is a 400.
+fn query_fields(query: &str, schema: Option<&Value>) -> Result<Map<String, Value>, String> {
+    if query.len() > MAX_QUERY {
+        return Err(format!(
+            "the query string is {} bytes; the limit is {MAX_QUERY}",
+            query.len()
+        ));
+    }
+    let mut fields = Map::new();
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        let types = schema
+            .and_then(|s| s["properties"].get(name.as_ref()))
+            .map(|field| match &field["type"] {
+                Value::String(t) => vec![t.as_str()],
+                Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+                _ => Vec::new(),
+            })
+            .unwrap_or_default();
+        let typed = if types.contains(&"integer") {
+            value
+                .parse::<i64>()
+                .map(Value::from)
+                .or_else(|_| value.parse::<u64>().map(Value::from))
+                .map_err(|_| format!("query parameter {name} must be a whole number"))?
+        } else if types.contains(&"number") {
+            value
+                .parse::<f64>()
+                .ok()
+                .and_then(serde_json::Number::from_f64)
+                .map(Value::Number)
+                .ok_or_else(|| format!("query parameter {name} must be a number"))?
+        } else if types.contains(&"boolean") {
+            value
+                .parse::<bool>()
+                .map(Value::Bool)
+                .map_err(|_| format!("query parameter {name} must be true or false"))?
+        } else {
+            Value::String(value.into_owned())
+        };
+        if fields.insert(name.to_string(), typed).is_some() {
+            return Err(format!("query parameter {name} is given more than once"));
+        }
+    }
+    Ok(fields)
+}
+
+/// The body (an object, or nothing) with the query fields and the path
+/// parameters merged in. Without either, a body is passed on as it came:
+/// checked to be one JSON object, not parsed into a tree and encoded again.
 fn request_body(
     body: &Bytes,
+    query: Map<String, Value>,
     params: std::collections::BTreeMap<String, String>,
 ) -> Result<Bytes, String> {
     let empty = body.iter().all(u8::is_ascii_whitespace);
-    if params.is_empty() {
+    if params.is_empty() && query.is_empty() {
         if empty {
             return Ok(Bytes::from_static(b"{}"));
         }
@@ -175,6 +234,7 @@ fn request_body(
             Err(e) => return Err(format!("the body is not JSON: {e}")),
         }
     };
+    object.extend(query);
     for (name, value) in params {
         // The path wins: `/orders/o-1` with `{"id":"o-2"}` is about o-1.
         object.insert(name, Value::String(value));
@@ -259,3 +319,69 @@ fn with_trace(mut response: Response, trace: &TraceContext) -> Response {
 
 /// Default deadline of one HTTP request.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> Value {
+        json!({ "type": "object", "properties": {
+            "user_id": { "type": "string" },
+            "limit": { "type": ["integer", "null"], "minimum": 1 },
+            "ratio": { "type": "number" },
+            "all": { "type": "boolean" },
+        }})
+    }
+
+    #[test]
+    fn query_values_take_their_fields_types() -> Result<(), String> {
+        let fields = query_fields(
+            "limit=20&cursor=123&ratio=0.5&all=true&name=a%20b",
+            Some(&schema()),
+        )?;
+        assert_eq!(fields["limit"], json!(20));
+        assert_eq!(
+            fields["cursor"],
+            json!("123"),
+            "not in the schema: a string"
+        );
+        assert_eq!(fields["ratio"], json!(0.5));
+        assert_eq!(fields["all"], json!(true));
+        assert_eq!(fields["name"], json!("a b"));
+        assert!(query_fields("", Some(&schema()))?.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn a_query_value_of_the_wrong_type_or_given_twice_is_refused() {
+        for (query, words) in [
+            ("limit=ten", "whole number"),
+            ("ratio=x", "a number"),
+            ("all=yes", "true or false"),
+            ("limit=1&limit=2", "more than once"),
+        ] {
+            match query_fields(query, Some(&schema())) {
+                Err(message) => assert!(message.contains(words), "{query}: {message}"),
+                Ok(fields) => panic!("{query} accepted: {fields:?}"),
+            }
+        }
+        assert!(
+            query_fields(&"a=b&".repeat(2000), None).is_err(),
+            "too long"
+        );
+    }
+
+    #[test]
+    fn the_path_wins_over_the_query_which_wins_over_the_body() -> Result<(), String> {
+        let query = query_fields("id=q&limit=5", Some(&schema()))?;
+        let params = [("id".to_owned(), "p".to_owned())].into_iter().collect();
+        let merged = request_body(
+            &Bytes::from_static(br#"{"id":"b","limit":1,"x":1}"#),
+            query,
+            params,
+        )?;
+        let merged: Value = serde_json::from_slice(&merged).map_err(|e| e.to_string())?;
+        assert_eq!(merged, json!({"id": "p", "limit": 5, "x": 1}));
+        Ok(())
+    }
+}

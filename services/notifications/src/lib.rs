@@ -1,6 +1,8 @@
 //! The `notifications` service: one notification per user and order event,
-//! recorded exactly once (the kit's idempotency helper), listed per user.
-//! State: KV `notifications` (user id → notifications, oldest first).
+//! recorded exactly once (the kit's idempotency helper, and the event id as
+//! the entry's id), listed per user newest first, a page at a time.
+//! State: KV `notifications`, a `state::History` per user — one key per
+//! notification, so a busy user's history never makes a write grow.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,14 +12,16 @@ use contracts::notifications::{self, ListNotifications, Notification, Notificati
 use contracts::orders::{self, OrderChanged, OrderStatus};
 use contracts::users::{self, UserCreated};
 use switchboard::ServiceError;
+
+mod legacy;
 use switchboard::app::AppError;
 use switchboard::contract::Contract;
 use switchboard::events::{ConsumerSpec, HandlerError, ReceivedEvent};
 use switchboard::service::Context;
 use switchboard::shutdown::Shutdown;
-use switchboard::state::StateStore;
+use switchboard::state::{History, StateStore};
 
-type Store = StateStore<Vec<Notification>>;
+type Store = History<Notification>;
 
 /// How long processed event ids are remembered.
 const REMEMBER: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -66,14 +70,14 @@ pub fn contract() -> Contract {
 /// When its bucket, consumers or endpoints cannot be set up.
 pub async fn run(nats: async_nats::Client, shutdown: Shutdown) -> Result<(), AppError> {
     let js = jetstream::new(nats.clone());
-    let store: Arc<Store> = Arc::new(
-        StateStore::open(
-            &js,
-            notifications::BUCKET,
-            switchboard::replication::replicas()?,
-        )
-        .await?,
-    );
+    let bucket: StateStore<serde_json::Value> = StateStore::open(
+        &js,
+        notifications::BUCKET,
+        switchboard::replication::replicas()?,
+    )
+    .await?;
+    let store: Arc<Store> = Arc::new(History::new(&bucket, notifications::HISTORY));
+    legacy::migrate(&js, &store).await?;
     let on_users = store.clone();
     let on_orders = store.clone();
     contract()
@@ -133,19 +137,13 @@ async fn record<T>(
         text,
         at: event.attributes.time.clone(),
     };
+    // The event id is the entry's id: an event handled twice (its handler
+    // crashed before its idempotency record said done) adds nothing.
     store
-        .modify(user_id, |current| {
-            let mut list = current.unwrap_or_default();
-            // The kit's helper already makes this once per event; the check
-            // keeps the list right even if a record expired.
-            if !list.iter().any(|n| n.event_id == notification.event_id) {
-                list.push(notification.clone());
-            }
-            Ok(list)
-        })
+        .append(user_id, &notification.event_id, &notification)
         .await
         .map(|_| ())
-        .map_err(|e| HandlerError::retry(e.message))
+        .map_err(|e| HandlerError::retry(e.to_string()))
 }
 
 async fn list(
@@ -153,10 +151,19 @@ async fn list(
     _ctx: Context,
     req: ListNotifications,
 ) -> Result<Notifications, ServiceError> {
-    let notifications = store
-        .get(&req.user_id)
-        .await?
-        .map(|v| v.value)
-        .unwrap_or_default();
-    Ok(Notifications { notifications })
+    // The schema bounds both (the kit validated them); a cursor of 19
+    // digits can still overflow.
+    let before = match &req.cursor {
+        Some(cursor) => Some(cursor.parse::<u64>().map_err(|_| {
+            ServiceError::bad_request(format!("cursor {cursor:?} is not one of ours"))
+        })?),
+        None => None,
+    };
+    let limit = req.limit.unwrap_or(notifications::PAGE_DEFAULT);
+    let page = store.page(&req.user_id, before, limit as usize).await?;
+    Ok(Notifications {
+        notifications: page.entries,
+        next_cursor: page.next.map(|n| n.to_string()),
+        total: page.total,
+    })
 }
