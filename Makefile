@@ -17,7 +17,7 @@ SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 CARGO ?= cargo
 
-.PHONY: run test tools test-tools browser fuzz chaos bench fmt clean-data
+.PHONY: run test tools test-tools browser fuzz chaos heavy bench fmt clean-data
 
 run: tools
 	$(CARGO) build --release --workspace --bins
@@ -64,6 +64,15 @@ chaos: tools
 	$(CARGO) build --workspace --bins
 	SWITCHBOARD_NATS_SERVER=$(NATS_SERVER) SWITCHBOARD_CHAOS_SECONDS=$(CHAOS_SECONDS) \
 		$(CARGO) test --test chaos --test replication -- --nocapture
+
+# One user with 20,000 events (10,000 orders, each cancelled): every
+# notification listed once, page by page (tests/heavy_user.rs; `make test`
+# runs 6,000 events).
+HEAVY_ORDERS ?= 10000
+heavy: tools
+	$(CARGO) build --workspace --bins
+	SWITCHBOARD_NATS_SERVER=$(NATS_SERVER) SWITCHBOARD_HEAVY_ORDERS=$(HEAVY_ORDERS) \
+		$(CARGO) test --test heavy_user -- --nocapture
 
 # Test tools, each reinstalled only when its pinned list changes.
 test-tools: $(VENV)/.installed tests/tools/node_modules/.installed browser

@@ -101,9 +101,6 @@ impl<T: Serialize + DeserializeOwned + Clone + Send + Sync> History<T> {
         // Writers of one owner in this process take turns.
         let _turn = self.heads.lock_keys([owner]).await?;
         for _ in 0..APPEND_ATTEMPTS {
-            if let Some(known) = ids.get(id).await? {
-                return Ok(Appended::Already(known.value));
-            }
             let head = self.heads.get(owner).await?;
             let index = head.as_ref().map_or(0, |h| h.value.count);
             let next = Head { count: index + 1 };
@@ -113,9 +110,14 @@ impl<T: Serialize + DeserializeOwned + Clone + Send + Sync> History<T> {
             tx.create(&ids, id, &index)?;
             match tx.commit().await {
                 Ok(()) => return Ok(Appended::New(index)),
-                // The head moved (another process appended) or the id was
-                // appended meanwhile: read again and decide.
-                Err(StateError::Conflict { .. }) => continue,
+                // The id was appended before (its create failed), or the
+                // head moved (another process appended): which one, the id
+                // says. Not read up front: a new id is the common case.
+                Err(StateError::Conflict { .. }) => {
+                    if let Some(known) = ids.get(id).await? {
+                        return Ok(Appended::Already(known.value));
+                    }
+                }
                 Err(error) => return Err(error),
             }
         }
