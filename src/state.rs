@@ -48,7 +48,7 @@ use floor::RelayFloor;
 pub use history::{Appended, History, Page};
 pub use key_lock::KeyGuard;
 use key_lock::KeyLocks;
-pub use transaction::{Attempt, Transaction, commit_retrying};
+pub use transaction::{Attempt, MAX_CARRIED_BYTES, Transaction, commit_retrying};
 
 /// How often [`StateStore::modify`] retries a conflicting write.
 const MODIFY_ATTEMPTS: usize = 16;
@@ -113,6 +113,19 @@ pub enum StateError {
     /// An event of a transaction is not valid (its id, subject, payload).
     #[error(transparent)]
     Event(#[from] crate::events::EventError),
+    /// The key's value carries more unpublished events than one write may
+    /// ([`MAX_CARRIED_BYTES`]): the outbox relay has not published for a
+    /// while (it is down, or the stream refuses them). Nothing was written;
+    /// a 503 for the caller, who retries once the relay has caught up.
+    #[error(
+        "{key} carries {events} events the outbox relay has not published yet; try again once it has caught up"
+    )]
+    OutboxBehind {
+        /// The key.
+        key: String,
+        /// Events it would carry.
+        events: usize,
+    },
     /// The bucket or the server failed.
     #[error("{action}: {message}")]
     Store {
@@ -139,7 +152,9 @@ impl From<StateError> for ServiceError {
             }
             StateError::KeyTooLong { length, max, .. } => ServiceError::bad_request(e.to_string())
                 .with_details(serde_json::json!({ "key_length": length, "max_key_length": max })),
-            StateError::Store { .. } => ServiceError::unavailable(e.to_string()),
+            StateError::Store { .. } | StateError::OutboxBehind { .. } => {
+                ServiceError::unavailable(e.to_string())
+            }
         }
     }
 }

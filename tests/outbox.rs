@@ -499,3 +499,54 @@ async fn the_relay_stores_events_in_commit_order_across_subjects() -> TestResult
     relay.await?;
     Ok(())
 }
+
+/// A key rewritten while no relay publishes carries every unpublished event
+/// forward; past `MAX_CARRIED_BYTES` the write is refused whole
+/// (`OutboxBehind`, a 503) instead of growing toward the server's payload
+/// limit — and once a relay has published them, the key takes writes again
+/// and every event is in the stream once.
+#[tokio::test]
+async fn a_key_whose_events_wait_too_long_refuses_writes_until_the_relay_catches_up() -> TestResult
+{
+    let f = fixture().await?;
+    let mut written = 0u64;
+    let refused = loop {
+        let current = f.orders.get("hot").await?;
+        let event = created(&format!("o-{written}"));
+        let mut tx = f.orders.transaction();
+        tx.write(&f.orders, "hot", &event_data(&event), current.as_ref())?
+            .publish(&f.events, "events.orders.created", &event)?;
+        match tx.commit().await {
+            Ok(()) => written += 1,
+            Err(error) => break error,
+        }
+        assert!(written < 10_000, "never refused");
+    };
+    let StateError::OutboxBehind { events, .. } = refused else {
+        return Err(format!("refused with {refused}").into());
+    };
+    assert_eq!(events as u64, written + 1, "every unpublished event rides");
+    let carried = riding(&f, "hot").await?.unwrap_or_default().len();
+    assert!(
+        carried <= switchboard::state::MAX_CARRIED_BYTES,
+        "the last write carried {carried} bytes"
+    );
+    assert_eq!(
+        stored_events(&f).await?,
+        0,
+        "nothing published without a relay"
+    );
+
+    let (stop, task) = start_relay(&f);
+    relayed(&f, Duration::from_secs(10)).await?;
+    let current = f.orders.get("hot").await?;
+    let event = created(&format!("o-{written}"));
+    let mut tx = f.orders.transaction();
+    tx.write(&f.orders, "hot", &event_data(&event), current.as_ref())?
+        .publish(&f.events, "events.orders.created", &event)?;
+    tx.commit().await?;
+    settle_at(&f, written + 1, Duration::from_secs(10)).await?;
+    stop.cancel();
+    task.await?;
+    Ok(())
+}

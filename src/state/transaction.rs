@@ -52,6 +52,11 @@ pub enum Attempt<R> {
 /// How often [`commit_retrying`] reads and decides again.
 const ATTEMPTS: usize = 16;
 
+/// Most bytes of unpublished events one write may carry: far under the
+/// server's 1 MB payload limit, and a few hundred of the reference
+/// system's events (see [`StateError::OutboxBehind`]).
+pub const MAX_CARRIED_BYTES: usize = 64 * 1024;
+
 /// Read, decide, commit — again from the reading when the commit meets a
 /// concurrent write (another instance's, or an identical request's). Each
 /// try of `attempt` reads what it needs and returns the transaction to
@@ -238,24 +243,34 @@ impl Transaction {
         // The keys are named only in an error: no string is built on the
         // way to success.
         let mut keys = Vec::with_capacity(self.writes.len());
-        let mut messages: Vec<BatchMessage> = self
-            .writes
-            .into_iter()
-            .enumerate()
-            .map(|(index, write)| {
-                keys.push(write.key);
-                let mut riding = write.carried;
-                if index == carrier {
-                    riding.extend(events.take().unwrap_or_default());
+        let mut messages: Vec<BatchMessage> = Vec::with_capacity(self.writes.len());
+        for (index, write) in self.writes.into_iter().enumerate() {
+            let mut riding = write.carried;
+            if index == carrier {
+                riding.extend(events.take().unwrap_or_default());
+            }
+            let mut headers = async_nats::HeaderMap::new();
+            if !riding.is_empty() {
+                let encoded = encode_pending(&riding);
+                // Events carried forward pile up on a key rewritten while
+                // the relay cannot publish (it is down, or the stream is
+                // full): refused here, with a clear 503, rather than as a
+                // write the server cannot take once they pass its payload
+                // limit.
+                if encoded.len() > MAX_CARRIED_BYTES {
+                    return Err(StateError::OutboxBehind {
+                        key: write.key,
+                        events: riding.len(),
+                    });
                 }
-                let mut headers = async_nats::HeaderMap::new();
-                if !riding.is_empty() {
-                    headers.insert(envelope::OUTBOX, encode_pending(&riding).as_str());
-                }
+                headers.insert(envelope::OUTBOX, encoded.as_str());
+            }
+            keys.push(write.key);
+            messages.push(
                 BatchMessage::new(write.subject, headers, write.payload)
-                    .expect_last_subject_sequence(write.expect)
-            })
-            .collect();
+                    .expect_last_subject_sequence(write.expect),
+            );
+        }
         let bucket = self.bucket;
         let named = || keys.join(", ");
         let conflict = || StateError::Conflict {
