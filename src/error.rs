@@ -76,6 +76,26 @@ impl ServiceError {
     pub fn deadline_exceeded(message: impl Into<String>) -> Self {
         Self::new(504, message)
     }
+    /// 503: the server's storage is full (see [`crate::storage`]'s kinds):
+    /// nothing was written, and the same request can succeed once space
+    /// returns. `{"retry": true, "storage": "full"}` in the details, so a
+    /// consumer waits for space instead of counting a failure.
+    pub fn storage_full(message: impl Into<String>) -> Self {
+        Self::new(503, message)
+            .with_details(serde_json::json!({ "retry": true, "storage": "full" }))
+    }
+
+    /// Whether this is [`ServiceError::storage_full`].
+    pub fn is_storage_full(&self) -> bool {
+        self.code == 503
+            && self
+                .details
+                .as_ref()
+                .and_then(|d| d.get("storage"))
+                .and_then(serde_json::Value::as_str)
+                == Some("full")
+    }
+
     /// Adds machine-readable details.
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
         self.details = Some(details);

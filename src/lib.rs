@@ -93,6 +93,7 @@ pub mod server;
 pub mod service;
 pub mod shutdown;
 pub mod state;
+mod storage;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -126,6 +126,19 @@ pub enum StateError {
         /// Events it would carry.
         events: usize,
     },
+    /// The server refused the write for want of space (its storage is
+    /// full, or the bucket is at its limits): nothing was written (a
+    /// transaction fails whole); the same write can succeed once space
+    /// returns. A 503 for the caller ([`ServiceError::storage_full`]).
+    #[error(
+        "{action}: the server's storage is full ({reason}); nothing was written, try again later"
+    )]
+    Full {
+        /// What was being done.
+        action: String,
+        /// The server's words.
+        reason: String,
+    },
     /// The bucket or the server failed.
     #[error("{action}: {message}")]
     Store {
@@ -152,6 +165,7 @@ impl From<StateError> for ServiceError {
             }
             StateError::KeyTooLong { length, max, .. } => ServiceError::bad_request(e.to_string())
                 .with_details(serde_json::json!({ "key_length": length, "max_key_length": max })),
+            StateError::Full { .. } => ServiceError::storage_full(e.to_string()),
             StateError::Store { .. } | StateError::OutboxBehind { .. } => {
                 ServiceError::unavailable(e.to_string())
             }

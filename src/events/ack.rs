@@ -76,6 +76,12 @@ pub(crate) fn publish_error(subject: &str, e: jetstream::context::PublishError) 
         PublishErrorKind::TimedOut => EventError::AckTimeout {
             subject: subject.to_owned(),
         },
-        _ => EventError::js(format!("publish to {subject}"))(e),
+        _ => match crate::storage::full_reason(&e) {
+            Some(reason) => EventError::StorageFull {
+                subject: subject.to_owned(),
+                reason,
+            },
+            None => EventError::js(format!("publish to {subject}"))(e),
+        },
     }
 }

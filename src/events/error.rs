@@ -65,6 +65,16 @@ pub enum EventError {
     /// A dead letter with this id does not exist.
     #[error("no dead letter {0}")]
     UnknownDeadLetter(u64),
+    /// The stream refused the event for want of space (the server's
+    /// storage is full, or the stream is at its limits): nothing was
+    /// stored; the same publish can succeed once space returns.
+    #[error("{subject}: the stream has no space for the event ({reason}); nothing was stored")]
+    StorageFull {
+        /// The subject published to.
+        subject: String,
+        /// The server's words.
+        reason: String,
+    },
     /// The JetStream API answered with an error.
     #[error("{action}: {message}")]
     JetStream {
@@ -91,6 +101,7 @@ impl EventError {
             EventError::InvalidSubject { .. } => "invalid_subject",
             EventError::InvalidConsumer { .. } => "invalid_consumer",
             EventError::UnknownDeadLetter(_) => "unknown_dead_letter",
+            EventError::StorageFull { .. } => "storage_full",
             EventError::JetStream { .. } => "jetstream",
         }
     }
@@ -127,6 +138,7 @@ impl From<EventError> for crate::ServiceError {
                 ServiceError::internal("internal error")
             }
             EventError::UnknownDeadLetter(_) => ServiceError::not_found(e.to_string()),
+            EventError::StorageFull { .. } => ServiceError::storage_full(e.to_string()),
             EventError::AckTimeout { .. } | EventError::JetStream { .. } => {
                 ServiceError::unavailable(e.to_string())
             }

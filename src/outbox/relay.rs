@@ -110,7 +110,11 @@ async fn publish_round(group: &GroupCommit, writes: Vec<jetstream::Message>) {
         let published = events.into_iter().map(|event| publish(group, event));
         for stored in futures::future::join_all(published).await {
             if let Err(error) = stored {
-                tracing::warn!(subject = %message.subject, %error, "outbox event not stored; retrying");
+                if matches!(error, EventError::StorageFull { .. }) {
+                    tracing::warn!(subject = %message.subject, %error, "no space for outbox events; they stay in the outbox until space returns");
+                } else {
+                    tracing::warn!(subject = %message.subject, %error, "outbox event not stored; retrying");
+                }
                 ack(&message, AckKind::Nak(Some(RETRY))).await;
                 return;
             }

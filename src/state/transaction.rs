@@ -292,12 +292,26 @@ impl Transaction {
             return match stored {
                 Ok(_) => Ok(()),
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Err(conflict()),
-                Err(e) => Err(store_err(failed())(e)),
+                Err(e) => match crate::storage::full_reason(&e) {
+                    Some(reason) => Err(StateError::Full {
+                        action: failed(),
+                        reason,
+                    }),
+                    None => Err(store_err(failed())(e)),
+                },
             };
         }
         match self.committer.commit(messages).await {
             Ok(()) => Ok(()),
             Err(BatchError::WrongLastSequence(_)) => Err(conflict()),
+            Err(BatchError::Refused { code, description })
+                if crate::storage::is_full_code(code) =>
+            {
+                Err(StateError::Full {
+                    action: failed(),
+                    reason: description,
+                })
+            }
             Err(e) => Err(store_err(failed())(e)),
         }
     }

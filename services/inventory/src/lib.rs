@@ -178,14 +178,14 @@ pub async fn run_with_hold(
 }
 
 /// A handler's result as the consumer's verdict: 404 means nothing was
-/// reserved, a transient failure (the server's, or stock contended by
-/// concurrent writers) is retried, anything else is permanent.
+/// reserved; otherwise the kit's reading of the error (a full store waits
+/// in place, a transient failure — the server's, or stock contended by
+/// concurrent writers — is retried, anything else is permanent).
 fn handled<T>(result: Result<T, ServiceError>) -> Result<(), HandlerError> {
     match result {
         Ok(_) => Ok(()),
         Err(e) if e.code == 404 => Ok(()),
-        Err(e) if e.is_transient() => Err(HandlerError::retry(e.message)),
-        Err(e) => Err(HandlerError::permanent(e.message)),
+        Err(e) => Err(HandlerError::from(e)),
     }
 }
 

@@ -143,7 +143,8 @@ async fn record<T>(
         .append(user_id, &notification.event_id, &notification)
         .await
         .map(|_| ())
-        .map_err(|e| HandlerError::retry(e.to_string()))
+        // A full store waits in place; a conflict that kept losing retries.
+        .map_err(HandlerError::from)
 }
 
 async fn list(

@@ -138,6 +138,8 @@ where
     let claim = shared.idempotency.as_ref().map(|i| (i, event_id.as_str()));
     let mut delivery = delivery;
     let mut event = Some(event);
+    // Retries in place while the platform had no space (not failures).
+    let mut waited = 0u64;
     let outcome = loop {
         let mut current = match event.take() {
             Some(current) => current,
@@ -164,6 +166,17 @@ where
         .await
         .unwrap_or_else(|_| Err(HandlerError::retry("handler panicked")));
         match outcome {
+            // The platform cannot take it now (no space): wait in place,
+            // uncounted, the claim and the ack timer kept alive.
+            Err(HandlerError::Unavailable(reason)) => {
+                waited += 1;
+                let delay = spec.delay_after(waited);
+                if waited == 1 || waited.is_power_of_two() {
+                    tracing::warn!(%event_id, %reason, ?delay, waited, "the platform cannot take the event's effect now; retrying in place (not counted as a failure)");
+                }
+                hop.event("unavailable", &[("exception.message", reason.clone())]);
+                Box::pin(keep_alive(&message, spec, claim, tokio::time::sleep(delay))).await;
+            }
             Err(HandlerError::Retryable(reason)) if in_place => {
                 let failed = shared.failures.record(delivery.stream_sequence);
                 if failed >= spec.max_deliver {
@@ -193,6 +206,7 @@ where
             hop.fail(
                 match &error {
                     HandlerError::Retryable(_) => "retryable",
+                    HandlerError::Unavailable(_) => "unavailable",
                     HandlerError::Permanent(_) => "permanent",
                 },
                 error.reason(),
@@ -211,6 +225,11 @@ where
                 _ => spec.max_deliver,
             };
             match error {
+                // Never leaves the loop above; were it to, it is no failure.
+                HandlerError::Unavailable(reason) => {
+                    tracing::info!(%event_id, %reason, "retrying later (not counted)");
+                    settle(&message, AckKind::Nak(Some(spec.delay_after(1)))).await
+                }
                 HandlerError::Retryable(reason) if failed < spec.max_deliver => {
                     let delay = spec.delay_after(failed);
                     tracing::info!(%event_id, %reason, ?delay, "retrying later");

@@ -4,12 +4,21 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull};
 
-/// A handler's failure: retry later, or give up now.
+/// A handler's failure: retry later, wait for the platform, or give up now.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum HandlerError {
-    /// A transient failure (dependency down, conflict): retry with backoff.
+    /// A transient failure (dependency down, conflict): retry with backoff;
+    /// counts toward [`ConsumerSpec::max_deliver`].
     #[error("retryable: {0}")]
     Retryable(String),
+    /// The platform cannot take the event's effect now — the server's
+    /// storage is full ([`crate::storage`]'s kinds): retried in place with
+    /// backoff (the event keeps its place and its claim), never counted as
+    /// a failure, never dead-lettered. A full disk delays events; it does
+    /// not lose them.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// The event can never succeed (invalid, unknown reference): dead-letter it.
     #[error("permanent: {0}")]
     Permanent(String),
@@ -19,7 +28,9 @@ impl HandlerError {
     /// The handler's words.
     pub fn reason(&self) -> &str {
         match self {
-            HandlerError::Retryable(reason) | HandlerError::Permanent(reason) => reason,
+            HandlerError::Retryable(reason)
+            | HandlerError::Unavailable(reason)
+            | HandlerError::Permanent(reason) => reason,
         }
     }
 
@@ -30,6 +41,38 @@ impl HandlerError {
     /// A permanent failure.
     pub fn permanent(message: impl Into<String>) -> Self {
         HandlerError::Permanent(message.into())
+    }
+}
+
+impl From<crate::ServiceError> for HandlerError {
+    /// A failed call or state change, by what it says: no space →
+    /// [`HandlerError::Unavailable`]; transient
+    /// ([`ServiceError::is_transient`](crate::ServiceError::is_transient))
+    /// → retryable; else permanent.
+    fn from(e: crate::ServiceError) -> Self {
+        if e.is_storage_full() {
+            HandlerError::Unavailable(e.message)
+        } else if e.is_transient() {
+            HandlerError::Retryable(e.message)
+        } else {
+            HandlerError::Permanent(e.message)
+        }
+    }
+}
+
+impl From<crate::state::StateError> for HandlerError {
+    /// As the [`ServiceError`](crate::ServiceError) the state error is for
+    /// a caller.
+    fn from(e: crate::state::StateError) -> Self {
+        crate::ServiceError::from(e).into()
+    }
+}
+
+impl From<super::super::EventError> for HandlerError {
+    /// As the [`ServiceError`](crate::ServiceError) the event error is for
+    /// a caller.
+    fn from(e: super::super::EventError) -> Self {
+        crate::ServiceError::from(e).into()
     }
 }
 
