@@ -57,6 +57,11 @@ pub struct ServerOptions {
     pub env: Vec<(String, String)>,
     /// Further command-line arguments.
     pub extra_args: Vec<String>,
+    /// A command that runs the binary (it must exec it, so that the PID
+    /// is the server's): e.g. `ip netns exec <namespace>` for a node in its
+    /// own network namespace (the test harness's partitions). Empty: the
+    /// binary runs directly.
+    pub launcher: Vec<String>,
     /// How long to wait for `/healthz` to answer 200; default 15 s.
     pub ready_timeout: Duration,
     /// How long SIGTERM may take before SIGKILL; default 10 s.
@@ -76,6 +81,7 @@ impl Default for ServerOptions {
             jetstream: true,
             env: Vec::new(),
             extra_args: Vec::new(),
+            launcher: Vec::new(),
             ready_timeout: Duration::from_secs(15),
             stop_grace: Duration::from_secs(10),
         }
@@ -96,6 +102,16 @@ impl ServerOptions {
     /// Runs with this configuration file.
     pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.config_file = Some(path.into());
+        self
+    }
+    /// Listens for clients and monitoring on `host` (default `127.0.0.1`).
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = host.into();
+        self
+    }
+    /// Runs the binary through `launcher` (see [`ServerOptions::launcher`]).
+    pub fn launcher(mut self, launcher: Vec<String>) -> Self {
+        self.launcher = launcher;
         self
     }
     /// Sets the client port.
@@ -125,7 +141,14 @@ impl ServerOptions {
     }
 
     fn command(&self, binary: &PathBuf) -> Command {
-        let mut cmd = Command::new(binary);
+        let mut cmd = match self.launcher.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(binary);
+                cmd
+            }
+            None => Command::new(binary),
+        };
         if let Some(config) = &self.config_file {
             cmd.arg("-c").arg(config);
         }

@@ -1,10 +1,13 @@
 //! A three-node (or larger) JetStream cluster on loopback, for tests of
-//! replication and fail-over.
+//! replication and fail-over — or with each node in its own network
+//! namespace ([`TestCluster::partitionable`]), for tests of partitions and
+//! paused nodes.
 
 use std::time::Duration;
 
 use tempfile::TempDir;
 
+use super::netns::Network;
 use super::{TestServerError, free_port};
 use crate::server::{NatsServer, ServerError, ServerOptions};
 
@@ -12,7 +15,9 @@ use crate::server::{NatsServer, ServerError, ServerOptions};
 /// so R3 streams work. Killed on drop like [`super::TestServer`].
 #[derive(Debug)]
 pub struct TestCluster {
+    // Before `network`: the nodes are killed before their namespaces go.
     nodes: Vec<NatsServer>,
+    network: Option<Network>,
     dir: TempDir,
 }
 
@@ -34,11 +39,96 @@ impl TestCluster {
                 Err(ServerError::PortInUse { .. }) if attempt < 5 => continue,
                 Err(e) => return Err(e.into()),
                 Ok(nodes) => {
-                    let cluster = TestCluster { nodes, dir };
+                    let cluster = TestCluster {
+                        nodes,
+                        network: None,
+                        dir,
+                    };
                     cluster.wait_for_full_mesh().await?;
                     return Ok(cluster);
                 }
             }
+        }
+    }
+
+    /// `size` nodes, node `i` in its own network namespace at
+    /// [`Network::address`]`(i)` (clients on 4222, monitoring on 8222,
+    /// routes on 6222 — every node has its own address), each configured
+    /// with `base` (accounts, limits: e.g. the project's `nats.conf`)
+    /// followed by its name, listen addresses and routes; `env` for the
+    /// servers (the passwords `base` reads). Route and client pings every
+    /// second, so a cut link is noticed in seconds. See [`Network`] for
+    /// what this needs.
+    ///
+    /// # Errors
+    ///
+    /// When the namespaces cannot be made or a node does not start.
+    pub async fn partitionable(
+        size: usize,
+        base: &str,
+        env: &[(String, String)],
+    ) -> Result<TestCluster, TestServerError> {
+        let dir = tempfile::Builder::new()
+            .prefix("switchboard-partitions-")
+            .tempdir()?;
+        let network = Network::create(size)?;
+        let mut starts = Vec::with_capacity(size);
+        for i in 0..size {
+            let address = network.address(i);
+            let routes = (0..size)
+                .filter(|j| *j != i)
+                .map(|j| format!("nats-route://{}:6222", network.address(j)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let config = format!(
+                "{base}\n\n# A node of a partitionable test cluster.\nserver_name: n{i}\n\
+                 listen: {address}:4222\nhttp: {address}:8222\n\
+                 ping_interval: \"1s\"\nping_max: 3\n\
+                 cluster {{\n  name: switchboard-partitions\n  listen: {address}:6222\n  routes: [{routes}]\n}}\n"
+            );
+            let node_dir = dir.path().join(format!("n{i}"));
+            std::fs::create_dir_all(&node_dir)?;
+            let config_file = node_dir.join("nats.conf");
+            std::fs::write(&config_file, config)?;
+            let mut options = ServerOptions::default()
+                .name(format!("nats-server n{i}"))
+                .config_file(config_file)
+                .store_dir(node_dir.join("jetstream"))
+                .host(address)
+                .port(4222)
+                .monitor_port(8222)
+                .launcher(network.launcher(i));
+            options.env = env.to_vec();
+            starts.push(NatsServer::start(options));
+        }
+        let mut nodes = Vec::with_capacity(size);
+        for result in futures::future::join_all(starts).await {
+            nodes.push(result?);
+        }
+        Ok(TestCluster {
+            nodes,
+            network: Some(network),
+            dir,
+        })
+    }
+
+    /// The network of a [`TestCluster::partitionable`] cluster (cut, heal).
+    pub fn network(&mut self) -> Option<&mut Network> {
+        self.network.as_mut()
+    }
+
+    /// Pauses node `i` (SIGSTOP): it holds its connections and answers
+    /// nothing, as in a long GC pause or a frozen VM.
+    pub fn pause(&self, i: usize) {
+        if let Some(pid) = self.nodes.get(i).and_then(NatsServer::pid) {
+            crate::process::send(pid, nix::sys::signal::Signal::SIGSTOP);
+        }
+    }
+
+    /// Resumes node `i` (SIGCONT).
+    pub fn resume(&self, i: usize) {
+        if let Some(pid) = self.nodes.get(i).and_then(NatsServer::pid) {
+            crate::process::send(pid, nix::sys::signal::Signal::SIGCONT);
         }
     }
 

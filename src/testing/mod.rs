@@ -18,6 +18,7 @@
 //! ```
 
 mod cluster;
+mod netns;
 mod otlp;
 mod ports;
 
@@ -28,6 +29,7 @@ use tempfile::TempDir;
 use crate::server::{NatsServer, ServerError, ServerOptions};
 
 pub use cluster::TestCluster;
+pub use netns::{Network, NetworkError};
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use ports::{free_port, free_port_block};
 
@@ -44,6 +46,9 @@ pub enum TestServerError {
     /// Temporary files could not be prepared.
     #[error("test server set-up: {0}")]
     Io(#[from] std::io::Error),
+    /// The namespaces of a partitionable cluster could not be made.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
 }
 
 /// How to configure a test server: extra config text and environment.

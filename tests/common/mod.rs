@@ -1,6 +1,8 @@
 //! Helpers for system tests that run the real `switchboard` binary.
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod invariants;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
