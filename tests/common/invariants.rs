@@ -28,6 +28,10 @@ pub struct Told {
     pub refused: usize,
     /// When each refusal was told (the error window of a fault).
     pub refused_at: Vec<Instant>,
+    /// When each success was told.
+    pub answered_at: Vec<Instant>,
+    /// What the refusals said, by how often.
+    pub reasons: BTreeMap<String, usize>,
 }
 
 impl Told {
@@ -37,20 +41,30 @@ impl Told {
         self.cancelled.extend(other.cancelled);
         self.refused += other.refused;
         self.refused_at.extend(other.refused_at);
+        self.answered_at.extend(other.answered_at);
+        for (reason, count) in other.reasons {
+            *self.reasons.entry(reason).or_default() += count;
+        }
+    }
+
+    fn refusal(&mut self, reason: String) {
+        self.refused += 1;
+        self.refused_at.push(Instant::now());
+        *self.reasons.entry(reason).or_default() += 1;
     }
 }
 
 pub async fn call(client: &Client, subject: &str, body: Value) -> Option<Value> {
+    try_call(client, subject, body).await.ok()
+}
+
+/// [`call`] with the failure's words (its first 60 characters).
+pub async fn try_call(client: &Client, subject: &str, body: Value) -> Result<Value, String> {
     let options = CallOptions::default()
         .timeout(Duration::from_secs(3))
         .max_retries(0);
-    let reply = client.call_with(subject, &body, options).await.ok();
-    if reply.is_none() {
-        // A caller that was refused (a service or the server is down) waits
-        // a little, as a real one would, instead of spinning.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    reply
+    let reply = client.call_with(subject, &body, options).await;
+    reply.map_err(|error| error.to_string().chars().take(60).collect())
 }
 
 /// Restocks a fresh `sku` with [`RESTOCKED`] units on a system that just
@@ -89,17 +103,21 @@ pub async fn load(client: Client, users: Vec<String>, told: Arc<Mutex<Told>>, un
     while Instant::now() < until {
         if !mine.is_empty() && fastrand::u8(0..4) == 0 {
             let id = mine.swap_remove(fastrand::usize(0..mine.len()));
-            let reply = call(&client, "orders.cancel", json!({ "id": id })).await;
+            let reply = try_call(&client, "orders.cancel", json!({ "id": id })).await;
+            let refused = reply.is_err();
             if let Ok(mut told) = told.lock() {
                 match reply {
-                    Some(_) => {
+                    Ok(_) => {
                         told.cancelled.insert(id);
+                        told.answered_at.push(Instant::now());
                     }
-                    None => {
-                        told.refused += 1;
-                        told.refused_at.push(Instant::now());
-                    }
+                    Err(reason) => told.refusal(reason),
                 }
+            }
+            if refused {
+                // A caller that was refused (a service or the server is
+                // down) waits a little, as a real one would.
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
             continue;
         }
@@ -107,25 +125,33 @@ pub async fn load(client: Client, users: Vec<String>, told: Arc<Mutex<Told>>, un
         let items: Vec<Value> = (0..fastrand::usize(1..3))
             .map(|_| json!({ "sku": SKUS[fastrand::usize(0..SKUS.len())], "quantity": fastrand::u32(1..4) }))
             .collect();
-        let reply = call(
+        let reply = try_call(
             &client,
             "orders.create",
             json!({ "user_id": user, "items": items }),
         )
         .await;
-        let id = reply.and_then(|o| o["id"].as_str().map(str::to_owned));
+        let id = match reply {
+            Ok(order) => order["id"]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| format!("no id in {order}")),
+            Err(reason) => Err(reason),
+        };
+        let refused = id.is_err();
         if let Ok(mut told) = told.lock() {
             match &id {
-                Some(id) => {
+                Ok(id) => {
                     told.created.insert(id.clone());
+                    told.answered_at.push(Instant::now());
                 }
-                None => {
-                    told.refused += 1;
-                    told.refused_at.push(Instant::now());
-                }
+                Err(reason) => told.refusal(reason.clone()),
             }
         }
-        mine.extend(id);
+        if refused {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        mine.extend(id.ok());
     }
 }
 
