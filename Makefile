@@ -17,7 +17,7 @@ SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 CARGO ?= cargo
 
-.PHONY: run test tools test-tools browser fuzz chaos heavy bench fmt clean-data
+.PHONY: run test tools test-tools browser fuzz chaos partitions heavy bench fmt clean-data
 
 run: tools
 	$(CARGO) build --release --workspace --bins
@@ -64,6 +64,23 @@ chaos: tools
 	$(CARGO) build --workspace --bins
 	SWITCHBOARD_NATS_SERVER=$(NATS_SERVER) SWITCHBOARD_CHAOS_SECONDS=$(CHAOS_SECONDS) \
 		$(CARGO) test --test chaos --test replication -- --nocapture
+
+# Network partitions and paused nodes under order/cancel load, on a
+# three-node cluster whose nodes each run in a network namespace
+# (tests/partitions.rs: a node isolated, the leaders' node isolated, the
+# leaders' node paused, a node's links flapping), three times in a row.
+# Needs root and iproute2 (installed from Debian when missing); `make test`
+# runs the quick form (the leaders' node isolated once).
+PARTITION_ROUNDS ?= 3
+partitions: tools
+	@command -v ip >/dev/null || { sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq iproute2; }
+	$(CARGO) build --workspace --bins
+	for round in $$(seq $(PARTITION_ROUNDS)); do \
+		echo "partitions: round $$round of $(PARTITION_ROUNDS)"; \
+		SWITCHBOARD_NATS_SERVER=$(NATS_SERVER) SWITCHBOARD_PARTITIONS=all \
+			$(CARGO) test --test partitions -- --nocapture || exit 1; \
+	done
 
 # One user with 20,000 events (10,000 orders, each cancelled): every
 # notification listed once, page by page (tests/heavy_user.rs; `make test`

@@ -126,6 +126,16 @@ impl<T: Serialize + DeserializeOwned + Clone + Send + Sync> History<T> {
         })
     }
 
+    /// Whether `id` was appended to `owner`'s history.
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::KeyTooLong`], [`StateError::Decode`] or
+    /// [`StateError::Store`].
+    pub async fn contains(&self, owner: &str, id: &str) -> Result<bool, StateError> {
+        Ok(self.ids(owner)?.get(id).await?.is_some())
+    }
+
     /// Up to `limit` entries of `owner`'s history, newest first, older than
     /// the cursor `before` (`None`: from the newest).
     ///

@@ -193,14 +193,14 @@ pub async fn stream_messages(js: &jetstream::Context, name: &str) -> u64 {
     }
 }
 
-/// How often each `ce-id` is stored in `stream`.
+/// How often each `ce-id` is stored in `stream`, and where first.
 pub async fn event_ids(
     js: &jetstream::Context,
     stream: &str,
-) -> Result<BTreeMap<String, usize>, Box<dyn std::error::Error>> {
+) -> Result<BTreeMap<String, (usize, u64)>, Box<dyn std::error::Error>> {
     let mut stream = js.get_stream(stream).await?;
     let state = stream.info().await?.state.clone();
-    let mut ids = BTreeMap::new();
+    let mut ids: BTreeMap<String, (usize, u64)> = BTreeMap::new();
     if state.messages == 0 {
         return Ok(ids);
     }
@@ -208,7 +208,7 @@ pub async fn event_ids(
         if let Ok(message) = stream.get_raw_message(sequence).await
             && let Some(id) = message.headers.get("ce-id")
         {
-            *ids.entry(id.as_str().to_owned()).or_default() += 1;
+            ids.entry(id.as_str().to_owned()).or_insert((0, sequence)).0 += 1;
         }
     }
     Ok(ids)
@@ -354,7 +354,7 @@ pub async fn evaluate(
     let mut i6 = Vec::new();
     for (id, order) in &orders {
         for event in expected_events(id, order) {
-            let stored = order_events.get(&event).copied().unwrap_or(0);
+            let stored = order_events.get(&event).map_or(0, |(n, _)| *n);
             if stored != 1 {
                 i6.push(format!("{event} stored {stored} times"));
             }
@@ -378,7 +378,14 @@ pub async fn evaluate(
             if let (Some(c), Some(x)) = (position.get(&created), position.get(&cancelled))
                 && x < c
             {
-                i8.push(format!("{id}: cancelled listed before created"));
+                // Where the stream has them tells a publisher's fault (the
+                // stream's order already wrong) from a consumer's.
+                let at = |event: &String| order_events.get(event).map(|(_, seq)| *seq);
+                i8.push(format!(
+                    "{id}: cancelled listed before created (stream sequences {:?} and {:?})",
+                    at(&created),
+                    at(&cancelled)
+                ));
             }
         }
         for (id, order) in orders.iter().filter(|(_, o)| o["user_id"] == json!(user)) {
@@ -424,7 +431,7 @@ pub async fn evaluate(
             .filter(|o| o["status"] == "cancelled")
             .count(),
         reservations.len(),
-        order_events.values().sum::<usize>()
+        order_events.values().map(|(n, _)| n).sum::<usize>()
     );
     if !broken.is_empty() {
         // Where the consumers stand: what a broken I4/I7 usually comes from.

@@ -40,6 +40,13 @@ pub const CREATED: &str = "events.orders.created";
 /// Published when an order was cancelled.
 pub const CANCELLED: &str = "events.orders.cancelled";
 
+/// The `ce-id` of an order's event (`what`: `created`, `cancelled`): one
+/// per fact, so a second commit of it is a duplicate, and a consumer can
+/// name the event an order's later one follows.
+pub fn event_id(order_id: &str, what: &str) -> String {
+    format!("{order_id}-{what}")
+}
+
 /// `orders.resolve` reply: where the order stands for good.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Resolution {

@@ -207,7 +207,7 @@ fn event(
     tx: &mut Transaction,
 ) -> Result<(), StateError> {
     let event = Event::new(order.clone())
-        .id(format!("{}-{what}", order.id))
+        .id(orders::event_id(&order.id, what))
         .subject(order.id.clone())
         .trace(*ctx.trace());
     tx.publish(&orders.events, subject, &event)?;
