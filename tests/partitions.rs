@@ -32,11 +32,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use serde_json::json;
 use switchboard::client::Client;
 use switchboard::testing::{Network, TestCluster};
 
-use common::invariants::{SKUS, Told, call, load, restock, settled};
+use common::invariants::{Told, load, prepare, settled};
 use common::{Switchboard, admin, test_passwords};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -185,20 +184,7 @@ async fn invariants_hold_through_partitions_and_pauses() -> TestResult {
     let client = admin(dir.path()).await?;
     let js = jetstream::new(client.nats().clone());
 
-    let mut users = Vec::new();
-    for n in 0..4 {
-        let user = call(
-            &client,
-            "users.create",
-            json!({"name": format!("Partition {n}"), "email": format!("partition{n}@example.com")}),
-        )
-        .await
-        .ok_or("cannot create a user")?;
-        users.extend(user["id"].as_str().map(str::to_owned));
-    }
-    for sku in SKUS {
-        restock(&client, sku).await?;
-    }
+    let users = prepare(&client, "Partition").await?;
     // Callers connected each to one node: when a node is cut off, its
     // callers are on its side.
     let admin_password = passwords

@@ -67,6 +67,26 @@ pub async fn try_call(client: &Client, subject: &str, body: Value) -> Result<Val
     reply.map_err(|error| error.to_string().chars().take(60).collect())
 }
 
+/// Four users (named after `label`) and every sku restocked: what the
+/// load needs. The users' ids.
+pub async fn prepare(client: &Client, label: &str) -> Result<Vec<String>, String> {
+    let mut users = Vec::new();
+    for n in 0..4 {
+        let user = call(
+            client,
+            "users.create",
+            json!({"name": format!("{label} {n}"), "email": format!("{}{n}@example.com", label.to_lowercase())}),
+        )
+        .await
+        .ok_or("cannot create a user")?;
+        users.extend(user["id"].as_str().map(str::to_owned));
+    }
+    for sku in SKUS {
+        restock(client, sku).await?;
+    }
+    Ok(users)
+}
+
 /// Restocks a fresh `sku` with [`RESTOCKED`] units on a system that just
 /// started, where a first write can meet a stream still settling its
 /// leader (CI once saw the single try fail). A restock adds, so before a

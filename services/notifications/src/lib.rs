@@ -99,10 +99,7 @@ pub async fn run(nats: async_nats::Client, shutdown: Shutdown) -> Result<(), App
                 async move {
                     let order = &event.data;
                     let text = match order.status {
-                        OrderStatus::Cancelled => {
-                            follows_created(&store, &event).await?;
-                            format!("Order {} was cancelled", order.id)
-                        }
+                        OrderStatus::Cancelled => format!("Order {} was cancelled", order.id),
                         OrderStatus::Confirmed => format!(
                             "Order {} is confirmed ({} items)",
                             order.id,
@@ -124,47 +121,6 @@ pub async fn run(nats: async_nats::Client, shutdown: Shutdown) -> Result<(), App
         .endpoint(notifications::LIST.bind(store, list))
         .serve(nats, shutdown)
         .await?;
-    Ok(())
-}
-
-/// How long a cancellation waits here for its order's confirmation to be
-/// recorded before it is retried: a confirmation handed to an instance that
-/// died waits for its claim's lease (10 s) and its ack wait (5 s).
-const FOLLOW_WAIT: Duration = Duration::from_secs(15);
-/// How old a cancellation may be and still wait for its confirmation:
-/// past it, the confirmation is taken as lost and the cancellation is
-/// recorded alone (a notification out of order beats none).
-const FOLLOW_GIVE_UP: Duration = Duration::from_secs(120);
-
-/// Waits until the cancelled order's `created` notification is recorded:
-/// an order's notifications are listed in the order its events happened,
-/// whatever order its events were handled in (the keyed consumer hands an
-/// order's events over in stream order, but when a partition changes hands
-/// while its consumer's leader moves, a cancellation can arrive at one
-/// instance while another still records the confirmation).
-async fn follows_created(
-    store: &Store,
-    event: &ReceivedEvent<OrderChanged>,
-) -> Result<(), HandlerError> {
-    let order = &event.data;
-    let created = orders::event_id(&order.id, "created");
-    let waiting = std::time::Instant::now();
-    while waiting.elapsed() < FOLLOW_WAIT {
-        if store.contains(&order.user_id, &created).await? {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let age = switchboard::state::parse_time(&event.attributes.time)
-        .and_then(|at| std::time::SystemTime::now().duration_since(at).ok())
-        .unwrap_or_default();
-    if age < FOLLOW_GIVE_UP {
-        return Err(HandlerError::Unavailable(format!(
-            "order {} was cancelled before its confirmation was recorded; waiting for it",
-            order.id
-        )));
-    }
-    tracing::warn!(order = %order.id, "no confirmation recorded for a cancelled order; recording the cancellation alone");
     Ok(())
 }
 
