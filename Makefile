@@ -70,7 +70,7 @@ chaos: tools
 # (tests/partitions.rs: a node isolated, the leaders' node isolated, the
 # leaders' node paused, a node's links flapping), three times in a row.
 # Needs root and iproute2 (installed from Debian when missing); `make test`
-# runs the quick form (the leaders' node isolated once).
+# runs the quick form (the leaders' node isolated once, for 6 s).
 PARTITION_ROUNDS ?= 3
 partitions: tools
 	@command -v ip >/dev/null || { sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
@@ -84,7 +84,7 @@ partitions: tools
 
 # One user with 20,000 events (10,000 orders, each cancelled): every
 # notification listed once, page by page (tests/heavy_user.rs; `make test`
-# runs 6,000 events).
+# runs 5,200 events).
 HEAVY_ORDERS ?= 10000
 heavy: tools
 	$(CARGO) build --workspace --bins

@@ -13,7 +13,7 @@
 //! [`StateStore::view`] (stock levels and reservations, say), so that they
 //! can change together.
 //!
-//! What grows with a user's activity (their notifications, say) is a
+//! What grows with a user's activity (the messages they receive, say) is a
 //! [`History`]: one key per entry, paged newest first, so no write grows
 //! with it.
 //!

@@ -11,7 +11,7 @@
 //! consumer's known gap), no message in the bucket's stream above 64 KB,
 //! and an empty DLQ.
 //!
-//! `make test` runs 3,000 orders (6,000 events: more than one value per
+//! `make test` runs 2,600 orders (5,200 events: more than one value per
 //! user could hold, ~5,000); `make heavy` the 20,000 events
 //! (`SWITCHBOARD_HEAVY_ORDERS=10000`).
 
@@ -38,7 +38,7 @@ fn orders() -> usize {
     std::env::var("SWITCHBOARD_HEAVY_ORDERS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(3_000)
+        .unwrap_or(2_600)
 }
 
 async fn list(client: &Client, cursor: Option<&str>) -> Result<Value, Box<dyn std::error::Error>> {

@@ -22,8 +22,8 @@
 //! — and the error window is printed per side: answered/failed calls
 //! through each node per 2 s from the fault, and what the failures said.
 //!
-//! `make test` runs the quick form (leaders isolated for 10 s); `make
-//! partitions` every scenario, three times in a row. Needs root and
+//! `make test` runs the quick form (the leaders' node isolated for 6 s);
+//! `make partitions` every scenario for 10 s each, three times in a row. Needs root and
 //! iproute2 (network namespaces): elsewhere the test says it is skipped.
 
 mod common;
@@ -60,22 +60,40 @@ impl Scenario {
     }
 }
 
-/// How long each fault lasts, and the load around it.
-const FAULT: Duration = Duration::from_secs(10);
-const BEFORE: Duration = Duration::from_secs(4);
-const AFTER: Duration = Duration::from_secs(12);
+/// How long the load runs before a fault, the fault, and the load after
+/// the heal.
+struct Timing {
+    before: Duration,
+    fault: Duration,
+    after: Duration,
+}
 
-/// Which scenarios this run plays: `SWITCHBOARD_PARTITIONS=all` (`make
-/// partitions`), else the quick form.
-fn scenarios() -> Vec<Scenario> {
+/// Which scenarios this run plays, and how long:
+/// `SWITCHBOARD_PARTITIONS=all` (`make partitions`), else the quick form.
+fn scenarios() -> (Vec<Scenario>, Timing) {
+    let secs = Duration::from_secs;
     match std::env::var("SWITCHBOARD_PARTITIONS").as_deref() {
-        Ok("all") => vec![
-            Scenario::Isolated,
-            Scenario::LeadersIsolated,
-            Scenario::Paused,
-            Scenario::Flapping,
-        ],
-        _ => vec![Scenario::LeadersIsolated],
+        Ok("all") => (
+            vec![
+                Scenario::Isolated,
+                Scenario::LeadersIsolated,
+                Scenario::Paused,
+                Scenario::Flapping,
+            ],
+            Timing {
+                before: secs(4),
+                fault: secs(10),
+                after: secs(12),
+            },
+        ),
+        _ => (
+            vec![Scenario::LeadersIsolated],
+            Timing {
+                before: secs(3),
+                fault: secs(6),
+                after: secs(5),
+            },
+        ),
     }
 }
 
@@ -207,9 +225,10 @@ async fn invariants_hold_through_partitions_and_pauses() -> TestResult {
 
     let mut all_told = Told::default();
     let mut report = Vec::new();
-    for scenario in scenarios() {
+    let (scenarios, timing) = scenarios();
+    for scenario in scenarios {
         let told: Vec<Arc<Mutex<Told>>> = (0..3).map(|_| Arc::default()).collect();
-        let until = Instant::now() + BEFORE + FAULT + AFTER;
+        let until = Instant::now() + timing.before + timing.fault + timing.after;
         let callers: Vec<_> = (0..12)
             .map(|n| {
                 tokio::spawn(load(
@@ -220,7 +239,7 @@ async fn invariants_hold_through_partitions_and_pauses() -> TestResult {
                 ))
             })
             .collect();
-        tokio::time::sleep(BEFORE).await;
+        tokio::time::sleep(timing.before).await;
         let leaders = leader_of(&js, "ORDERS").await.unwrap_or(0);
         // A node that leads none of the streams the load writes, if any.
         let mut quiet = (leaders + 1) % 3;
@@ -239,16 +258,16 @@ async fn invariants_hold_through_partitions_and_pauses() -> TestResult {
         match scenario {
             Scenario::Isolated | Scenario::LeadersIsolated => {
                 network.isolate(target)?;
-                tokio::time::sleep(FAULT).await;
+                tokio::time::sleep(timing.fault).await;
                 network.heal()?;
             }
             Scenario::Paused => {
                 cluster.pause(target);
-                tokio::time::sleep(FAULT).await;
+                tokio::time::sleep(timing.fault).await;
                 cluster.resume(target);
             }
             Scenario::Flapping => {
-                let flaps = Instant::now() + FAULT;
+                let flaps = Instant::now() + timing.fault;
                 while Instant::now() < flaps {
                     network.isolate(target)?;
                     tokio::time::sleep(Duration::from_millis(700)).await;
