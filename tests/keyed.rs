@@ -65,6 +65,18 @@ async fn instance(
     spec: ConsumerSpec,
     seen: Arc<Mutex<Seen>>,
 ) -> Result<Instance, Box<dyn std::error::Error>> {
+    // Long enough that keys interleave and handovers meet events in flight.
+    paced_instance(server, index, spec, seen, 1..6).await
+}
+
+/// An instance whose handler takes `millis` (a random number of them).
+async fn paced_instance(
+    server: &TestServer,
+    index: usize,
+    spec: ConsumerSpec,
+    seen: Arc<Mutex<Seen>>,
+    millis: std::ops::Range<u64>,
+) -> Result<Instance, Box<dyn std::error::Error>> {
     let js = jetstream::new(server.client().await?);
     let stop = CancellationToken::new();
     let task = tokio::spawn(events::consumer::run(
@@ -72,10 +84,9 @@ async fn instance(
         spec,
         move |event: ReceivedEvent<Step>| {
             let seen = seen.clone();
+            let millis = millis.clone();
             async move {
-                // Long enough that keys interleave and handovers meet
-                // events in flight.
-                tokio::time::sleep(Duration::from_millis(fastrand::u64(1..6))).await;
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(millis))).await;
                 if let Ok(mut seen) = seen.lock() {
                     seen.steps
                         .entry(event.data.parcel.clone())
@@ -228,6 +239,44 @@ async fn each_key_in_order_while_instances_join_and_leave() -> TestResult {
             seen.by_instance
         );
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_that_wait_long_for_a_handler_keep_their_order() -> TestResult {
+    // A backlog behind slow handlers: the events pulled ahead of them wait
+    // longer than a third of the ack wait (the prefetch allows 2 s of them,
+    // the ack wait is 3 s). Handing the oldest back for redelivery — what
+    // an unordered consumer does, so another instance may take them — would
+    // let a key's later event, still waiting here, overtake them.
+    const KEYS: usize = 30;
+    const STEPS: u32 = 10;
+    let server = TestServer::start().await?;
+    let (_js, publisher) = setup(&server).await?;
+    publish(&publisher, 0..KEYS, STEPS).await?;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let spec = spec(1).concurrency(1).prefetch(Duration::from_secs(2));
+    let one = paced_instance(&server, 0, spec, seen.clone(), 15..25).await?;
+    let events = KEYS * STEPS as usize;
+    let all = until_all_handled(&seen, events, Duration::from_secs(60)).await;
+    one.stop().await?;
+    let seen = seen.lock().map_err(|_| "poisoned")?;
+    let in_order: Vec<u32> = (0..STEPS).collect();
+    let out_of_order: Vec<_> = seen
+        .steps
+        .iter()
+        .filter(|(_, steps)| **steps != in_order)
+        .take(5)
+        .collect();
+    assert!(
+        out_of_order.is_empty(),
+        "keys out of order or repeated: {out_of_order:?}"
+    );
+    assert!(
+        all,
+        "handled {} of {events}",
+        seen.steps.values().map(Vec::len).sum::<usize>()
+    );
     Ok(())
 }
 

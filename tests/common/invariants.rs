@@ -281,13 +281,10 @@ pub fn check(broken: &mut Vec<String>, invariant: &str, failures: Vec<String>) {
 }
 
 /// The invariants as they stand now: what is broken, and a summary line.
-/// `order_holds`: I8 is asserted (not on a cluster whose nodes are killed:
-/// see `run`), else its violations are only counted in the summary.
 pub async fn evaluate(
     client: &Client,
     users: &[String],
     told: &Told,
-    order_holds: bool,
 ) -> Result<(Vec<String>, String), Box<dyn std::error::Error>> {
     let js = jetstream::new(client.nats().clone());
     // Ids closed as never placed (`rejected`) are not orders.
@@ -418,10 +415,7 @@ pub async fn evaluate(
         }
     }
     check(&mut broken, "I7 one notification per event", i7);
-    let unordered = i8.len();
-    if order_holds {
-        check(&mut broken, "I8 each order's notifications in order", i8);
-    }
+    check(&mut broken, "I8 each order's notifications in order", i8);
     let dead = stream_messages(&js, "DLQ").await;
     if dead > 0 {
         // What they died of: the first few, by consumer and error.
@@ -444,7 +438,7 @@ pub async fn evaluate(
         ));
     }
     let mut summary = format!(
-        "{unordered} orders with notifications out of order; {} orders stored ({} cancelled), {} reservations, {} order events",
+        "{} orders stored ({} cancelled), {} reservations, {} order events",
         orders.len(),
         orders
             .values()
@@ -487,13 +481,12 @@ pub async fn settled(
     client: &Client,
     users: &[String],
     told: &Told,
-    order_holds: bool,
 ) -> Result<(Vec<String>, String), Box<dyn std::error::Error>> {
     let settle_by = Instant::now() + SETTLE;
     loop {
         // A read that fails (a stream still electing its leader after a
         // fault) is a check that cannot pass yet, not the end of the test.
-        let (broken, summary) = match evaluate(client, users, told, order_holds).await {
+        let (broken, summary) = match evaluate(client, users, told).await {
             Ok(verdict) => verdict,
             Err(error) => (
                 vec![format!("the state cannot be read: {error}")],

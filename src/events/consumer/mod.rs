@@ -14,8 +14,9 @@
 //! free up, and ahead of them only by what the handlers finish in a few
 //! milliseconds (`prefetch`), so nothing waits long in a local buffer while
 //! its ack timer runs (over-pulling is what causes spurious redeliveries);
-//! an event kept waiting by stalled handlers is handed back. A long
-//! handler sends in-progress signals. With [`ConsumerSpec::idempotent`], a
+//! an event kept waiting by stalled handlers is handed back (kept alive on
+//! an ordered consumer, where it must keep its place). A long handler
+//! sends in-progress signals. With [`ConsumerSpec::idempotent`], a
 //! redelivered or re-published event (same `ce-id`) has one effect.
 //!
 //! A keyed consumer ([`ConsumerSpec::keyed`]) keeps each key's events in
@@ -273,7 +274,16 @@ where
             // worth a request.
             () = slots.freed() => continue,
             _ = overdue_check.tick(), if !waiting.is_empty() => {
-                give_back(waiting.overdue()).await;
+                // Kept in order, not handed back (see `prefetch`).
+                if shared.spec.ordered_by_subject {
+                    for message in waiting.due_for_progress() {
+                        if let Err(error) = message.ack_with(AckKind::Progress).await {
+                            tracing::debug!(%error, "in-progress signal for a waiting event failed");
+                        }
+                    }
+                } else {
+                    give_back(waiting.overdue()).await;
+                }
                 continue;
             }
             _ = settle_check.tick(), if settling.is_some() => {

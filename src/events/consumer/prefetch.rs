@@ -26,6 +26,13 @@
 //! slot is free — long before its ack timer runs out. A handed-back event
 //! is not a handler failure: it never counts towards a dead letter.
 //!
+//! An ordered consumer keeps them instead, with in-progress signals: a
+//! handed-back event returns behind the ones that arrived after it, and a
+//! later event of its key, still waiting here, would overtake it (seen in
+//! a keyed consumer behind slow handlers: a key's steps handled as
+//! `0, 1, 2, 5, 3, 7, 4…`). Another instance could not take it anyway — a
+//! keyed partition delivers to its pinned puller only.
+//!
 //! [`ConsumerSpec::prefetch`]: super::ConsumerSpec::prefetch
 //! [`ConsumerSpec::ack_wait`]: super::ConsumerSpec::ack_wait
 
@@ -127,6 +134,21 @@ impl Waiting {
             }
         }
         overdue
+    }
+
+    /// The events that have waited too long since they arrived or were
+    /// last kept alive, to be kept alive now (an ordered consumer's, which
+    /// are never handed back); their wait starts again.
+    pub(super) fn due_for_progress(&mut self) -> Vec<&jetstream::Message> {
+        let now = Instant::now();
+        self.queue
+            .iter_mut()
+            .filter(|(_, since)| now.duration_since(*since) >= self.give_back_after)
+            .map(|(message, since)| {
+                *since = now;
+                &*message
+            })
+            .collect()
     }
 
     /// How often to look for overdue events.
