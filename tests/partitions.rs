@@ -39,6 +39,10 @@ use common::{Switchboard, admin, test_passwords};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
+/// The tests take turns: a cluster and a whole system each, on two cores,
+/// would measure each other's error windows.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A fault and how it is applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scenario {
@@ -162,6 +166,7 @@ fn windows(told: &[Told], start: Instant) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn invariants_hold_through_partitions_and_pauses() -> TestResult {
+    let _alone = ONE_AT_A_TIME.lock().await;
     if let Err(why) = Network::available() {
         eprintln!(
             "SKIPPED invariants_hold_through_partitions_and_pauses: network namespaces are \
@@ -316,5 +321,90 @@ async fn invariants_hold_through_partitions_and_pauses() -> TestResult {
         report.join("\n")
     );
     drop(up);
+    Ok(())
+}
+
+/// Until `nats` is connected to a node other than `left` whose JetStream
+/// answers, or `within` is up: how long until it left, and until
+/// JetStream answered there.
+async fn moved_off(
+    nats: &async_nats::Client,
+    left: &str,
+    within: Duration,
+) -> Option<(Duration, Duration)> {
+    let start = Instant::now();
+    let mut moved = None;
+    while start.elapsed() < within {
+        let connected = nats.connection_state() == async_nats::connection::State::Connected;
+        if connected && nats.server_info().server_name != left {
+            let moved = *moved.get_or_insert(start.elapsed());
+            let js = jetstream::new(nats.clone());
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(Duration::from_secs(1), js.query_account()).await
+            {
+                return Some((moved, start.elapsed()));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_process_on_a_node_that_lost_its_cluster_moves_off_it() -> TestResult {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    if let Err(why) = Network::available() {
+        eprintln!(
+            "SKIPPED a_process_on_a_node_that_lost_its_cluster_moves_off_it: network namespaces \
+             are unavailable here ({why}); they need root (or CAP_NET_ADMIN) and iproute2"
+        );
+        return Ok(());
+    }
+    let mut cluster = TestCluster::partitionable(3, "", &[]).await?;
+    // Told one node only; the others it learns from the cluster.
+    let config = switchboard::connect::ConnectConfig {
+        url: cluster.node_url(2).ok_or("no node")?,
+        ..Default::default()
+    };
+    let nats = config.connect().await?;
+    let first = nats.server_info().server_name;
+    assert_eq!(first, "n2");
+    let watching = tokio_util::sync::CancellationToken::new();
+    let watch = tokio::spawn(switchboard::connect::quorum::watch(
+        nats.clone(),
+        switchboard::connect::QuorumWatch::default(),
+        watching.clone().cancelled_owned(),
+    ));
+    // JetStream answers through it before anything happens.
+    let ready = moved_off(&nats, "", Duration::from_secs(30)).await;
+    assert!(ready.is_some(), "JetStream never answered through n2");
+
+    // Cut off: it still accepts this connection, but has no quorum.
+    cluster.network().ok_or("not partitionable")?.isolate(2)?;
+    let moved = moved_off(&nats, "n2", Duration::from_secs(30)).await;
+    cluster.network().ok_or("not partitionable")?.heal()?;
+    let moved = moved.ok_or("still on the isolated node n2 after 30 s")?;
+    let second = nats.server_info().server_name;
+
+    // Frozen (a long pause): the connection stays open, nothing answers.
+    // (Once the watch has seen this node answer: a move straight onto a node
+    // that fails too waits out the backoff, as hopping may not help.)
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let paused: usize = second.trim_start_matches('n').parse()?;
+    cluster.pause(paused);
+    let unfrozen = moved_off(&nats, &second, Duration::from_secs(30)).await;
+    cluster.resume(paused);
+    let unfrozen = unfrozen.ok_or(format!("still on the paused node {second} after 30 s"))?;
+    println!(
+        "quorum watch: off the isolated n2 to {second} after {:.1} s, JetStream answering after {:.1} s; \
+         off the paused {second} to {} after {:.1} s, JetStream answering after {:.1} s",
+        moved.0.as_secs_f64(),
+        moved.1.as_secs_f64(),
+        nats.server_info().server_name,
+        unfrozen.0.as_secs_f64(),
+        unfrozen.1.as_secs_f64(),
+    );
+    watching.cancel();
+    watch.await?;
     Ok(())
 }

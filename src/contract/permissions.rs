@@ -63,10 +63,9 @@ impl Contract {
             allow.push(crate::user_info::USER_INFO_SUBJECT.into());
         }
         let buckets = self.all_buckets();
-        if !self.streams.is_empty() || !buckets.is_empty() || !self.consumers.is_empty() {
-            // Account limits, read when a bucket is created.
-            allow.push("$JS.API.INFO".into());
-        }
+        // Account limits, read when a bucket is created; and every process
+        // asks it to tell a node that lost its cluster (`connect::quorum`).
+        allow.push("$JS.API.INFO".into());
         for stream in &self.streams {
             for verb in ["INFO", "CREATE", "UPDATE"] {
                 allow.push(format!("$JS.API.STREAM.{verb}.{}", stream.name));

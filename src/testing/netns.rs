@@ -76,7 +76,7 @@ impl Network {
     ///
     /// The failure of making and removing a namespace.
     pub fn available() -> Result<(), NetworkError> {
-        let probe = format!("{PREFIX}{}probe", std::process::id());
+        let probe = format!("{PREFIX}{}p{}", std::process::id(), next_instance());
         ip(&["netns", "add", &probe])?;
         ip(&["netns", "del", &probe])
     }
@@ -91,11 +91,13 @@ impl Network {
     pub fn create(hosts: usize) -> Result<Network, NetworkError> {
         sweep();
         let pid = std::process::id();
-        // One network per test process at a time (the tests that use
-        // it run alone); the PID keeps parallel processes apart.
-        let net = u8::try_from(pid % 200).unwrap_or(0) + 20;
+        // The PID keeps test processes apart, the instance a process's
+        // networks (tests of one binary run in parallel); names stay within
+        // the 15 bytes a link name may have.
+        let instance = next_instance() % 10;
+        let net = u8::try_from((pid * 10 + instance) % 200).unwrap_or(0) + 20;
         let network = Network {
-            id: format!("{PREFIX}{pid}"),
+            id: format!("{PREFIX}{pid}x{instance}"),
             net,
             hosts,
             cut: std::collections::BTreeSet::new(),
@@ -262,9 +264,18 @@ fn sweep() {
         }
     }
     for pid in dead {
-        let _ = ip(&["link", "del", &format!("{PREFIX}{pid}b")]);
-        for i in 0..16 {
-            let _ = ip(&["link", "del", &format!("{PREFIX}{pid}v{i}")]);
+        for instance in 0..10 {
+            let id = format!("{PREFIX}{pid}x{instance}");
+            let _ = ip(&["link", "del", &format!("{id}b")]);
+            for i in 0..16 {
+                let _ = ip(&["link", "del", &format!("{id}v{i}")]);
+            }
         }
     }
+}
+
+/// A number per network (or probe) this process makes.
+fn next_instance() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }

@@ -3,8 +3,14 @@
 //! Every Switchboard process is configured the same way, so that `up`, a
 //! shell and a container orchestrator can all start it: `NATS_URL` (one or
 //! more comma-separated server URLs), `NATS_USER` and `NATS_PASSWORD`.
+//! In a cluster, a process on a node that lost the others moves to one that
+//! did not (`quorum`).
+
+pub mod quorum;
 
 use std::time::Duration;
+
+pub use quorum::QuorumWatch;
 
 /// The server URL(s); comma-separated for a cluster.
 pub const NATS_URL_ENV: &str = "NATS_URL";
@@ -131,6 +137,11 @@ impl ConnectConfig {
                 }
             }
             async {}
+        });
+        // A move off a node that lost its cluster goes where `quorum`
+        // chose; every other reconnect is the library's choice.
+        options = options.reconnect_to_server_callback(|pool, left| async move {
+            quorum::reconnect_to(pool, left)
         });
         let urls: Vec<&str> = self.url.split(',').map(str::trim).collect();
         options
