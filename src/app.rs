@@ -143,11 +143,13 @@ where
         };
         crate::replication::warn_if_under_replicated(&nats);
         let watching = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(crate::connect::quorum::watch(
-            nats.clone(),
-            crate::connect::QuorumWatch::default(),
-            watching.clone().cancelled_owned(),
-        ));
+        if crate::connect::quorum::enabled() {
+            tokio::spawn(crate::connect::quorum::watch(
+                nats.clone(),
+                crate::connect::QuorumWatch::default(),
+                watching.clone().cancelled_owned(),
+            ));
+        }
         let result = run(nats.clone(), Shutdown::new(crate::shutdown::signal())).await;
         watching.cancel();
         if let Err(error) = nats.drain().await {

@@ -72,9 +72,23 @@ struct Timing {
 }
 
 /// Which scenarios this run plays, and how long:
-/// `SWITCHBOARD_PARTITIONS=all` (`make partitions`), else the quick form.
+/// `SWITCHBOARD_PARTITIONS=all` (`make partitions`), or some of them by
+/// name (`isolated,leaders,paused,flapping`) in the long form, else the
+/// quick form.
 fn scenarios() -> (Vec<Scenario>, Timing) {
     let secs = Duration::from_secs;
+    let long = Timing {
+        before: secs(4),
+        fault: secs(10),
+        after: secs(12),
+    };
+    let named = |name: &str| match name.trim() {
+        "isolated" => Some(Scenario::Isolated),
+        "leaders" => Some(Scenario::LeadersIsolated),
+        "paused" => Some(Scenario::Paused),
+        "flapping" => Some(Scenario::Flapping),
+        _ => None,
+    };
     match std::env::var("SWITCHBOARD_PARTITIONS").as_deref() {
         Ok("all") => (
             vec![
@@ -83,12 +97,11 @@ fn scenarios() -> (Vec<Scenario>, Timing) {
                 Scenario::Paused,
                 Scenario::Flapping,
             ],
-            Timing {
-                before: secs(4),
-                fault: secs(10),
-                after: secs(12),
-            },
+            long,
         ),
+        Ok(names) if !names.is_empty() && names.split(',').all(|n| named(n).is_some()) => {
+            (names.split(',').filter_map(named).collect(), long)
+        }
         _ => (
             vec![Scenario::LeadersIsolated],
             Timing {
@@ -162,6 +175,16 @@ fn windows(told: &[Told], start: Instant) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// What `up` and its services said, kept for a look after the run (in
+/// `target/`, overwritten by the next).
+fn keep_log(up: &Switchboard) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/partitions-up.log");
+    match std::fs::write(&path, up.output()) {
+        Ok(()) => println!("partitions: the system's log is in {}", path.display()),
+        Err(error) => eprintln!("partitions: cannot keep the system's log: {error}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -307,6 +330,9 @@ async fn invariants_hold_through_partitions_and_pauses() -> TestResult {
             settling.elapsed().as_secs_f64(),
         );
         println!("partitions: {line}");
+        if !broken.is_empty() {
+            keep_log(&up);
+        }
         assert!(
             broken.is_empty(),
             "after {}: invariants broken:\n{}",
@@ -320,6 +346,7 @@ async fn invariants_hold_through_partitions_and_pauses() -> TestResult {
         report.len(),
         report.join("\n")
     );
+    keep_log(&up);
     drop(up);
     Ok(())
 }
