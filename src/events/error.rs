@@ -4,9 +4,12 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EventError {
-    /// No stream captures the subject: the event would be lost.
+    /// No stream answered for the subject (no responders): none captures
+    /// it, or — in a cluster — the one that does has no leader in reach
+    /// right now. The event was not stored.
     #[error(
-        "no stream captures {subject}: declare one (or fix the subject); the event was not stored"
+        "no stream answered for {subject}: none captures it (declare one, or fix the subject), \
+         or in a cluster its leader is out of reach; the event was not stored"
     )]
     NoStream {
         /// The subject published to.
