@@ -173,6 +173,9 @@ async fn run(seconds: u64, nodes: usize, server_kills: u32) -> TestResult {
         server_killed >= server_kills,
         "nats-server was killed {server_killed} times"
     );
+    if !broken.is_empty() {
+        system.up.keep_log("chaos");
+    }
     assert!(
         broken.is_empty(),
         "invariants broken:\n{}",
@@ -410,6 +413,9 @@ async fn keyed_consumers_keep_order_across_instances_and_a_kill() -> TestResult 
         "only {} of {total} orders placed",
         told.created.len()
     );
+    if !broken.is_empty() {
+        system.up.keep_log("chaos");
+    }
     assert!(
         broken.is_empty(),
         "invariants broken:\n{}",

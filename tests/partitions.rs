@@ -177,16 +177,6 @@ fn windows(told: &[Told], start: Instant) -> Vec<String> {
         .collect()
 }
 
-/// What `up` and its services said, kept for a look after the run (in
-/// `target/`, overwritten by the next).
-fn keep_log(up: &Switchboard) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/partitions-up.log");
-    match std::fs::write(&path, up.output()) {
-        Ok(()) => println!("partitions: the system's log is in {}", path.display()),
-        Err(error) => eprintln!("partitions: cannot keep the system's log: {error}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn invariants_hold_through_partitions_and_pauses() -> TestResult {
     let _alone = ONE_AT_A_TIME.lock().await;
@@ -331,7 +321,7 @@ async fn invariants_hold_through_partitions_and_pauses() -> TestResult {
         );
         println!("partitions: {line}");
         if !broken.is_empty() {
-            keep_log(&up);
+            up.keep_log("partitions");
         }
         assert!(
             broken.is_empty(),
@@ -346,7 +336,7 @@ async fn invariants_hold_through_partitions_and_pauses() -> TestResult {
         report.len(),
         report.join("\n")
     );
-    keep_log(&up);
+    up.keep_log("partitions");
     drop(up);
     Ok(())
 }

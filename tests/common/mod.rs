@@ -139,6 +139,16 @@ impl Switchboard {
         self.lines.lock().map(|l| l.join("\n")).unwrap_or_default()
     }
 
+    /// Writes what `up` and its services said to `target/<name>-up.log`
+    /// (overwritten by the next run), for a look after a failure.
+    pub fn keep_log(&self, name: &str) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("target/{name}-up.log"));
+        match std::fs::write(&path, self.output()) {
+            Ok(()) => println!("{name}: the system's log is in {}", path.display()),
+            Err(error) => eprintln!("{name}: cannot keep the system's log: {error}"),
+        }
+    }
+
     /// Only what was printed on stdout.
     pub fn stdout(&self) -> String {
         self.stdout.lock().map(|l| l.join("\n")).unwrap_or_default()

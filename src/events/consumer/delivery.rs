@@ -10,7 +10,7 @@ use async_nats::jetstream::{self, AckKind};
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
 
-use super::{ConsumerSpec, HandlerError, Shared};
+use super::{ConsumerSpec, HandlerError, Shared, Slot};
 use crate::codec;
 use crate::events::EventError;
 use crate::events::envelope::{self, DeadLetterInfo};
@@ -18,13 +18,21 @@ use crate::events::event::{Delivery, ReceivedEvent};
 use crate::events::idempotency::{Claim, Idempotency};
 use crate::telemetry::Hop;
 
-/// Handles one event. `in_place`: retry a retryable failure here (ordered
-/// lanes) instead of nak-ing it for a later redelivery. Whether the event
-/// was settled for good (acknowledged, or dead-lettered), not handed back.
+/// Handles one event, in handler slot `slot`. `in_place`: retry a
+/// retryable failure here (ordered lanes) instead of nak-ing it for a later
+/// redelivery. Whether the event was settled for good (acknowledged, or
+/// dead-lettered), not handed back.
+///
+/// The slot is freed just *before* the event's fate is sent: a slot taken
+/// is an event certainly not yet settled, which is what a keyed partition's
+/// settling counts as its own (an acknowledged event still counted would
+/// let it release a later event while the server still waits for an
+/// earlier one elsewhere).
 pub(super) async fn handle<T, F, Fut>(
     shared: &Shared<F>,
     message: jetstream::Message,
     in_place: bool,
+    slot: Slot,
 ) -> bool
 where
     T: DeserializeOwned + Send + 'static,
@@ -32,6 +40,7 @@ where
     Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
 {
     let spec = &shared.spec;
+    let mut slot = Some(slot);
     let (delivery, subject) = match message.info() {
         Ok(info) => (
             Delivery {
@@ -71,6 +80,7 @@ where
             hop.fail("undecodable", &error.to_string());
             return Box::pin(dead_letter(
                 shared,
+                &mut slot,
                 &message,
                 &delivery,
                 &subject,
@@ -106,16 +116,17 @@ where
             Ok(Claim::New) => {}
             Ok(Claim::AlreadyDone) => {
                 tracing::debug!(%event_id, "already processed; acknowledging");
-                return settle(&message, AckKind::Ack).await;
+                return finish(&mut slot, &message, AckKind::Ack).await;
             }
             Ok(Claim::InProgress) => {
-                return settle(&message, AckKind::Nak(Some(spec.delay_after(1)))).await;
+                return finish(&mut slot, &message, AckKind::Nak(Some(spec.delay_after(1)))).await;
             }
             Err(error @ EventError::InvalidAttribute { .. }) => {
                 // No retry makes the id shorter.
                 hop.fail(error.kind_name(), &error.to_string());
                 return Box::pin(dead_letter(
                     shared,
+                    &mut slot,
                     &message,
                     &delivery,
                     &subject,
@@ -126,7 +137,8 @@ where
             }
             Err(error) => {
                 tracing::warn!(%event_id, %error, "idempotency record unavailable; retrying later");
-                return settle(
+                return finish(
+                    &mut slot,
                     &message,
                     AckKind::Nak(Some(spec.delay_after(delivery.delivered))),
                 )
@@ -200,7 +212,7 @@ where
             {
                 tracing::warn!(%event_id, %error, "cannot record the event as processed");
             }
-            settle(&message, AckKind::Ack).await
+            finish(&mut slot, &message, AckKind::Ack).await
         }
         Err(error) => {
             hop.fail(
@@ -228,17 +240,17 @@ where
                 // Never leaves the loop above; were it to, it is no failure.
                 HandlerError::Unavailable(reason) => {
                     tracing::info!(%event_id, %reason, "retrying later (not counted)");
-                    settle(&message, AckKind::Nak(Some(spec.delay_after(1)))).await
+                    finish(&mut slot, &message, AckKind::Nak(Some(spec.delay_after(1)))).await
                 }
                 HandlerError::Retryable(reason) if failed < spec.max_deliver => {
                     let delay = spec.delay_after(failed);
                     tracing::info!(%event_id, %reason, ?delay, "retrying later");
-                    settle(&message, AckKind::Nak(Some(delay))).await
+                    finish(&mut slot, &message, AckKind::Nak(Some(delay))).await
                 }
                 HandlerError::Retryable(reason) | HandlerError::Permanent(reason) => {
                     shared.failures.forget(delivery.stream_sequence);
                     Box::pin(dead_letter(
-                        shared, &message, &delivery, &subject, reason, &hop,
+                        shared, &mut slot, &message, &delivery, &subject, reason, &hop,
                     ))
                     .await
                 }
@@ -295,6 +307,7 @@ pub(super) async fn keep_alive<O>(
 
 async fn dead_letter<F>(
     shared: &Shared<F>,
+    slot: &mut Option<Slot>,
     message: &jetstream::Message,
     delivery: &Delivery,
     subject: &str,
@@ -320,17 +333,24 @@ async fn dead_letter<F>(
         crate::telemetry::exporting().then_some(hop.trace),
     );
     match put.await {
-        Ok(()) => settle(message, AckKind::Term).await,
+        Ok(()) => finish(slot, message, AckKind::Term).await,
         Err(e) => {
             // Not stored as a dead letter: keep it in the stream and retry.
             tracing::error!(error = %e, "cannot write the dead letter; retrying the event later");
-            settle(
+            finish(
+                slot,
                 message,
                 AckKind::Nak(Some(shared.spec.delay_after(delivery.delivered))),
             )
             .await
         }
     }
+}
+
+/// Frees the event's handler slot, then sends its fate (see [`handle`]).
+async fn finish(slot: &mut Option<Slot>, message: &jetstream::Message, kind: AckKind) -> bool {
+    drop(slot.take());
+    settle(message, kind).await
 }
 
 /// Sends the event's fate; whether it is settled for good (ack or term:

@@ -229,8 +229,7 @@ where
         }
         let shared = shared.clone();
         tasks.spawn(async move {
-            let _settled = handle(&shared, message, false).await;
-            drop(slot);
+            let _settled = handle(&shared, message, false, slot).await;
         });
     };
     let mut waiting = Waiting::new(

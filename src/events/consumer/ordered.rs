@@ -52,7 +52,7 @@ pub(super) async fn lane<T, F, Fut>(
             continue;
         };
         let sequence = message.info().map(|i| i.stream_sequence).ok();
-        let work = handle(&shared, message, true);
+        let work = handle(&shared, message, true, slot);
         tokio::pin!(work);
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
@@ -74,7 +74,6 @@ pub(super) async fn lane<T, F, Fut>(
                 },
             }
         }
-        drop(slot);
         if !open && queue.is_empty() {
             return;
         }

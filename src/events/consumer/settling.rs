@@ -18,12 +18,16 @@
 //! `num_ack_pending` no more than what it holds — and is then released in
 //! stream-sequence order. Both counts lag in the safe direction (an ack on
 //! its way, an event delivered and not yet read), so the check can hold a
-//! little long, never release early. The whole partition waits, not just
+//! little long, never release early — provided nothing counts as held that
+//! the server may no longer count: a handler slot is freed *before* its
+//! event's fate is sent (`delivery::handle`), and an event delivered again
+//! while held (its in-progress signal came late) replaces its first copy
+//! instead of being counted twice. The whole partition waits, not just
 //! the keys in flight: which keys those are is only known once their
 //! events come back. Stopped while settling, the held events are handed
 //! back (nak) — the next owner settles and sorts them likewise.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
@@ -35,6 +39,8 @@ pub(super) const CHECK_EVERY: Duration = Duration::from_millis(100);
 /// First deliveries held back until the previous owner's events are done.
 pub(super) struct Settling {
     held: VecDeque<jetstream::Message>,
+    /// The stream sequences of `held`.
+    sequences: HashSet<u64>,
     since: Instant,
     kept_alive: Instant,
 }
@@ -44,12 +50,28 @@ impl Settling {
         let now = Instant::now();
         Settling {
             held: VecDeque::new(),
+            sequences: HashSet::new(),
             since: now,
             kept_alive: now,
         }
     }
 
     pub(super) fn hold(&mut self, message: jetstream::Message) {
+        let sequence = message.info().map(|i| i.stream_sequence).ok();
+        if let Some(sequence) = sequence
+            && !self.sequences.insert(sequence)
+        {
+            let again = self
+                .held
+                .iter_mut()
+                .find(|held| held.info().map(|i| i.stream_sequence).ok() == Some(sequence));
+            if let Some(held) = again {
+                // The newer delivery is the one the server waits to hear
+                // about.
+                *held = message;
+                return;
+            }
+        }
         self.held.push_back(message);
     }
 
