@@ -8,7 +8,8 @@
 //! subscriptions are invisible from the other side — connected there, an
 //! instance is both useless and unreachable, and with one instance of a
 //! service that is the whole service down on every node (seen in
-//! `tests/partitions.rs`: an isolated node took the only `orders` with it).
+//! `tests/partitions.rs`: an isolated node took a service's only instance
+//! with it).
 //!
 //! So every process the kit runs asks the node it is connected to, once a
 //! second, whether JetStream answers (`$JS.API.INFO`, which only a node in
@@ -35,8 +36,8 @@
 //!
 //! Only a cluster is watched (one server: there is nowhere to go), and only
 //! while the user may ask (a refusal stops the watch, with a warning: add
-//! `$JS.API.INFO` to the user's publish permissions — derived users have
-//! it). `SWITCHBOARD_QUORUM_WATCH=off` turns it off.
+//! `$JS.API.INFO` to the user's publish permissions — derived permissions
+//! include it). `SWITCHBOARD_QUORUM_WATCH=off` turns it off.
 
 use std::collections::HashMap;
 use std::future::Future;
