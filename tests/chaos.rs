@@ -33,12 +33,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-use switchboard::client::Client;
+use serde_json::json;
 use switchboard::testing::free_port_block;
 
 use common::invariants::{HOLD, SETTLE, SKUS, Told, call, load, prepare, restock, settled};
-use common::{Signal, admin, exe_name, start_system_with};
+use common::{Signal, admin, exe_name, partitions_by_pid, start_system_with};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -182,36 +181,6 @@ async fn run(seconds: u64, nodes: usize, server_kills: u32) -> TestResult {
         broken.join("\n")
     );
     Ok(())
-}
-
-/// Partitions each live instance of `service` holds of consumer `durable`,
-/// by PID (from `$SRV.STATS`).
-async fn partitions_by_pid(
-    client: &Client,
-    service: &str,
-    durable: &str,
-) -> Result<BTreeMap<u32, Vec<u64>>, Box<dyn std::error::Error>> {
-    let answers = switchboard::discovery::stats(
-        client.nats(),
-        switchboard::discovery::Target::service(service),
-        Duration::from_millis(250),
-    )
-    .await?;
-    let mut held = BTreeMap::new();
-    for answer in answers {
-        let Some(data) = answer.endpoints.first().and_then(|e| e.data.clone()) else {
-            continue;
-        };
-        let Some(pid) = data["pid"].as_u64().and_then(|p| u32::try_from(p).ok()) else {
-            continue;
-        };
-        let partitions = data["partitions"][durable]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_u64).collect())
-            .unwrap_or_default();
-        held.insert(pid, partitions);
-    }
-    Ok(held)
 }
 
 /// The acceptance run: three `notifications` and two `inventory`

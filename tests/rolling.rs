@@ -54,6 +54,23 @@ async fn instances_logged(
     Err(message.into())
 }
 
+/// Waits until the one `notifications` instance holds every partition of
+/// its order consumer.
+async fn consuming(client: &Client) -> TestResult {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let held =
+            common::partitions_by_pid(client, "notifications", "notifications-orders").await?;
+        if held.len() == 1 && held.values().all(|p| p.len() == 8) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("notifications never took its partitions: {held:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until `service` has `count` instances answering discovery.
 async fn instances(client: &Client, service: &str, count: usize) -> TestResult {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -152,6 +169,11 @@ async fn rolling_restarts_of_orders_and_notifications_drop_nothing() -> TestResu
             notifications.stop()?;
             notifications = Instance::start("notifications", port, &log("notifications"))?;
             instances_logged(&client, "notifications", 1, &[log("notifications")]).await?;
+            // Ready as a rolling deploy means it: answering discovery is not
+            // yet consuming — its keyed consumer claims partitions after
+            // hearing from the others (~1.5 s). Stopped before, it could
+            // only hand back what it had pulled (redeliveries).
+            consuming(&client).await?;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -219,7 +241,8 @@ async fn rolling_restarts_of_orders_and_notifications_drop_nothing() -> TestResu
         .map(|c| c.delivered.consumer_sequence)
         .sum();
     if !left.is_empty() || deliveries != placed {
-        let log = std::fs::read_to_string(log("notifications")).unwrap_or_default();
+        let path = log("notifications");
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(40).collect();
         eprintln!("notifications log, last lines first:\n{}", tail.join("\n"));
     }

@@ -606,3 +606,33 @@ impl Drop for Instance {
         }
     }
 }
+
+/// Partitions each live instance of `service` holds of consumer `durable`,
+/// by PID (from `$SRV.STATS`).
+pub async fn partitions_by_pid(
+    client: &switchboard::client::Client,
+    service: &str,
+    durable: &str,
+) -> Result<std::collections::BTreeMap<u32, Vec<u64>>, Box<dyn std::error::Error>> {
+    let answers = switchboard::discovery::stats(
+        client.nats(),
+        switchboard::discovery::Target::service(service),
+        Duration::from_millis(250),
+    )
+    .await?;
+    let mut held = std::collections::BTreeMap::new();
+    for answer in answers {
+        let Some(data) = answer.endpoints.first().and_then(|e| e.data.clone()) else {
+            continue;
+        };
+        let Some(pid) = data["pid"].as_u64().and_then(|p| u32::try_from(p).ok()) else {
+            continue;
+        };
+        let partitions = data["partitions"][durable]
+            .as_array()
+            .map(|a| a.iter().filter_map(serde_json::Value::as_u64).collect())
+            .unwrap_or_default();
+        held.insert(pid, partitions);
+    }
+    Ok(held)
+}

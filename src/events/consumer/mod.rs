@@ -339,11 +339,28 @@ where
     // `LOST_AFTER` (see `Puller::next`). What has no slot by then is
     // handed back.
     let until = tokio::time::Instant::now() + puller::EXPIRES + puller::LOST_AFTER;
+    // Stopped while settling: what it holds is finished here too if the
+    // previous owner's events are done by now (a restart right after a
+    // takeover would otherwise hand every held event back for redelivery).
+    if let Some(current) = &settling {
+        let ours = slots.taken() + waiting.len() + current.len();
+        if current.settled(&consumer, ours).await
+            && let Some(done) = settling.take()
+        {
+            for message in done.release() {
+                waiting.push(message);
+            }
+        }
+    }
+    let mut late = 0usize;
     loop {
         while let Some(message) = waiting.pop() {
             match tokio::time::timeout_at(until, slots.take()).await {
                 Ok(Some(slot)) => dispatch(message, slot),
-                _ => give_back(vec![message]).await,
+                _ => {
+                    late += 1;
+                    give_back(vec![message]).await;
+                }
             }
         }
         if puller.asked() == 0 {
@@ -361,7 +378,12 @@ where
             Ok(Pulled::Closed) | Err(_) => break,
         }
     }
-    give_back(std::iter::from_fn(|| waiting.pop()).collect()).await;
+    let left: Vec<_> = std::iter::from_fn(|| waiting.pop()).collect();
+    late += left.len();
+    give_back(left).await;
+    if late > 0 {
+        tracing::info!(consumer = %durable, handed_back = late, "stopping: events no handler started in time handed back for redelivery");
+    }
     if let Some(unsettled) = settling {
         // Handed back in stream order: the next owner settles too.
         tracing::info!(consumer = %durable, held = unsettled.len(), "stopped while settling; held events handed back");
