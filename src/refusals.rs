@@ -71,6 +71,8 @@ const KEPT: usize = 32;
 #[derive(Debug, Default)]
 struct Recent {
     refusals: VecDeque<Refusal>,
+    /// Refusals reported so far (the kept ones are the last of them).
+    reported: u64,
 }
 
 static RECENT: LazyLock<watch::Sender<Arc<Recent>>> =
@@ -86,7 +88,10 @@ pub(crate) fn report(user: &str, message: &str) -> Option<Refusal> {
             refusals.pop_front();
         }
         refusals.push_back(refusal.clone());
-        *recent = Arc::new(Recent { refusals });
+        *recent = Arc::new(Recent {
+            refusals,
+            reported: recent.reported + 1,
+        });
     });
     Some(refusal)
 }
@@ -130,19 +135,19 @@ fn parse(user: &str, message: &str) -> Option<Refusal> {
 /// learns of it.
 const REPORT_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// The recorded refusal of `operation` on `subject`, waiting a moment for
-/// the report if it is not recorded yet; without one, a refusal that says
-/// only what was refused.
-pub(crate) async fn refusal_of(operation: Operation, subject: &str) -> Refusal {
-    let mut watching = watch();
-    let recorded = RECENT
-        .borrow()
-        .refusals
-        .iter()
-        .rev()
-        .find(|r| r.operation == operation && r.subject == subject)
-        .cloned();
-    if let Some(refusal) = recorded {
+/// The refusal of `operation` on `subject` reported since `watching` was
+/// made (before the publish it is about), waiting a moment for the report
+/// if it is not in yet; without one, a refusal that says only what was
+/// refused. An older report of the same subject is never taken: it may be
+/// another connection's, of another user (two users of one process refused
+/// the same subject one after the other named the first user twice).
+pub(crate) async fn refusal_of(
+    mut watching: Watch,
+    operation: Operation,
+    subject: &str,
+) -> Refusal {
+    let wanted = |r: &Refusal| r.operation == operation && r.subject == subject;
+    if let Some(refusal) = watching.reported_since(wanted) {
         return refusal;
     }
     tokio::time::timeout(REPORT_GRACE, watching.refused(operation, subject))
@@ -158,16 +163,33 @@ pub(crate) async fn refusal_of(operation: Operation, subject: &str) -> Refusal {
 #[derive(Debug)]
 pub(crate) struct Watch {
     receiver: watch::Receiver<Arc<Recent>>,
+    /// Refusals reported before the watch was made.
+    before: u64,
 }
 
 /// Starts watching; make it before the publish it is about.
 pub(crate) fn watch() -> Watch {
     let mut receiver = RECENT.subscribe();
-    receiver.mark_unchanged();
-    Watch { receiver }
+    let before = receiver.borrow_and_update().reported;
+    Watch { receiver, before }
 }
 
 impl Watch {
+    /// The latest refusal `wanted` accepts among those reported since the
+    /// watch was made, if any is in yet.
+    fn reported_since(&self, wanted: impl Fn(&Refusal) -> bool) -> Option<Refusal> {
+        let recent = self.receiver.borrow().clone();
+        let new =
+            usize::try_from(recent.reported.saturating_sub(self.before)).unwrap_or(usize::MAX);
+        recent
+            .refusals
+            .iter()
+            .rev()
+            .take(new)
+            .find(|r| wanted(r))
+            .cloned()
+    }
+
     /// Resolves when the server refuses `operation` on `subject`; never
     /// resolves otherwise.
     pub(crate) async fn refused(&mut self, operation: Operation, subject: &str) -> Refusal {

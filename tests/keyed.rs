@@ -35,6 +35,19 @@ struct Seen {
     by_instance: BTreeMap<usize, usize>,
 }
 
+impl Seen {
+    /// Keys (a few) whose steps were not handled once each, 0 to `steps`
+    /// in order.
+    fn out_of_order(&self, steps: u32) -> Vec<(&String, &Vec<u32>)> {
+        let in_order: Vec<u32> = (0..steps).collect();
+        self.steps
+            .iter()
+            .filter(|(_, handled)| **handled != in_order)
+            .take(5)
+            .collect()
+    }
+}
+
 fn spec(partitions: u32) -> ConsumerSpec {
     ConsumerSpec::new("PARCELS", "parcels-keyed")
         .filter([CREATED, CANCELLED])
@@ -219,13 +232,7 @@ async fn each_key_in_order_while_instances_join_and_leave() -> TestResult {
         "handled {} of {events}",
         seen.steps.values().map(Vec::len).sum::<usize>()
     );
-    let in_order: Vec<u32> = (0..STEPS).collect();
-    let out_of_order: Vec<_> = seen
-        .steps
-        .iter()
-        .filter(|(_, steps)| **steps != in_order)
-        .take(5)
-        .collect();
+    let out_of_order = seen.out_of_order(STEPS);
     assert!(
         out_of_order.is_empty(),
         "keys out of order or repeated: {out_of_order:?}"
@@ -261,13 +268,7 @@ async fn events_that_wait_long_for_a_handler_keep_their_order() -> TestResult {
     let all = until_all_handled(&seen, events, Duration::from_secs(60)).await;
     one.stop().await?;
     let seen = seen.lock().map_err(|_| "poisoned")?;
-    let in_order: Vec<u32> = (0..STEPS).collect();
-    let out_of_order: Vec<_> = seen
-        .steps
-        .iter()
-        .filter(|(_, steps)| **steps != in_order)
-        .take(5)
-        .collect();
+    let out_of_order = seen.out_of_order(STEPS);
     assert!(
         out_of_order.is_empty(),
         "keys out of order or repeated: {out_of_order:?}"

@@ -304,6 +304,9 @@ impl Client {
         // The patched async-nats fails a request whose publish the server
         // refused at once, with the server's words; with the crates.io
         // one, the call watches the connection's error events.
+        // Made before the publish: the refusal the server reports for this
+        // call can only be one reported after it.
+        let refusals = crate::refusals::watch();
         #[cfg(not(switchboard_unpatched_async_nats))]
         let reply = self
             .shared
@@ -332,7 +335,8 @@ impl Client {
             {
                 Err(CallError::PermissionDenied {
                     subject: subject.to_owned(),
-                    refusal: crate::refusals::refusal_of(Operation::Publish, subject).await,
+                    refusal: crate::refusals::refusal_of(refusals, Operation::Publish, subject)
+                        .await,
                 })
             }
             Ok(message) => {
