@@ -58,7 +58,7 @@ fn chaos_seconds() -> u64 {
     std::env::var("SWITCHBOARD_CHAOS_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(35)
+        .unwrap_or(25)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -184,7 +184,7 @@ async fn run(seconds: u64, nodes: usize, server_kills: u32) -> TestResult {
 }
 
 /// The acceptance run: three `notifications` and two `inventory`
-/// instances, 200 users × 10 orders, each cancelled right after its
+/// instances, 150 users × 10 orders, each cancelled right after its
 /// creation by a second caller; the notifications instance holding the
 /// most partitions is SIGKILLed mid-run and `up` starts another. Every
 /// order's notifications are listed `created` before `cancelled`, once
@@ -192,7 +192,7 @@ async fn run(seconds: u64, nodes: usize, server_kills: u32) -> TestResult {
 /// it ran, and the dead one's partitions were taken over (time printed).
 #[tokio::test(flavor = "multi_thread")]
 async fn keyed_consumers_keep_order_across_instances_and_a_kill() -> TestResult {
-    const USERS: usize = 200;
+    const USERS: usize = 150;
     const ORDERS_PER_USER: usize = 10;
     let _alone = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir()?;

@@ -105,9 +105,9 @@ fn scenarios() -> (Vec<Scenario>, Timing) {
         _ => (
             vec![Scenario::LeadersIsolated],
             Timing {
-                before: secs(3),
+                before: secs(2),
                 fault: secs(6),
-                after: secs(5),
+                after: secs(4),
             },
         ),
     }
