@@ -139,8 +139,9 @@ const REPORT_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
 /// made (before the publish it is about), waiting a moment for the report
 /// if it is not in yet; without one, a refusal that says only what was
 /// refused. An older report of the same subject is never taken: it may be
-/// another connection's, of another user (two users of one process refused
-/// the same subject one after the other named the first user twice).
+/// another connection's, of another user (two connections of one process,
+/// each with its own user name, refused the same subject one after the
+/// other: the second was reported as the first).
 pub(crate) async fn refusal_of(
     mut watching: Watch,
     operation: Operation,
