@@ -164,9 +164,7 @@ fn windows(told: &[Told], start: Instant) -> Vec<String> {
             let last = failed
                 .iter()
                 .fold(None, |m: Option<f64>, t| Some(m.map_or(*t, |m| m.max(*t))));
-            let mut reasons: Vec<(&String, &usize)> = told.reasons.iter().collect();
-            reasons.sort_by_key(|(_, n)| std::cmp::Reverse(**n));
-            reasons.truncate(3);
+            let reasons = told.most_said(3);
             format!(
                 "via n{node}: {} failed, the last {} after the fault; ok/failed per {BUCKET} s: {}; mostly {reasons:?}",
                 failed.len(),

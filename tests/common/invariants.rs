@@ -47,10 +47,24 @@ impl Told {
         }
     }
 
-    fn refusal(&mut self, reason: String) {
+    /// Counts a refusal and what it said.
+    pub fn refusal(&mut self, reason: String) {
         self.refused += 1;
         self.refused_at.push(Instant::now());
         *self.reasons.entry(reason).or_default() += 1;
+    }
+
+    /// The `n` refusals said most often, with their counts (for a run's
+    /// report: a refusal count alone cannot tell an outage from a 409).
+    pub fn most_said(&self, n: usize) -> Vec<(&str, usize)> {
+        let mut reasons: Vec<(&str, usize)> = self
+            .reasons
+            .iter()
+            .map(|(reason, count)| (reason.as_str(), *count))
+            .collect();
+        reasons.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
+        reasons.truncate(n);
+        reasons
     }
 }
 
@@ -64,7 +78,23 @@ pub async fn try_call(client: &Client, subject: &str, body: Value) -> Result<Val
         .timeout(Duration::from_secs(3))
         .max_retries(0);
     let reply = client.call_with(subject, &body, options).await;
-    reply.map_err(|error| error.to_string().chars().take(60).collect())
+    reply.map_err(|error| in_words(&error.to_string()))
+}
+
+/// An error's first 60 characters, its numbers made `#` so that the same
+/// failure is counted as one reason ("no reply within #.#s").
+fn in_words(error: &str) -> String {
+    let mut words = String::new();
+    for c in error.chars().take(60) {
+        if c.is_ascii_digit() {
+            if !words.ends_with('#') {
+                words.push('#');
+            }
+        } else {
+            words.push(c);
+        }
+    }
+    words
 }
 
 /// Four users (named after `label`) and every sku restocked: what the
