@@ -58,7 +58,7 @@ fuzz: tools test-tools
 # Kills services every 3 s (and nats-server twice) under load, then checks
 # the reference system's invariants I1-I7 and an empty DLQ (tests/chaos.rs);
 # then the same on `up --cluster 3`, each node killed in turn, twice.
-# `make test` runs the quick form of both (25 s, nats-server / each node once).
+# `make test` runs the quick form of both (20 s, nats-server / each node once).
 CHAOS_SECONDS ?= 120
 chaos: tools
 	$(CARGO) build --workspace --bins

@@ -22,7 +22,7 @@
 //! Two systems: one nats-server, and `up --cluster 3` with each node
 //! SIGKILLed in turn (a rolling restart of the cluster) besides the
 //! services. `make test` runs a quick form of both
-//! (`SWITCHBOARD_CHAOS_SECONDS`, default 35: about ten kills, nats-server
+//! (`SWITCHBOARD_CHAOS_SECONDS`, default 20: about six kills, nats-server
 //! once or each node once); `make chaos` a long one (120 s, about forty
 //! kills, nats-server twice or each node twice). Failures name the
 //! invariant, with examples, and where the consumers stand.
@@ -60,7 +60,7 @@ fn chaos_seconds() -> u64 {
     std::env::var("SWITCHBOARD_CHAOS_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(25)
+        .unwrap_or(20)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -187,7 +187,7 @@ async fn run(seconds: u64, nodes: usize, server_kills: u32) -> TestResult {
 }
 
 /// The acceptance run: three `notifications` and two `inventory`
-/// instances, 150 users × 10 orders, each cancelled right after its
+/// instances, 200 users × 10 orders (100 in the quick form), each cancelled right after its
 /// creation by a second caller; the notifications instance holding the
 /// most partitions is SIGKILLed mid-run and `up` starts another. Every
 /// order's notifications are listed `created` before `cancelled`, once
@@ -195,7 +195,8 @@ async fn run(seconds: u64, nodes: usize, server_kills: u32) -> TestResult {
 /// it ran, and the dead one's partitions were taken over (time printed).
 #[tokio::test(flavor = "multi_thread")]
 async fn keyed_consumers_keep_order_across_instances_and_a_kill() -> TestResult {
-    const USERS: usize = 150;
+    // The 200 users in a long run, 100 in `make test`'s.
+    let users_count: usize = if chaos_seconds() >= 60 { 200 } else { 100 };
     const ORDERS_PER_USER: usize = 10;
     let _alone = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir()?;
@@ -218,7 +219,7 @@ async fn keyed_consumers_keep_order_across_instances_and_a_kill() -> TestResult 
         restock(&client, sku).await?;
     }
     let mut users = Vec::new();
-    for n in 0..USERS {
+    for n in 0..users_count {
         let user = call(
             &client,
             "users.create",
@@ -277,7 +278,7 @@ async fn keyed_consumers_keep_order_across_instances_and_a_kill() -> TestResult 
         })
     };
     let creators: Vec<_> = users
-        .chunks(USERS / 25)
+        .chunks(users_count / 25)
         .map(|mine| {
             let (client, told, to_cancel, mine) = (
                 client.clone(),
@@ -314,7 +315,7 @@ async fn keyed_consumers_keep_order_across_instances_and_a_kill() -> TestResult 
     drop(to_cancel);
 
     // A third of the way in, the instance holding the most partitions dies.
-    let total = USERS * ORDERS_PER_USER;
+    let total = users_count * ORDERS_PER_USER;
     while told.lock().map(|t| t.created.len()).unwrap_or(total) < total / 3 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

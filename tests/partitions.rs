@@ -35,7 +35,7 @@ use switchboard::client::Client;
 use switchboard::testing::{Network, TestCluster};
 
 use common::invariants::{Told, load, prepare, settled};
-use common::{Switchboard, admin, test_passwords};
+use common::{Http, Switchboard, admin, test_passwords};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -365,6 +365,30 @@ async fn moved_off(
     None
 }
 
+/// The server name of the JetStream meta group's leader, from a node's
+/// monitoring `/jsz`, once one is elected (or `within` is up).
+async fn meta_leader(cluster: &mut TestCluster, within: Duration) -> Option<String> {
+    let start = Instant::now();
+    let network = cluster.network()?;
+    let monitors: Vec<Http> = (0..3)
+        .map(|i| Http {
+            addr: format!("{}:8222", network.address(i)),
+        })
+        .collect();
+    while start.elapsed() < within {
+        for monitor in &monitors {
+            if let Ok((200, _, jsz)) = monitor.send("GET", "/jsz", None).await
+                && let Some(leader) = jsz["meta_cluster"]["leader"].as_str()
+                && !leader.is_empty()
+            {
+                return Some(leader.to_owned());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_process_on_a_node_that_lost_its_cluster_moves_off_it() -> TestResult {
     let _alone = ONE_AT_A_TIME.lock().await;
@@ -376,14 +400,25 @@ async fn a_process_on_a_node_that_lost_its_cluster_moves_off_it() -> TestResult 
         return Ok(());
     }
     let mut cluster = TestCluster::partitionable(3, "", &[]).await?;
+    // A node that does not lead the meta group: an isolated meta leader
+    // keeps answering JetStream's account info until it steps down (~20 s,
+    // nats-server's choice), and the watch cannot tell it from a healthy
+    // one before then (README, "What a partition costs").
+    let leader = meta_leader(&mut cluster, Duration::from_secs(30))
+        .await
+        .ok_or("no meta leader elected in 30 s")?;
+    let cut = (0..3)
+        .find(|i| format!("n{i}") != leader)
+        .ok_or("no node")?;
+    let cut_name = format!("n{cut}");
     // Told one node only; the others it learns from the cluster.
     let config = switchboard::connect::ConnectConfig {
-        url: cluster.node_url(2).ok_or("no node")?,
+        url: cluster.node_url(cut).ok_or("no node")?,
         ..Default::default()
     };
     let nats = config.connect().await?;
     let first = nats.server_info().server_name;
-    assert_eq!(first, "n2");
+    assert_eq!(first, cut_name);
     let watching = tokio_util::sync::CancellationToken::new();
     let watch = tokio::spawn(switchboard::connect::quorum::watch(
         nats.clone(),
@@ -392,13 +427,16 @@ async fn a_process_on_a_node_that_lost_its_cluster_moves_off_it() -> TestResult 
     ));
     // JetStream answers through it before anything happens.
     let ready = moved_off(&nats, "", Duration::from_secs(30)).await;
-    assert!(ready.is_some(), "JetStream never answered through n2");
+    assert!(
+        ready.is_some(),
+        "JetStream never answered through {cut_name}"
+    );
 
     // Cut off: it still accepts this connection, but has no quorum.
-    cluster.network().ok_or("not partitionable")?.isolate(2)?;
-    let moved = moved_off(&nats, "n2", Duration::from_secs(30)).await;
+    cluster.network().ok_or("not partitionable")?.isolate(cut)?;
+    let moved = moved_off(&nats, &cut_name, Duration::from_secs(30)).await;
     cluster.network().ok_or("not partitionable")?.heal()?;
-    let moved = moved.ok_or("still on the isolated node n2 after 30 s")?;
+    let moved = moved.ok_or(format!("still on the isolated node {cut_name} after 30 s"))?;
     let second = nats.server_info().server_name;
 
     // Frozen (a long pause): the connection stays open, nothing answers.
@@ -411,8 +449,9 @@ async fn a_process_on_a_node_that_lost_its_cluster_moves_off_it() -> TestResult 
     cluster.resume(paused);
     let unfrozen = unfrozen.ok_or(format!("still on the paused node {second} after 30 s"))?;
     println!(
-        "quorum watch: off the isolated n2 to {second} after {:.1} s, JetStream answering after {:.1} s; \
-         off the paused {second} to {} after {:.1} s, JetStream answering after {:.1} s",
+        "quorum watch (meta leader {leader}): off the isolated {cut_name} to {second} after {:.1} s, \
+         JetStream answering after {:.1} s; off the paused {second} to {} after {:.1} s, JetStream \
+         answering after {:.1} s",
         moved.0.as_secs_f64(),
         moved.1.as_secs_f64(),
         nats.server_info().server_name,

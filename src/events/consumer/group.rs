@@ -25,6 +25,11 @@ use tokio::time::Instant;
 /// How often an instance announces itself.
 pub(super) const BEAT: Duration = Duration::from_secs(1);
 
+/// How long a starting instance listens before it claims partitions. Short:
+/// every member answers a newcomer's first heartbeat at once (rather than
+/// at its next beat), so a loopback or LAN round trip is what it waits for.
+pub(super) const LISTEN: Duration = Duration::from_millis(300);
+
 /// Silence after which an instance is no longer a member.
 pub(super) const LOST_AFTER: Duration = Duration::from_secs(3);
 
@@ -103,6 +108,12 @@ impl Members {
             },
         );
         changed
+    }
+
+    /// Whether `beat` comes from an instance this one has not heard yet
+    /// (which is listening for the members before it claims partitions).
+    pub(super) fn is_newcomer(&self, beat: &Heartbeat) -> bool {
+        beat.instance != self.me && !beat.leaving && !self.others.contains_key(&beat.instance)
     }
 
     /// Whether `id` left after releasing what it held.

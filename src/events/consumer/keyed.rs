@@ -158,7 +158,10 @@ where
     announce(&nats, &subject, &members, &held, false).await;
     // Hear the others before claiming anything: a newcomer that claimed
     // every partition would only make them wait on pins.
-    let listen_until = tokio::time::Instant::now() + group::BEAT + group::BEAT / 2;
+    let listen_until = tokio::time::Instant::now() + group::LISTEN;
+    let listened = tokio::time::sleep_until(listen_until);
+    tokio::pin!(listened);
+    let mut listening = true;
     let mut tick = tokio::time::interval(group::BEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let partition = |p: u32| {
@@ -174,9 +177,22 @@ where
     loop {
         let changed = tokio::select! {
             () = &mut shutdown => break,
+            () = &mut listened, if listening => {
+                listening = false;
+                true
+            }
             beat = beats.next() => match beat {
                 Some(message) => match serde_json::from_slice::<Heartbeat>(&message.payload) {
-                    Ok(beat) => members.heard(beat),
+                    Ok(beat) => {
+                        let newcomer = members.is_newcomer(&beat);
+                        let changed = members.heard(beat);
+                        if newcomer {
+                            // It is listening now: answer, so that it
+                            // knows who holds what before it claims.
+                            announce(&nats, &subject, &members, &held, false).await;
+                        }
+                        changed
+                    }
                     Err(error) => {
                         tracing::debug!(%error, "not a heartbeat; ignored");
                         false
