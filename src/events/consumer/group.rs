@@ -209,7 +209,11 @@ mod tests {
             holds,
             leaving,
         };
+        // A newcomer (answered at once), then a member; never itself.
+        assert!(members.is_newcomer(&beat("a", vec![], false)));
+        assert!(!members.is_newcomer(&beat("b", vec![], false)));
         assert!(members.heard(beat("a", vec![0, 2], false)));
+        assert!(!members.is_newcomer(&beat("a", vec![0, 2], false)));
         assert!(
             !members.heard(beat("a", vec![0, 2], false)),
             "known already"
