@@ -240,6 +240,13 @@ where
     let mut overdue_check = tokio::time::interval(waiting.check_every());
     overdue_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut settling: Option<Settling> = None;
+    // Reconnects of this consumer's connection (a node killed, the quorum
+    // watch moving it): what the server had sent to the old connection is
+    // lost and comes back only after its ack wait, so a partition settles
+    // then as after a new pin — else its key's later events, delivered on
+    // the new connection, would be handled first.
+    let statistics = js.client().statistics();
+    let mut connects = statistics.connects.load(Ordering::Relaxed);
     let mut settle_check = tokio::time::interval(settling::CHECK_EVERY);
     settle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut mark_write = tokio::time::interval(watermark::WRITE_EVERY);
@@ -292,7 +299,7 @@ where
                     if current.settled(&consumer, ours).await
                         && let Some(done) = settling.take()
                     {
-                        tracing::info!(consumer = %durable, held = done.len(), after = ?done.elapsed(), "settled: the previous owner's events are done");
+                        tracing::info!(consumer = %durable, held = done.len(), after = ?done.elapsed(), "settled: the events out before (a previous owner's, or lost in a reconnect) are done");
                         for message in done.release() {
                             waiting.push(message);
                         }
@@ -308,8 +315,11 @@ where
             }
             pulled = puller.next() => pulled,
         };
-        if puller.take_new_pin() && settling.is_none() {
-            tracing::debug!(consumer = %durable, "pinned; settling");
+        let new_pin = puller.take_new_pin();
+        let now_connects = statistics.connects.load(Ordering::Relaxed);
+        let reconnected = std::mem::replace(&mut connects, now_connects) != now_connects;
+        if (new_pin || (reconnected && puller.pin().is_some())) && settling.is_none() {
+            tracing::debug!(consumer = %durable, new_pin, reconnected, "settling");
             settling = Some(Settling::new());
         }
         match pulled {

@@ -26,6 +26,15 @@
 //! the keys in flight: which keys those are is only known once their
 //! events come back. Stopped while settling, the held events are handed
 //! back (nak) — the next owner settles and sorts them likewise.
+//!
+//! A reconnect is a takeover by the same owner: what the server had sent
+//! to the old connection and the process never read is lost in transit
+//! and comes back only after its ack wait, behind its key's later events
+//! delivered on the new connection. So a pinned puller settles after a
+//! reconnect of its client too (a node killed, the quorum watch moving
+//! it) — seen once in a cluster chaos run as an order's `cancelled`
+//! handled before its `created`, two sequences apart, right after both
+//! notifications instances were moved off a node.
 
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
