@@ -32,9 +32,9 @@
 //! and comes back only after its ack wait, behind its key's later events
 //! delivered on the new connection. So a pinned puller settles after a
 //! reconnect of its client too (a node killed, the quorum watch moving
-//! it) — seen once in a cluster chaos run as an order's `cancelled`
-//! handled before its `created`, two sequences apart, right after both
-//! notifications instances were moved off a node.
+//! it) — seen once in a cluster chaos run as a key's later event handled
+//! before its earlier one, two sequences apart, right after both instances
+//! of the consumer were moved off a node.
 
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
